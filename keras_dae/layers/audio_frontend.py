@@ -1,0 +1,64 @@
+"""The base class of keras-dae's front ends: waveform `(batch, samples)` in, features out."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_dae.layers import signal
+
+
+class AudioFrontend(keras.layers.Layer):
+    """Base for layers mapping float waveform `(batch, samples)` to `(batch, frames, features)`.
+
+    Subclasses implement `frontend_call(waveform)` on a float32 waveform, plus
+    `num_frames(num_samples)` and `num_features`, from which the output shape is derived.
+
+    Precision: handcrafted front ends compute in float32 whatever the global dtype policy
+    (`keras.mixed_precision`), because squared magnitudes overflow float16 and bfloat16 loses
+    the resolution that dB and pitch need. They do so by defaulting their own `dtype` to
+    `"float32"`; the next layer of a mixed-precision model casts their output down as usual.
+    Pass `dtype=` explicitly to override this.
+
+    Args:
+        sample_rate: sampling rate of the input waveform in Hz (librosa's `sr`).
+        **kwargs: standard `keras.layers.Layer` arguments (`name`, `dtype`, `trainable`).
+    """
+
+    compute_in_float32 = True
+
+    def __init__(self, sample_rate: int = 16000, **kwargs):
+        if self.compute_in_float32 and kwargs.get("dtype") is None:
+            kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        signal.check_positive_int("sample_rate", sample_rate)
+        self.sample_rate = int(sample_rate)
+        self.input_spec = keras.layers.InputSpec(ndim=2)
+
+    def frontend_call(self, waveform):
+        raise NotImplementedError
+
+    def num_frames(self, num_samples: int | None) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def num_features(self) -> int:
+        raise NotImplementedError
+
+    def call(self, inputs):
+        waveform = ops.cast(inputs, "float32")
+        outputs = self.frontend_call(waveform)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(
+                f"{type(self).__name__} expects waveform of shape (batch, samples), "
+                f"got shape {tuple(input_shape)}."
+            )
+        return (input_shape[0], self.num_frames(input_shape[1]), self.num_features)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"sample_rate": self.sample_rate})
+        return config

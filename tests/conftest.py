@@ -1,0 +1,77 @@
+"""Shared fixtures: test signals at 16 kHz, synthetic and real."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile
+
+DATA_DIR = Path(__file__).parent / "data"
+SR = 16000
+
+
+def load_recording(name: str, sr: int = SR) -> np.ndarray:
+    """Decodes a file of tests/data, downmixes it to mono and resamples it (polyphase) to sr."""
+    audio, file_sr = soundfile.read(DATA_DIR / name, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    g = np.gcd(file_sr, sr)
+    return scipy.signal.resample_poly(audio, sr // g, file_sr // g).astype(np.float32)
+
+
+def harmonic_tone(f0=220.0, seconds=1.0, sr=SR, n_harmonics=6) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    y = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, n_harmonics + 1))
+    return (0.3 * y).astype(np.float32)
+
+
+def chirp(f_start=60.0, f_end=4000.0, seconds=1.0, sr=SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * scipy.signal.chirp(t, f_start, seconds, f_end, method="logarithmic")).astype(
+        np.float32
+    )
+
+
+def white_noise(seconds=1.0, sr=SR, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * sr))).astype(np.float32)
+
+
+def silence(seconds=1.0, sr=SR) -> np.ndarray:
+    return np.zeros(int(seconds * sr), np.float32)
+
+
+SIGNALS = {
+    "tone": harmonic_tone,
+    "chirp": chirp,
+    "noise": white_noise,
+    "silence": silence,
+    "speech": lambda: load_recording("speech_front_center.wav"),
+    "shutter": lambda: load_recording("camera_shutter.oga"),
+}
+
+
+@pytest.fixture(scope="session")
+def signals() -> dict[str, np.ndarray]:
+    """Name -> mono float32 waveform at 16 kHz: synthetic signals and real recordings."""
+    return {name: make() for name, make in SIGNALS.items()}
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    return keras.backend.backend()
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """Tests that change the global dtype policy cannot leak it into the next test."""
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def pytest_report_header(config):
+    return f"keras backend: {keras.backend.backend()} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')})"
