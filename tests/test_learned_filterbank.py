@@ -1,0 +1,111 @@
+"""LearnedFilterbank: Gabor initialisation, trainability, and the layer contract."""
+
+import keras
+import librosa
+import numpy as np
+import pytest
+
+import frontend_checks as checks
+from keras_dae.layers.learned_filterbank import LearnedFilterbank, gabor_filters
+
+SR = 16000
+
+
+def test_gabor_init_responds_at_mel_centres():
+    """A sine at each filter's centre frequency excites that filter more than any other."""
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=40, fmin=60.0)
+    centres = librosa.mel_frequencies(42, fmin=60.0, fmax=SR / 2)[1:-1]
+    t = np.arange(SR // 4) / SR
+    tones = np.stack([np.sin(2 * np.pi * f * t) for f in centres[::4]]).astype("float32")
+    out = checks.to_numpy(layer(tones))  # (n_tones, frames, 40)
+    winners = out[:, 5:-5].mean(axis=1).argmax(axis=-1)
+    np.testing.assert_array_equal(winners, np.arange(40)[::4])
+
+
+def test_gabor_init_approximates_mel(signals):
+    """At initialisation each filter's energy over time tracks the matching mel band.
+
+    Both are taken in dB relative to each band's own peak and floored at -60 dB (the Gabor
+    filters have unit-area envelopes, the mel filters Slaney's normalisation, so absolute
+    levels differ by a per-band constant). Measured: correlation 0.95 on the speech clip.
+    """
+    y = signals["speech"]
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=64, compression="none")
+    ours = checks.to_numpy(layer(y[None]))[0]
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=SR, n_fft=512, win_length=400, hop_length=160, n_mels=64, fmin=60.0
+    ).T
+
+    def band_db(power):
+        level = 10 * np.log10(np.maximum(power, 1e-20))
+        return np.maximum(level - level.max(axis=0, keepdims=True), -60.0)
+
+    corr = np.corrcoef(band_db(ours).ravel(), band_db(mel).ravel())[0, 1]
+    assert corr > 0.9, corr
+
+
+def test_filters_are_unit_area_envelopes():
+    filters = gabor_filters(8, 400, SR, 60.0, 8000.0)
+    assert filters.shape == (400, 16)
+    envelope = np.hypot(filters[:, :8], filters[:, 8:])
+    np.testing.assert_allclose(envelope.sum(axis=0), 1.0, rtol=1e-6)
+
+
+def test_gradients_flow_and_training_changes_filters(signals):
+    """One gradient step through the front end changes its kernel and lowers the loss."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = np.stack([signals["speech"][:8000], signals["tone"][:8000]] * 4)
+    x = x + 0.01 * rng.standard_normal(x.shape).astype("float32")
+    y = np.array([[1.0], [0.0]] * 4, "float32")
+    inputs = keras.Input((8000,))
+    frontend = LearnedFilterbank(sample_rate=SR, n_filters=16)
+    h = keras.layers.GlobalAveragePooling1D()(frontend(inputs))
+    h = keras.layers.LayerNormalization()(h)
+    model = keras.Model(inputs, keras.layers.Dense(1)(h))
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    before = checks.to_numpy(frontend.kernel).copy()
+    loss0 = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=5, batch_size=8, verbose=0)
+    after = checks.to_numpy(frontend.kernel)
+    assert np.abs(after - before).max() > 1e-6
+    assert model.evaluate(x, y, verbose=0) < loss0
+
+
+@pytest.mark.parametrize("num_samples", [1, 399, 400, 16000, 16123])
+def test_any_length(num_samples):
+    y = np.random.default_rng(0).standard_normal((2, num_samples)).astype("float32")
+    out = checks.check_output_shape(LearnedFilterbank(n_filters=8), y)
+    assert out.shape == (2, 1 + num_samples // 160, 8)
+
+
+def test_random_init_and_power_compression(signals):
+    layer = LearnedFilterbank(n_filters=8, initializer="random", compression="none")
+    out = checks.check_output_shape(layer, signals["noise"][None])
+    assert (out >= 0).all()
+
+
+def test_layer_contract(signals, tmp_path):
+    y = np.stack([signals["speech"][:16000], signals["tone"]])
+    checks.check_all(LearnedFilterbank(sample_rate=SR, n_filters=32), y, tmp_path, atol=1e-4)
+
+
+def test_mixed_precision(signals):
+    """Under mixed_bfloat16 the layer still computes in float32 (see its docstring)."""
+    y = np.stack([signals["speech"][:16000], signals["tone"]])
+    checks.check_mixed_precision(lambda: LearnedFilterbank(n_filters=32), y, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_filters=0), "n_filters"),
+        (dict(initializer="sinc"), "initializer"),
+        (dict(compression="pcen"), "compression"),
+        (dict(fmin=9000.0), "fmin"),
+        (dict(eps=0.0), "eps"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LearnedFilterbank(**kwargs)
