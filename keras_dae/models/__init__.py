@@ -1,0 +1,20 @@
+"""The Diverse Audio Embeddings model: featurizer, backbone of stream towers, classifier."""
+
+from keras_dae.models.backbone import DiverseBackbone
+from keras_dae.models.classifier import DiverseClassifier, build_diverse_classifier
+from keras_dae.models.featurizer import STREAMS, DiverseFeaturizer, default_stream_frontends
+from keras_dae.models.position_embedding import PositionEmbedding
+from keras_dae.models.stream_tower import StreamTower
+from keras_dae.models.transformer_encoder import TransformerEncoder
+
+__all__ = [
+    "STREAMS",
+    "DiverseBackbone",
+    "DiverseClassifier",
+    "DiverseFeaturizer",
+    "PositionEmbedding",
+    "StreamTower",
+    "TransformerEncoder",
+    "build_diverse_classifier",
+    "default_stream_frontends",
+]

@@ -1,0 +1,117 @@
+"""One stream's Transformer tower: feature sequence in, a fixed-size embedding out."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_dae.models.position_embedding import PositionEmbedding
+from keras_dae.models.transformer_encoder import TransformerEncoder
+from keras_dae.serialization import register
+
+
+@register
+class StreamTower(keras.layers.Layer):
+    """Maps a feature sequence `(batch, frames, features)` to an embedding `(batch, d_model)`.
+
+    Per-feature normalisation (`keras.layers.Normalization`, whose mean and variance are set
+    from training data with `tower.normalization.adapt(...)` and saved with the weights), a
+    linear projection to `d_model`, learned position embeddings, `num_layers` Transformer
+    encoder blocks with average pooling over time by 2 after every `downsample_every` blocks
+    (as in Audio Transformers, arXiv 2105.00335, which pools inside the stack), then a final
+    layer norm and mean pooling over time.
+
+    Args:
+        d_model: width of the tower and size of its embedding (the paper's 64).
+        num_layers: Transformer blocks.
+        num_heads: attention heads per block.
+        intermediate_dim: feed-forward width inside each block.
+        dropout: dropout inside the blocks.
+        max_frames: longest input the position table covers (frames per chunk).
+        downsample_every: pool time by 2 after every this many blocks (0 or None: never).
+        normalize_first: pre-norm blocks (default post-norm, as keras-hub's default).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 64,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        intermediate_dim: int = 1024,
+        dropout: float = 0.1,
+        max_frames: int = 128,
+        downsample_every: int | None = 2,
+        normalize_first: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in (("d_model", d_model), ("num_layers", num_layers),
+                            ("max_frames", max_frames)):
+            if value is None or value <= 0:
+                raise ValueError(f"`{name}` must be positive, got {value!r}.")
+        self.d_model = int(d_model)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.dropout = float(dropout)
+        self.max_frames = int(max_frames)
+        self.downsample_every = int(downsample_every or 0)
+        self.normalize_first = bool(normalize_first)
+        policy = self.dtype_policy
+        # Feature statistics stay in float32 under mixed precision.
+        self.normalization = keras.layers.Normalization(axis=-1, name="normalization",
+                                                        dtype="float32")
+        self.projection = keras.layers.Dense(d_model, name="projection", dtype=policy)
+        self.position_embedding = PositionEmbedding(max_frames, name="position_embedding",
+                                                    dtype=policy)
+        self.blocks = [
+            TransformerEncoder(intermediate_dim, num_heads, dropout=dropout, activation="gelu",
+                               normalize_first=normalize_first, name=f"block_{i}", dtype=policy)
+            for i in range(num_layers)
+        ]
+        self.pool = keras.layers.AveragePooling1D(2, padding="same", dtype=policy)
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm",
+                                                          dtype=policy)
+
+    def _pools_after(self, index: int) -> bool:
+        return (self.downsample_every > 0 and (index + 1) % self.downsample_every == 0
+                and index + 1 < self.num_layers)
+
+    def build(self, input_shape):
+        self.normalization.build(input_shape)
+        self.projection.build(input_shape)
+        shape = (*input_shape[:-1], self.d_model)
+        self.position_embedding.build(shape)
+        for i, block in enumerate(self.blocks):
+            block.build(shape)
+            if self._pools_after(i):
+                frames = None if shape[1] is None else -(-shape[1] // 2)
+                shape = (shape[0], frames, self.d_model)
+        self.final_norm.build(shape)
+
+    def call(self, features, training=None):
+        x = self.projection(self.normalization(features))
+        x = x + self.position_embedding(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, training=training)
+            if self._pools_after(i):
+                x = self.pool(x)
+        return keras.ops.mean(self.final_norm(x), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.d_model)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "d_model": self.d_model,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "max_frames": self.max_frames,
+                "downsample_every": self.downsample_every,
+                "normalize_first": self.normalize_first,
+            }
+        )
+        return config

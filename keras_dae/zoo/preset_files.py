@@ -1,0 +1,99 @@
+"""Reading and writing preset directories in the keras-hub layout.
+
+A preset directory holds:
+- `config.json`: the classifier's Keras serialization (class `keras_dae>DiverseClassifier`);
+- `model.weights.h5`: its weights;
+- `metadata.json`: keras-dae and Keras versions, the backend it was saved on, sample rate,
+  labels source, training data and metrics;
+- `labels.csv`: `index,label,mid`, one row per output class.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+LABELS_FILE = "labels.csv"
+
+
+class PresetError(ValueError):
+    """A preset is missing, incomplete or unsafe; the message says which file and why."""
+
+
+def write_json(path: Path, data) -> None:
+    """Writes JSON atomically: a temporary file in the same directory, then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise PresetError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PresetError(f"{path}: not valid JSON ({error})") from None
+
+
+def write_labels(path: Path, labels: list[str], mids: list[str] | None = None) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "label", "mid"])
+        for i, label in enumerate(labels):
+            writer.writerow([i, label, mids[i] if mids else ""])
+    os.replace(tmp, path)
+
+
+def read_labels(path: Path) -> tuple[list[str], list[str]]:
+    """Labels and AudioSet ids from `index,label,mid` (header optional, mid may be empty)."""
+    if not path.is_file():
+        raise PresetError(f"{path}: missing")
+    rows = list(csv.reader(path.read_text().splitlines()))
+    if rows and rows[0][:2] == ["index", "label"]:
+        rows = rows[1:]
+    labels, mids = [], []
+    for line, row in enumerate(rows, start=1):
+        if not row:
+            continue
+        if len(row) < 2 or not row[0].strip().isdigit() or int(row[0]) != len(labels):
+            raise PresetError(f"{path}: row {line} is not 'index,label,mid' in order: {row}")
+        labels.append(row[1])
+        mids.append(row[2] if len(row) > 2 else "")
+    return labels, mids
+
+
+def check_config_is_safe(config: dict, path: Path) -> None:
+    """Only keras-dae's own registered classes may be the root of a preset's model."""
+    name = config.get("registered_name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name.startswith("keras_dae>"):
+        raise PresetError(
+            f"{path}: the model class {name!r} is not a keras-dae class; refusing to load it"
+        )
+
+
+def model_from_config(config: dict, path: Path) -> keras.Model:
+    check_config_is_safe(config, path)
+    try:
+        return keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:  # Keras raises many types for bad configs
+        raise PresetError(f"{path}: cannot build the model from it ({error})") from error
+
+
+def load_weights(model: keras.Model, path: Path) -> None:
+    if not path.is_file():
+        raise PresetError(f"{path}: missing")
+    try:
+        model.load_weights(path)
+    except Exception as error:  # h5py and Keras raise many types for bad files
+        raise PresetError(f"{path}: cannot load the weights ({error})") from None

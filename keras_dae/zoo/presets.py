@@ -1,0 +1,40 @@
+"""The known presets: name -> how to build the model, and where its weights come from."""
+
+from __future__ import annotations
+
+from keras_dae.models.backbone import TOWER_DEFAULTS
+
+PRESETS: dict[str, dict] = {
+    "diverse_fsd50k": {
+        "description": (
+            "Diverse Audio Embeddings (arXiv 2309.08751) for FSD50K's 200 classes: four "
+            "streams (pitch, timbre, Neuralogram, end-to-end), each a 6-layer Transformer "
+            "tower (d_model 64) to a 64-d embedding, fused by a linear classifier; 3.9M "
+            "parameters, 16 kHz, 1 s chunks."
+        ),
+        "num_classes": 200,
+        "sample_rate": 16000,
+        "tower": dict(TOWER_DEFAULTS),
+        "labels_source": "FSD50K.ground_truth/vocabulary.csv",
+        "train_command": (
+            "keras-dae train --data /path/to/FSD50K --format fsd50k "
+            "--preset diverse_fsd50k --out RUN_DIR"
+        ),
+    },
+    "diverse_tiny": {
+        "description": (
+            "A tiny configuration of the same architecture (one 2-head block of width 16 per "
+            "tower, 10 classes) for tests and quick experiments."
+        ),
+        "num_classes": 10,
+        "sample_rate": 16000,
+        "tower": dict(
+            d_model=16, num_layers=1, num_heads=2, intermediate_dim=32, dropout=0.0,
+            max_frames=128, downsample_every=0, normalize_first=False,
+        ),
+        "labels_source": None,
+        "train_command": (
+            "keras-dae train --data DATA_DIR --preset diverse_tiny --out RUN_DIR"
+        ),
+    },
+}
