@@ -80,7 +80,7 @@ class TransformerEncoder(keras.layers.Layer):
             num_heads=self.num_heads,
             key_dim=hidden_dim // self.num_heads,
             dropout=self.dropout,
-            name="self_attention",
+            name="self_attention_layer",
             **self._dense_args(),
         )
         self._attention.build(inputs_shape, inputs_shape)

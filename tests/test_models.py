@@ -1,0 +1,143 @@
+"""The model: Transformer blocks against keras-hub, towers, backbone and classifier."""
+
+import importlib.util
+
+import keras
+import numpy as np
+import pytest
+
+import frontend_checks as checks
+from keras_dae.models import (
+    STREAMS,
+    DiverseBackbone,
+    DiverseClassifier,
+    DiverseFeaturizer,
+    PositionEmbedding,
+    StreamTower,
+    TransformerEncoder,
+    build_diverse_classifier,
+)
+from keras_dae.zoo import PRESETS
+
+HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
+needs_keras_hub = pytest.mark.skipif(
+    not HAS_KERAS_HUB, reason="keras-hub (which needs TensorFlow) is not installed here"
+)
+
+
+def tiny_classifier(num_classes=5):
+    return build_diverse_classifier(num_classes, tower=PRESETS["diverse_tiny"]["tower"])
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_transformer_encoder_equals_keras_hub(normalize_first):
+    import keras_hub
+
+    x = np.random.default_rng(0).standard_normal((2, 7, 16)).astype("float32")
+    ours = TransformerEncoder(32, 4, activation="gelu", normalize_first=normalize_first)
+    theirs = keras_hub.layers.TransformerEncoder(32, 4, activation="gelu",
+                                                 normalize_first=normalize_first)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    by_path = {w.path.split("/", 1)[1]: w for w in theirs.weights}
+    assert len(by_path) == len(ours.weights)
+    for w in ours.weights:
+        w.assign(by_path[w.path.split("/", 1)[1]])
+    np.testing.assert_allclose(checks.to_numpy(ours(x)), checks.to_numpy(theirs(x)), atol=1e-6)
+
+
+@needs_keras_hub
+def test_position_embedding_equals_keras_hub():
+    import keras_hub
+
+    x = np.zeros((2, 7, 16), "float32")
+    ours, theirs = PositionEmbedding(10), keras_hub.layers.PositionEmbedding(10)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    ours.position_embeddings.assign(theirs.position_embeddings)
+    np.testing.assert_allclose(checks.to_numpy(ours(x)), checks.to_numpy(theirs(x)))
+
+
+def test_position_embedding_refuses_long_input():
+    with pytest.raises(ValueError, match="sequence_length"):
+        PositionEmbedding(10).build((1, 11, 4))
+
+
+def test_stream_tower_shapes_pooling_and_config(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 101, 12)).astype("float32")
+    tower = StreamTower(d_model=16, num_layers=4, num_heads=2, intermediate_dim=32,
+                        downsample_every=2)
+    out = checks.to_numpy(tower(x))
+    assert out.shape == (3, 16) and np.isfinite(out).all()
+    clone = StreamTower.from_config(tower.get_config())
+    clone.build(x.shape)
+    clone.set_weights(tower.get_weights())
+    np.testing.assert_allclose(checks.to_numpy(clone(x)), out, atol=1e-5)
+    # Each example's embedding depends on its own frames only.
+    np.testing.assert_allclose(checks.to_numpy(tower(x[:1])), out[:1], atol=1e-5)
+
+
+def test_featurizer_streams_and_shapes():
+    featurizer = DiverseFeaturizer()
+    assert featurizer.stream_names == list(STREAMS)
+    x = np.random.default_rng(0).standard_normal((2, 16000)).astype("float32") * 0.1
+    out = featurizer(x)
+    dims = featurizer.feature_dims()
+    frames = featurizer.num_frames(16000)
+    for name in STREAMS:
+        assert tuple(out[name].shape) == (2, frames[name], dims[name])
+        assert np.isfinite(checks.to_numpy(out[name])).all()
+
+
+def test_featurizer_refuses_mismatched_frame_rates():
+    from keras_dae import layers
+
+    with pytest.raises(ValueError, match="hop_length"):
+        DiverseFeaturizer({"mixed": [layers.LogMelSpectrogram(hop_length=160),
+                                     layers.LearnedFilterbank(hop_length=320)]})
+
+
+def test_paper_configuration_parameter_count():
+    """The paper reports about 4M parameters; ours, with 200 classes: 3.87M (see README)."""
+    model = build_diverse_classifier(200)
+    total = model.count_params()
+    assert 3.5e6 < total < 4.5e6, total
+    for name in STREAMS:
+        assert 0.85e6 < model.backbone.towers[name].count_params() < 0.95e6
+    assert model.backbone.get_layer("embedding").output.shape[-1] == 4 * 64
+
+
+def test_classifier_outputs_each_stream_and_the_fusion(signals):
+    model = tiny_classifier(num_classes=5)
+    x = np.stack([signals["speech"][:16000], signals["tone"]])
+    out = model.predict(x, verbose=0)
+    assert set(out) == {"fused", "embedding", *STREAMS}
+    for name in ("fused", *STREAMS):
+        assert out[name].shape == (2, 5)
+        assert ((out[name] > 0) & (out[name] < 1)).all()
+    assert out["embedding"].shape == (2, 4 * 16)
+
+
+def test_classifier_takes_any_length(signals):
+    model = tiny_classifier()
+    for n in (4000, 24000):
+        assert model.predict(signals["noise"][None, :n], verbose=0)["fused"].shape == (1, 5)
+
+
+def test_classifier_keras_file_round_trip(signals, tmp_path):
+    model = tiny_classifier()
+    x = np.stack([signals["speech"][:16000], signals["chirp"]])
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(reloaded, DiverseClassifier)
+    assert isinstance(reloaded.backbone, DiverseBackbone)
+    got = reloaded.predict(x, verbose=0)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+
+
+def test_backbone_rejects_unknown_override():
+    with pytest.raises(ValueError, match="unknown streams"):
+        DiverseBackbone({"pitch": 4}, tower_overrides={"timbre": {"num_layers": 1}})
