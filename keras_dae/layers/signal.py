@@ -177,6 +177,6 @@ def power_to_db(s, amin: float = 1e-10, ref: float = 1.0, top_db: float | None =
     log_spec = 10.0 * ops.log10(ops.maximum(s, amin))
     log_spec = log_spec - 10.0 * math.log10(max(amin, ref))
     if top_db is not None:
-        peak = ops.max(log_spec, axis=(1, 2), keepdims=True)
+        peak = ops.amax(log_spec, axis=(1, 2), keepdims=True)
         log_spec = ops.maximum(log_spec, peak - top_db)
     return log_spec

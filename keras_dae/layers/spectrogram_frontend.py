@@ -22,10 +22,12 @@ class SpectrogramFrontend(AudioFrontend):
         center: pad `n_fft // 2` samples on both sides so that frame `t` is centred on sample
             `t * hop_length` (librosa's default).
         pad_mode: `"constant"` (zeros, librosa's default) or `"reflect"`.
-        dft_mode: `"matmul"` computes the DFT as a product with a precomputed real kernel: it
-            runs everywhere and exports to TFLite and ONNX. `"fft"` uses `keras.ops.rfft`; the
-            numbers agree to float32 rounding (tested). Neither is saved as weights: the
-            kernel is rebuilt from the config.
+        dft_mode: `"fft"` (default) uses `keras.ops.rfft`: 2-4x faster on CPU than the
+            alternative, and it converts to TFLite (RFFT2D builtin). `"matmul"` computes the
+            DFT as a product with a precomputed real kernel: no FFT and no complex numbers,
+            so it also exports to ONNX; keras-dae's export switches to it. The two agree to
+            float32 rounding (tested). Neither stores weights: the kernel is rebuilt from
+            the config.
     """
 
     def __init__(
@@ -37,7 +39,7 @@ class SpectrogramFrontend(AudioFrontend):
         window="hann",
         center: bool = True,
         pad_mode: str = "constant",
-        dft_mode: str = "matmul",
+        dft_mode: str = "fft",
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)

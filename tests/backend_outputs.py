@@ -1,0 +1,54 @@
+"""Computes every front-end case on the backend in KERAS_BACKEND and saves the results.
+
+Usage: KERAS_BACKEND=jax python tests/backend_outputs.py OUT_DIR
+Writes OUT_DIR/outputs.npz (one array per case) and OUT_DIR/frontends.keras (a model holding
+all the front ends, with outputs in CASES order), for test_cross_backend.py to compare.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from frontend_cases import CASES, build_case  # noqa: E402
+
+
+def all_frontends_model(layers_and_inputs) -> keras.Model:
+    inputs = keras.Input(shape=(16000,), name="waveform")
+    outputs = {name: layer(inputs) for name, (layer, _) in layers_and_inputs.items()}
+    return keras.Model(inputs, outputs)
+
+
+def main(out_dir: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    built = {name: build_case(name) for name in CASES}
+    results = {
+        name: keras.ops.convert_to_numpy(layer(waveform)) for name, (layer, waveform) in built.items()
+    }
+    np.savez(out / "outputs.npz", **results)
+    all_frontends_model(built).save(out / "frontends.keras")
+    save_tiny_preset(out / "preset")
+
+
+def save_tiny_preset(directory: Path) -> None:
+    """The tiny preset with deterministic weights, and its outputs on this backend."""
+    from keras_dae import zoo
+
+    model = zoo.load("diverse_tiny", weights=None)
+    rng = np.random.default_rng(0)
+    for tower in model.backbone.towers.values():  # non-trivial feature statistics
+        tower.normalization.adapt(rng.standard_normal((4, 8, tower.normalization.mean.shape[-1])))
+    for w in model.trainable_weights:  # not the normalisation statistics
+        w.assign((0.1 * rng.standard_normal(w.shape)).astype("float32"))
+    zoo.save(model, directory)
+    waveform = build_case("log_mel")[1]
+    outputs = model.predict(waveform, verbose=0)
+    np.savez(directory.parent / "preset_outputs.npz", **outputs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
