@@ -45,21 +45,21 @@ def plot_frontends(waveform, sample_rate, features, path, title=""):
     axes[0].plot(np.arange(len(waveform)) / sample_rate, waveform, lw=0.5, color="0.2")
     axes[0].set_ylabel("waveform")
     axes[0].set_title(title)
-    for ax, (name, values) in zip(axes[1:], features.items()):
+    for ax, (name, values) in zip(axes[1:], features.items(), strict=True):
         extent = (0.0, duration, 0, values.shape[1])
         if name == "PitchTracker":
             times = np.linspace(0, duration, len(values))
             voiced = values[:, 1] > 0.5
             ax.plot(times, np.where(voiced, values[:, 0], np.nan), ".", ms=3, label="f0 (Hz)")
-            ax.set_yscale("log")
-            ax.set_ylabel("f0 (Hz), voiced")
+            ax.set_ylabel("PitchTracker\nf0 (Hz), voiced", fontsize=8)
             continue
         shown = values
         if name in ("SpectralDescriptors", "MFCC", "Neuralogram"):
             # Unlike spectra, each column has its own unit: standardise per feature.
             shown = (values - values.mean(0)) / (values.std(0) + 1e-8)
         ax.imshow(shown.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
-        ax.set_ylabel(f"{name}\n({values.shape[1]} features)", fontsize=8)
+        note = " (untrained)" if name == "Neuralogram" else ""
+        ax.set_ylabel(f"{name}{note}\n({values.shape[1]} features)", fontsize=8)
     axes[-1].set_xlabel("time (s)")
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 from frontend_cases import CASES, build_case  # noqa: E402
 
 

@@ -7,7 +7,6 @@ built on TensorFlow, JAX and PyTorch must give the same numbers.
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import harmonic_tone, load_recording
 
 

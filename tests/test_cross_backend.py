@@ -15,7 +15,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from backend_outputs import CASES, build_case
 
 HERE = Path(__file__).parent

@@ -1,11 +1,11 @@
 """LearnedFilterbank: Gabor initialisation, trainability, and the layer contract."""
 
+import frontend_checks as checks
 import keras
 import librosa
 import numpy as np
 import pytest
 
-import frontend_checks as checks
 from keras_dae.layers.learned_filterbank import LearnedFilterbank, gabor_filters
 
 SR = 16000

@@ -1,10 +1,10 @@
 """LogMelSpectrogram: parity with librosa and the layer contract."""
 
+import frontend_checks as checks
 import librosa
 import numpy as np
 import pytest
 
-import frontend_checks as checks
 from keras_dae.layers import LogMelSpectrogram
 
 SR = 16000

@@ -2,11 +2,11 @@
 
 import importlib.util
 
+import frontend_checks as checks
 import keras
 import numpy as np
 import pytest
 
-import frontend_checks as checks
 from keras_dae.models import (
     STREAMS,
     DiverseBackbone,

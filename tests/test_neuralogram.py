@@ -1,10 +1,10 @@
 """Neuralogram: embeddings of successive windows, a pluggable network, the layer contract."""
 
+import frontend_checks as checks
 import keras
 import numpy as np
 import pytest
 
-import frontend_checks as checks
 from keras_dae.layers.neuralogram import Neuralogram, default_embedding_network
 
 
@@ -41,7 +41,7 @@ def test_plugged_network_can_be_frozen(signals):
     before = [w.copy() for w in net.get_weights()]
     x = np.stack([signals["speech"][:8000], signals["noise"][:8000]])
     model.fit(x, np.array([[1.0], [0.0]]), epochs=2, verbose=0)
-    for a, b in zip(before, net.get_weights()):
+    for a, b in zip(before, net.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(model.trainable_weights) == 2  # only the head's kernel and bias
 
@@ -56,7 +56,7 @@ def test_gradients_flow_into_the_network(signals):
     before = [w.copy() for w in layer.embedding_network.get_weights()]
     x = np.stack([signals["speech"][:8000], signals["noise"][:8000]] * 2)
     model.fit(x, np.array([[1.0], [0.0]] * 2), epochs=2, verbose=0)
-    changed = [np.abs(a - b).max() > 0 for a, b in zip(before, layer.embedding_network.get_weights())]
+    changed = [np.abs(a - b).max() > 0 for a, b in zip(before, layer.embedding_network.get_weights(), strict=True)]
     assert all(changed)
 
 
