@@ -369,14 +369,8 @@ class ConstantQTransform(AudioFrontend):
         power = self.cqt_power(waveform)
         if not self.to_db:
             return ops.sqrt(power)
-        # librosa.amplitude_to_db = power_to_db(|C|**2, ref=ref**2, amin=amin**2), floored
-        # per example. Same as `signal.power_to_db` but with `ops.amax`: `ops.max` breaks
-        # PyTorch's graph capture (keras' torch `max` inspects `result.values`).
-        db = 10.0 * ops.log10(ops.maximum(power, self.amin**2))
-        db = db - 20.0 * math.log10(max(self.amin, self.ref))
-        if self.top_db is not None:
-            db = ops.maximum(db, ops.amax(db, axis=(1, 2), keepdims=True) - self.top_db)
-        return db
+        # librosa.amplitude_to_db(|C|) == power_to_db(|C|**2, ref=ref**2, amin=amin**2).
+        return signal.power_to_db(power, amin=self.amin**2, ref=self.ref**2, top_db=self.top_db)
 
     def get_config(self):
         config = super().get_config()
