@@ -1,0 +1,55 @@
+"""Data for training and evaluation: clip lists, chunking, and a streaming loader.
+
+    from keras_dae import data
+
+    train = data.read_fsd50k("/data/FSD50K", "train")     # ClipDataset, official split
+    loader = data.ChunkLoader(train, sample_rate=16000, batch_size=32, seed=0,
+                              target_names=("fused",), balanced=True, mixup=0.5)
+    model.fit(loader, epochs=40, shuffle=False, callbacks=[loader.epoch_callback()])
+
+    for i, chunks in data.iterate_clips(data.read_fsd50k("/data/FSD50K", "eval")):
+        ...                                               # chunks: (n_chunks, 16000)
+
+No TensorFlow: decoding is soundfile (libsndfile) and soxr, batching is numpy, and the loader
+is a `keras.utils.PyDataset`, which every backend's `fit` accepts. The loader (hence Keras and
+its backend) is imported on first use, so the readers and chunking load without Keras.
+"""
+
+import importlib
+
+from keras_dae.data.chunking import chunk_count, chunk_sample_starts, chunk_starts, chunk_waveform
+from keras_dae.data.datasets import (
+    AUDIO_EXTENSIONS,
+    FSD50K_SPLITS,
+    ClipDataset,
+    read_csv_dataset,
+    read_folder_dataset,
+    read_fsd50k,
+    read_fsd50k_vocabulary,
+    write_fsd50k_layout,
+)
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "FSD50K_SPLITS",
+    "ChunkLoader",
+    "ClipDataset",
+    "chunk_count",
+    "chunk_sample_starts",
+    "chunk_starts",
+    "chunk_waveform",
+    "iterate_clips",
+    "read_csv_dataset",
+    "read_folder_dataset",
+    "read_fsd50k",
+    "read_fsd50k_vocabulary",
+    "write_fsd50k_layout",
+]
+
+_LAZY = {"ChunkLoader": "keras_dae.data.loader", "iterate_clips": "keras_dae.data.loader"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'keras_dae.data' has no attribute {name!r}")

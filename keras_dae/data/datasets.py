@@ -1,0 +1,496 @@
+"""Clip lists with multi-hot targets: FSD50K, a CSV of paths and labels, or class folders.
+
+Every reader returns a `ClipDataset`: audio paths, a `(n_clips, n_classes)` float32 multi-hot
+target matrix, the class vocabulary (`labels`, with AudioSet `mids` where known) and one id
+per clip. Nothing is decoded here; files named by the metadata that do not exist are left out
+of the dataset, listed in `dataset.missing` and reported with a warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "FSD50K_SPLITS",
+    "ClipDataset",
+    "read_csv_dataset",
+    "read_folder_dataset",
+    "read_fsd50k",
+    "read_fsd50k_vocabulary",
+    "write_fsd50k_layout",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+FSD50K_SPLITS = ("train", "val", "eval")
+
+_DEV_AUDIO = "FSD50K.dev_audio"
+_EVAL_AUDIO = "FSD50K.eval_audio"
+_GROUND_TRUTH = "FSD50K.ground_truth"
+_METADATA = "FSD50K.metadata"
+
+
+@dataclass
+class ClipDataset:
+    """A list of audio clips and their multi-hot labels.
+
+    Attributes:
+        paths: audio file of each clip, `n_clips` paths.
+        targets: float32 `(n_clips, n_classes)`, 1.0 where the clip has the class.
+        labels: class names, `n_classes`, in target column order.
+        mids: AudioSet id of each class (`"/m/09x0r"`), or `""` where unknown.
+        clip_ids: one id per clip (FSD50K's `fname`, or the path relative to the metadata).
+        groups: source of each clip (FSD50K: the Freesound uploader), for splits that keep a
+            source on one side; `None` when unknown.
+        missing: files named by the metadata that do not exist (left out of the dataset).
+    """
+
+    paths: list[Path]
+    targets: np.ndarray
+    labels: list[str]
+    mids: list[str]
+    clip_ids: list[str]
+    groups: list[str] | None = None
+    missing: list[Path] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.paths = [Path(p) for p in self.paths]
+        self.labels = [str(label) for label in self.labels]
+        self.mids = [str(mid) for mid in self.mids]
+        self.clip_ids = [str(c) for c in self.clip_ids]
+        self.targets = np.asarray(self.targets, dtype=np.float32)
+        n, k = len(self.paths), len(self.labels)
+        if self.targets.ndim != 2 or self.targets.shape != (n, k):
+            raise ValueError(
+                f"targets must have shape (n_clips, n_classes) = ({n}, {k}), "
+                f"got {self.targets.shape}"
+            )
+        if len(self.mids) != k:
+            raise ValueError(f"mids has {len(self.mids)} entries for {k} labels")
+        if len(set(self.labels)) != k:
+            duplicates = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            raise ValueError(f"labels must be unique, repeated: {duplicates}")
+        if len(self.clip_ids) != n:
+            raise ValueError(f"clip_ids has {len(self.clip_ids)} entries for {n} clips")
+        if self.groups is not None:
+            self.groups = [str(g) for g in self.groups]
+            if len(self.groups) != n:
+                raise ValueError(f"groups has {len(self.groups)} entries for {n} clips")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClipDataset({len(self)} clips, {self.n_classes} classes"
+            + (f", {len(self.missing)} missing files" if self.missing else "")
+            + ")"
+        )
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ClipDataset:
+        """The clips at `indices` (ints, in that order), same vocabulary."""
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"boolean mask must have shape ({len(self)},), got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"subset indices out of range for {len(self)} clips")
+        return ClipDataset(
+            paths=[self.paths[i] for i in idx],
+            targets=self.targets[idx],
+            labels=list(self.labels),
+            mids=list(self.mids),
+            clip_ids=[self.clip_ids[i] for i in idx],
+            groups=None if self.groups is None else [self.groups[i] for i in idx],
+            missing=list(self.missing),
+        )
+
+    def clip_labels(self, index: int) -> list[str]:
+        """Class names of clip `index`."""
+        return [self.labels[k] for k in np.flatnonzero(self.targets[index])]
+
+    def label_counts(self) -> np.ndarray:
+        """Number of clips of each class, int64 `(n_classes,)`."""
+        return (self.targets > 0).sum(axis=0).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# FSD50K
+
+
+def _split_field(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def read_fsd50k_vocabulary(path) -> tuple[list[str], list[str]]:
+    """Reads FSD50K's `vocabulary.csv` (no header; rows `index,label,mid`) -> (labels, mids).
+
+    Classes are ordered by their index column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FSD50K vocabulary file not found")
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 3:
+                raise ValueError(
+                    f"{path}, line {reader.line_num}: expected 3 fields index,label,mid, "
+                    f"got {len(row)}: {row}"
+                )
+            try:
+                index = int(row[0])
+            except ValueError:
+                raise ValueError(
+                    f"{path}, line {reader.line_num}: index {row[0]!r} is not an integer "
+                    "(vocabulary.csv has no header row)"
+                ) from None
+            rows.append((index, row[1].strip(), row[2].strip()))
+    if not rows:
+        raise ValueError(f"{path}: vocabulary is empty")
+    rows.sort()
+    indices = [r[0] for r in rows]
+    labels = [r[1] for r in rows]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{path}: repeated class indices")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path}: repeated labels")
+    return labels, [r[2] for r in rows]
+
+
+def _read_uploaders(path: Path) -> dict[str, str] | None:
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as f:
+        info = json.load(f)
+    return {str(k): str(v.get("uploader", "")) for k, v in info.items() if isinstance(v, dict)}
+
+
+def read_fsd50k(root, split: str) -> ClipDataset:
+    """Reads one split of FSD50K as distributed on Zenodo.
+
+    Layout under `root`: `FSD50K.dev_audio/<fname>.wav`, `FSD50K.eval_audio/<fname>.wav`,
+    `FSD50K.ground_truth/dev.csv` (`fname,labels,mids,split`, split is train or val: the
+    official validation split), `eval.csv` (`fname,labels,mids`) and `vocabulary.csv` (no
+    header, `index,label,mid`); `labels` and `mids` are comma-separated inside one quoted field.
+
+    Args:
+        root: the FSD50K directory.
+        split: `"train"`, `"val"` (both from dev.csv) or `"eval"`.
+
+    Targets are multi-hot over the vocabulary's order (200 classes for the real dataset).
+    Groups are the Freesound uploaders when `FSD50K.metadata/<dev|eval>_clips_info_FSD50K.json`
+    is present, else None. A label missing from the vocabulary raises `ValueError` naming the
+    CSV file, its line and the label; audio files that do not exist are left out, listed in
+    `missing` and reported with a warning.
+    """
+    if split not in FSD50K_SPLITS:
+        raise ValueError(f"split must be one of {FSD50K_SPLITS}, got {split!r}")
+    root = Path(root)
+    truth = root / _GROUND_TRUTH
+    if not truth.is_dir():
+        raise FileNotFoundError(f"{truth}: not found; is {root} an FSD50K directory?")
+    labels, mids = read_fsd50k_vocabulary(truth / "vocabulary.csv")
+    column = {label: k for k, label in enumerate(labels)}
+    part = "eval" if split == "eval" else "dev"
+    csv_path = truth / f"{part}.csv"
+    audio_dir = root / (_EVAL_AUDIO if part == "eval" else _DEV_AUDIO)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: FSD50K ground-truth file not found")
+    expected = ["fname", "labels", "mids"] + (["split"] if part == "dev" else [])
+
+    fnames, rows = [], []
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != expected:
+            raise ValueError(f"{csv_path}: header must be {','.join(expected)}, got {header}")
+        seen = set()
+        for row in reader:
+            if not row or not "".join(row).strip():
+                continue
+            line = reader.line_num
+            if len(row) != len(expected):
+                raise ValueError(
+                    f"{csv_path}, line {line}: expected {len(expected)} fields, got {len(row)}"
+                )
+            fname = row[0].strip()
+            if not fname:
+                raise ValueError(f"{csv_path}, line {line}: empty fname")
+            if part == "dev":
+                row_split = row[3].strip()
+                if row_split not in ("train", "val"):
+                    raise ValueError(
+                        f"{csv_path}, line {line} (fname {fname}): split must be train or "
+                        f"val, got {row_split!r}"
+                    )
+                if row_split != split:
+                    continue
+            if fname in seen:
+                raise ValueError(f"{csv_path}, line {line}: fname {fname} appears twice")
+            seen.add(fname)
+            row_labels = _split_field(row[1])
+            for label in row_labels:
+                if label not in column:
+                    raise ValueError(
+                        f"{csv_path}, line {line} (fname {fname}): label {label!r} is not in "
+                        f"{truth / 'vocabulary.csv'}"
+                    )
+            fnames.append(fname)
+            rows.append([column[label] for label in row_labels])
+
+    uploaders = _read_uploaders(root / _METADATA / f"{part}_clips_info_FSD50K.json")
+    paths, ids, groups, keep_rows, missing = [], [], [], [], []
+    for fname, cols in zip(fnames, rows, strict=True):
+        path = audio_dir / f"{fname}.wav"
+        if not path.is_file():
+            missing.append(path)
+            continue
+        paths.append(path)
+        ids.append(fname)
+        keep_rows.append(cols)
+        if uploaders is not None:
+            groups.append(uploaders.get(fname, ""))
+    _warn_missing(missing, csv_path)
+    return ClipDataset(
+        paths=paths,
+        targets=_multi_hot(keep_rows, len(labels)),
+        labels=labels,
+        mids=mids,
+        clip_ids=ids,
+        groups=groups if uploaders is not None else None,
+        missing=missing,
+    )
+
+
+def write_fsd50k_layout(
+    root,
+    dev_rows: Iterable[tuple[str, Sequence[str], Sequence[str], str]],
+    eval_rows: Iterable[tuple],
+    vocabulary: Sequence[tuple[str, str]],
+) -> dict[str, Path]:
+    """Writes FSD50K's ground-truth CSVs (exactly its format) and creates its audio folders.
+
+    Args:
+        root: directory to create the layout in (created if needed).
+        dev_rows: `(fname, [labels], [mids], split)` with split `"train"` or `"val"`.
+        eval_rows: `(fname, [labels], [mids])` (a 4th element, if any, is ignored).
+        vocabulary: `(label, mid)` per class, in index order (written as `index,label,mid`).
+
+    Audio goes in the returned `dev_audio` / `eval_audio` folders as `<fname>.wav`.
+    Returns the paths: `dev_audio`, `eval_audio`, `ground_truth`, `dev_csv`, `eval_csv`,
+    `vocabulary_csv`.
+    """
+    root = Path(root)
+    vocabulary = [(str(label), str(mid)) for label, mid in vocabulary]
+    known = {label for label, _ in vocabulary}
+    for label, mid in vocabulary:
+        if not label or "," in label or "," in mid:
+            raise ValueError(f"vocabulary: label {label!r} / mid {mid!r} may not hold a comma")
+    if len(known) != len(vocabulary):
+        raise ValueError("vocabulary: repeated labels")
+
+    def check(fname, labels, mids, where):
+        fname = str(fname)
+        if not fname or "/" in fname or "," in fname:
+            raise ValueError(f"{where}: bad fname {fname!r}")
+        labels, mids = [str(x) for x in labels], [str(x) for x in mids]
+        unknown = [x for x in labels if x not in known]
+        if unknown:
+            raise ValueError(f"{where} (fname {fname}): labels {unknown} not in the vocabulary")
+        if len(mids) != len(labels):
+            raise ValueError(f"{where} (fname {fname}): {len(labels)} labels, {len(mids)} mids")
+        return fname, ",".join(labels), ",".join(mids)
+
+    paths = {
+        "dev_audio": root / _DEV_AUDIO,
+        "eval_audio": root / _EVAL_AUDIO,
+        "ground_truth": root / _GROUND_TRUTH,
+    }
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+    truth = paths["ground_truth"]
+    paths.update(
+        dev_csv=truth / "dev.csv",
+        eval_csv=truth / "eval.csv",
+        vocabulary_csv=truth / "vocabulary.csv",
+    )
+
+    def writer(f):
+        return csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+
+    with paths["vocabulary_csv"].open("w", newline="", encoding="utf-8") as f:
+        w = writer(f)
+        for index, (label, mid) in enumerate(vocabulary):
+            w.writerow([index, label, mid])
+    with paths["dev_csv"].open("w", newline="", encoding="utf-8") as f:
+        w = writer(f)
+        w.writerow(["fname", "labels", "mids", "split"])
+        for i, row in enumerate(dev_rows):
+            if len(row) != 4:
+                raise ValueError(f"dev_rows[{i}]: expected (fname, labels, mids, split)")
+            fname, labels, mids, split = row
+            if split not in ("train", "val"):
+                raise ValueError(f"dev_rows[{i}]: split must be train or val, got {split!r}")
+            w.writerow([*check(fname, labels, mids, f"dev_rows[{i}]"), split])
+    with paths["eval_csv"].open("w", newline="", encoding="utf-8") as f:
+        w = writer(f)
+        w.writerow(["fname", "labels", "mids"])
+        for i, row in enumerate(eval_rows):
+            if len(row) not in (3, 4):
+                raise ValueError(f"eval_rows[{i}]: expected (fname, labels, mids)")
+            w.writerow(check(*row[:3], f"eval_rows[{i}]"))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# A CSV of paths and labels, and class folders
+
+
+def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDataset:
+    """Reads a CSV with header `path,labels` (and optionally a `group` column).
+
+    `labels` holds a clip's classes separated by commas (inside a quoted field) or by `;`.
+    Paths are relative to the CSV file's directory (absolute paths are kept).
+
+    Args:
+        csv_path: the CSV file.
+        labels: the vocabulary, in target order; default: the sorted union of the CSV's labels.
+            A label outside a given vocabulary raises `ValueError` naming file, line and label.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: CSV file not found")
+    base = csv_path.parent
+    entries = []
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [h.strip() for h in (reader.fieldnames or [])]
+        if "path" not in fields or "labels" not in fields:
+            raise ValueError(f"{csv_path}: header must name the columns path,labels; got {fields}")
+        reader.fieldnames = fields
+        for row in reader:
+            line = reader.line_num
+            if row.get(None):
+                raise ValueError(
+                    f"{csv_path}, line {line}: more fields than the header has; quote a labels "
+                    "field that holds commas, or separate labels with ';'"
+                )
+            raw_path = (row.get("path") or "").strip()
+            if not raw_path:
+                raise ValueError(f"{csv_path}, line {line}: empty path")
+            row_labels = [x.strip() for x in re.split(r"[,;]", row.get("labels") or "")]
+            row_labels = list(dict.fromkeys(x for x in row_labels if x))
+            group = (row.get("group") or "").strip() if "group" in fields else None
+            entries.append((line, raw_path, row_labels, group))
+
+    if labels is None:
+        vocabulary = sorted({x for _, _, row_labels, _ in entries for x in row_labels})
+    else:
+        vocabulary = [str(x) for x in labels]
+    column = {label: k for k, label in enumerate(vocabulary)}
+    paths, ids, groups, rows, missing = [], [], [], [], []
+    for line, raw_path, row_labels, group in entries:
+        for label in row_labels:
+            if label not in column:
+                raise ValueError(
+                    f"{csv_path}, line {line} ({raw_path}): label {label!r} is not in the "
+                    "given labels"
+                )
+        path = Path(raw_path)
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            missing.append(path)
+            continue
+        paths.append(path)
+        ids.append(raw_path)
+        groups.append(group)
+        rows.append([column[label] for label in row_labels])
+    _warn_missing(missing, csv_path)
+    return ClipDataset(
+        paths=paths,
+        targets=_multi_hot(rows, len(vocabulary)),
+        labels=vocabulary,
+        mids=[""] * len(vocabulary),
+        clip_ids=ids,
+        groups=groups if "group" in fields else None,
+        missing=missing,
+    )
+
+
+def read_folder_dataset(root, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> ClipDataset:
+    """One sub-folder of `root` per class, its audio files (searched recursively) inside.
+
+    Every clip gets the one label of its folder. Classes are the sorted folder names that hold
+    at least one audio file (`extensions`, case-insensitive; hidden files are ignored); folders
+    without audio are reported with a warning.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory")
+    extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    classes, files, empty = [], [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in extensions
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+        if not found:
+            empty.append(folder.name)
+            continue
+        classes.append(folder.name)
+        files.append(found)
+    if empty:
+        warnings.warn(
+            f"{root}: class folders without audio files were ignored: {empty}", stacklevel=2
+        )
+    if not classes:
+        raise ValueError(f"{root}: no class folder holds audio files ({', '.join(extensions)})")
+    paths = [p for found in files for p in found]
+    rows = [[k] for k, found in enumerate(files) for _ in found]
+    return ClipDataset(
+        paths=paths,
+        targets=_multi_hot(rows, len(classes)),
+        labels=classes,
+        mids=[""] * len(classes),
+        clip_ids=[p.relative_to(root).with_suffix("").as_posix() for p in paths],
+        groups=None,
+    )
+
+
+def _multi_hot(rows: list[list[int]], n_classes: int) -> np.ndarray:
+    targets = np.zeros((len(rows), n_classes), np.float32)
+    for i, cols in enumerate(rows):
+        targets[i, cols] = 1.0
+    return targets
+
+
+def _warn_missing(missing: list[Path], source: Path) -> None:
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        warnings.warn(
+            f"{source}: {len(missing)} audio files listed there do not exist and were left "
+            f"out: {shown}{more}",
+            stacklevel=3,
+        )

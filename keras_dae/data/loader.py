@@ -1,0 +1,364 @@
+"""Streaming 1 s chunks of audio clips into `model.fit`, on every Keras backend.
+
+    loader = ChunkLoader(dataset, sample_rate=16000, batch_size=32, shuffle=True, seed=0,
+                         target_names=("fused", "pitch", "timbre", "neuralogram", "end_to_end"))
+    model.fit(loader, epochs=40, shuffle=False, callbacks=[loader.epoch_callback()])
+
+The loader indexes every (clip, chunk) pair from the files' headers (`soundfile.info`, no
+decoding), and decodes the clips of each batch when the batch is asked for (`load_audio`, then
+`chunk_waveform`), keeping a small LRU cache of chunked clips. Memory stays bounded whatever
+the dataset size.
+
+Order: the items of epoch `e` are a function of `(seed, e)` only. `on_epoch_end` moves to the
+next epoch; `set_epoch(e)` jumps to one. Keras calls `on_epoch_end` once more than the number
+of epochs (also before the first), so for an exact, resumable order pass
+`loader.epoch_callback()` to `fit`: it sets the loader's epoch to Keras' epoch number at the
+start of every epoch (so `fit(initial_epoch=k)` resumes with epoch k's order). Pass
+`shuffle=False` to `fit`: the loader shuffles itself, and Keras' own shuffling of batch order
+draws from Python's global random state.
+
+Bad files never end an epoch: a file that cannot be read at indexing time is left out of the
+index, one that fails to decode later is left out from then on, and its chunks are replaced by
+other chunks (chosen deterministically). Each is logged once with the reason and recorded in
+`loader.skipped` (path -> reason). With `use_multiprocessing=True`, files that fail inside
+worker processes are skipped there but not recorded in the parent's `skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import soundfile
+
+from keras_dae.audio import AudioDecodeError, load_audio
+from keras_dae.data.chunking import _lengths, chunk_count, chunk_waveform
+from keras_dae.data.datasets import ClipDataset
+
+__all__ = ["ChunkLoader", "iterate_clips"]
+
+logger = logging.getLogger(__name__)
+
+
+def _probe(path: Path, sample_rate: int) -> int:
+    """Length in samples at `sample_rate` that `load_audio` will return, from the header only."""
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"{path}: empty file (0 bytes)")
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioDecodeError(f"{path}: not readable as audio ({error})") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioDecodeError(f"{path}: contains no samples")
+    if info.samplerate == sample_rate:
+        return int(info.frames)
+    return int(np.ceil(info.frames * (float(sample_rate) / info.samplerate)))  # librosa.resample
+
+
+def _reason(error: Exception, path: Path) -> str:
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+class _EpochSync(keras.callbacks.Callback):
+    """Sets a loader's epoch to Keras' epoch number at the start of every epoch."""
+
+    def __init__(self, loader: ChunkLoader):
+        super().__init__()
+        self._loader = loader
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._loader.set_epoch(epoch)
+
+
+class ChunkLoader(keras.utils.PyDataset):
+    """Batches of fixed-length chunks of a `ClipDataset`'s clips, for `model.fit`.
+
+    Each item is `(waveforms, targets)`: waveforms float32 `(B, chunk_samples)` at
+    `sample_rate`; targets float32 `(B, n_classes)` (the chunk's clip's multi-hot labels), or a
+    dict `{name: (B, n_classes)}` with the same array under every name of `target_names`.
+
+    Args:
+        dataset: the clips.
+        sample_rate: Hz of the waveforms produced (files are resampled with soxr).
+        batch_size: chunks per batch.
+        chunk_seconds: chunk length, seconds.
+        hop_seconds: seconds between chunk starts within a clip (see `chunk_waveform`).
+        short: `"tile"` or `"pad"` for clips shorter than a chunk.
+        shuffle: shuffle the (clip, chunk) pairs every epoch (else dataset order).
+        seed: non-negative int; epoch `e`'s order depends only on `(seed, e)`.
+        target_names: output names to give the targets under (a dict), or None (an array).
+        balanced: draw each epoch's items with replacement, the probability of a chunk
+            proportional to `sum_k y_k / n_k` over its clip's labels k, where `n_k` is the
+            number of chunks with label k: every class gets about the same share of draws
+            (an unlabelled clip gets weight `1 / n_chunks`). Epoch length is unchanged.
+        mixup: alpha of the Beta(alpha, alpha) distribution of mixup weights; 0 disables. Row i
+            becomes `lam_i * x_i + (1 - lam_i) * x_j` (j a permutation of the batch), and its
+            targets the same combination.
+        mixup_probability: share of the rows that are mixed (the others keep lam = 1).
+        drop_last: leave out the last, smaller batch of an epoch.
+        cache_mb: memory for the LRU cache of chunked clips, MiB (at least one clip is kept).
+        epoch: the epoch to start at.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `PyDataset`
+            (thread workers are safe: the cache and the bookkeeping are locked).
+
+    Attributes:
+        skipped: path (str) -> reason, every file left out.
+        clip_index, chunk_index: int64 `(n_items,)`, the indexed (clip, chunk) pairs.
+    """
+
+    def __init__(
+        self,
+        dataset: ClipDataset,
+        sample_rate: int = 16000,
+        batch_size: int = 32,
+        chunk_seconds: float = 1.0,
+        hop_seconds: float = 0.5,
+        short: str = "tile",
+        shuffle: bool = True,
+        seed: int = 0,
+        target_names: Sequence[str] | str | None = None,
+        balanced: bool = False,
+        mixup: float = 0.0,
+        mixup_probability: float = 1.0,
+        drop_last: bool = False,
+        cache_mb: float = 256.0,
+        epoch: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(dataset, ClipDataset):
+            raise TypeError(f"dataset must be a ClipDataset, got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise ValueError("dataset has no clips")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if short not in ("tile", "pad"):
+            raise ValueError(f"short must be 'tile' or 'pad', got {short!r}")
+        if not (mixup >= 0 and math.isfinite(mixup)):
+            raise ValueError(f"mixup (a Beta alpha) must be >= 0, got {mixup!r}")
+        if not 0 <= mixup_probability <= 1:
+            raise ValueError(f"mixup_probability must be in [0, 1], got {mixup_probability!r}")
+        self.chunk_samples, _ = _lengths(sample_rate, chunk_seconds, hop_seconds)
+        if isinstance(target_names, str):
+            target_names = (target_names,)
+        self.target_names = None if target_names is None else tuple(target_names)
+        self.dataset = dataset
+        self.sample_rate = int(sample_rate)
+        self.batch_size = int(batch_size)
+        self.chunk_seconds = float(chunk_seconds)
+        self.hop_seconds = float(hop_seconds)
+        self.short = short
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.balanced = bool(balanced)
+        self.mixup = float(mixup)
+        self.mixup_probability = float(mixup_probability)
+        self.drop_last = bool(drop_last)
+        self.cache_bytes = int(cache_mb * 2**20)
+        self.skipped: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+        self._bad = np.zeros(len(dataset), bool)
+        self._build_index()
+        self.set_epoch(epoch)
+
+    # ---- index ------------------------------------------------------------------------------
+
+    def _build_index(self) -> None:
+        counts = np.zeros(len(self.dataset), np.int64)
+        for i, path in enumerate(self.dataset.paths):
+            try:
+                n = _probe(path, self.sample_rate)
+            except AudioDecodeError as error:
+                self._report(i, _reason(error, path))
+                continue
+            counts[i] = chunk_count(n, self.sample_rate, self.chunk_seconds, self.hop_seconds)
+        if counts.sum() == 0:
+            raise ValueError(
+                f"none of the {len(self.dataset)} files is readable audio; see loader.skipped "
+                f"or the log (first: {next(iter(self.skipped.items()), None)})"
+            )
+        self.clip_index = np.repeat(np.arange(len(self.dataset), dtype=np.int64), counts)
+        starts = np.cumsum(counts) - counts
+        self.chunk_index = np.arange(self.clip_index.size, dtype=np.int64) - np.repeat(
+            starts, counts
+        )
+        self._weights = self._balanced_weights() if self.balanced else None
+
+    def _balanced_weights(self) -> np.ndarray:
+        y = self.dataset.targets[self.clip_index] > 0  # (n_items, n_classes)
+        per_class = y.sum(axis=0).astype(np.float64)
+        inverse = np.divide(1.0, per_class, out=np.zeros_like(per_class), where=per_class > 0)
+        weights = y.astype(np.float64) @ inverse
+        weights[weights == 0] = 1.0 / weights.size
+        return weights / weights.sum()
+
+    @property
+    def n_items(self) -> int:
+        """Number of (clip, chunk) pairs indexed (chunks per epoch)."""
+        return int(self.clip_index.size)
+
+    # ---- epochs -----------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the next batches those of epoch `epoch` (any non-negative int)."""
+        if not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+        n = self.n_items
+        if self.balanced:
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            self._order = rng.choice(n, size=n, replace=True, p=self._weights)
+        elif self.shuffle:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        else:
+            self._order = np.arange(n)
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback for `fit` that sets this loader's epoch to Keras' epoch number."""
+        return _EpochSync(self)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.n_items // self.batch_size
+        return math.ceil(self.n_items / self.batch_size)
+
+    def batch_items(self, index: int) -> np.ndarray:
+        """Indices into `clip_index`/`chunk_index` that batch `index` of this epoch is made of
+        (before any replacement of chunks of bad files), int64 `(B,)`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    # ---- decoding ---------------------------------------------------------------------------
+
+    def _report(self, clip: int, reason: str) -> None:
+        path = str(self.dataset.paths[clip])
+        with self._lock:
+            self._bad[clip] = True
+            if path in self.skipped:
+                return
+            self.skipped[path] = reason
+            dropped = self._cache.pop(clip, None)
+            if dropped is not None:
+                self._cached_bytes -= dropped.nbytes
+        logger.warning("keras_dae.data: skipping %s: %s", path, reason)
+
+    def _chunks(self, clip: int) -> np.ndarray | None:
+        with self._lock:
+            if self._bad[clip]:
+                return None
+            chunks = self._cache.get(clip)
+            if chunks is not None:
+                self._cache.move_to_end(clip)
+                return chunks
+        path = self.dataset.paths[clip]
+        try:
+            chunks = chunk_waveform(
+                load_audio(path, self.sample_rate),
+                self.sample_rate,
+                self.chunk_seconds,
+                self.hop_seconds,
+                self.short,
+            )
+        except (AudioDecodeError, ValueError, OSError) as error:
+            self._report(clip, _reason(error, path))
+            return None
+        with self._lock:
+            if clip not in self._cache:
+                self._cache[clip] = chunks
+                self._cached_bytes += chunks.nbytes
+            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.nbytes
+        return chunks
+
+    def _chunk(self, item: int) -> np.ndarray | None:
+        chunks = self._chunks(int(self.clip_index[item]))
+        if chunks is None:
+            return None
+        # The header's length can differ from the decoded one by a sample (MP3 and the like).
+        return chunks[min(int(self.chunk_index[item]), len(chunks) - 1)]
+
+    def __getitem__(self, index: int):
+        items = np.array(self.batch_items(index), copy=True)
+        waveforms = np.empty((items.size, self.chunk_samples), np.float32)
+        replacement_rng = None
+        for pos in range(items.size):
+            chunk = self._chunk(items[pos])
+            while chunk is None:  # a bad file: draw another chunk from the files still good
+                if replacement_rng is None:
+                    replacement_rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+                with self._lock:
+                    good = np.flatnonzero(~self._bad[self.clip_index])
+                if good.size == 0:
+                    raise RuntimeError(
+                        "every file of the dataset failed to decode; see loader.skipped: "
+                        f"{dict(list(self.skipped.items())[:3])}"
+                    )
+                items[pos] = good[replacement_rng.integers(good.size)]
+                chunk = self._chunk(items[pos])
+            waveforms[pos] = chunk
+        targets = self.dataset.targets[self.clip_index[items]].astype(np.float32)
+        if self.mixup > 0:
+            waveforms, targets = self._mix(waveforms, targets, index)
+        if self.target_names is None:
+            return waveforms, targets
+        return waveforms, {name: targets for name in self.target_names}
+
+    def _mix(self, waveforms: np.ndarray, targets: np.ndarray, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+        b = waveforms.shape[0]
+        lam = rng.beta(self.mixup, self.mixup, size=b)
+        lam = np.where(rng.random(b) < self.mixup_probability, lam, 1.0).astype(np.float32)
+        partner = rng.permutation(b)
+        lam = lam[:, None]
+        waveforms = lam * waveforms + (1 - lam) * waveforms[partner]
+        targets = lam * targets + (1 - lam) * targets[partner]
+        return waveforms.astype(np.float32), targets.astype(np.float32)
+
+
+def iterate_clips(
+    dataset: ClipDataset,
+    sample_rate: int = 16000,
+    chunk_seconds: float = 1.0,
+    hop_seconds: float = 0.5,
+    short: str = "tile",
+    indices: Sequence[int] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields `(clip_index, chunks)` for every clip, chunks float32 `(n_chunks, chunk_samples)`.
+
+    For evaluation: a clip's score is then the mean of its chunks' scores. Clips whose file
+    fails to decode are logged, recorded in `skipped` (path -> reason) when a dict is given,
+    and not yielded. `indices` restricts (and orders) the clips.
+    """
+    order = range(len(dataset)) if indices is None else [int(i) for i in indices]
+    for i in order:
+        path = dataset.paths[i]
+        try:
+            waveform = load_audio(path, sample_rate)
+            chunks = chunk_waveform(waveform, sample_rate, chunk_seconds, hop_seconds, short)
+        except (AudioDecodeError, ValueError, OSError) as error:
+            reason = _reason(error, path)
+            logger.warning("keras_dae.data: skipping %s: %s", path, reason)
+            if skipped is not None:
+                skipped[str(path)] = reason
+            continue
+        yield i, chunks
