@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-
 from conftest import harmonic_tone, load_recording
+
 from keras_dae.data import write_fsd50k_layout
 
 # Class, AudioSet id (where the class exists in AudioSet), source.

@@ -11,8 +11,8 @@ import time
 import keras
 import numpy as np
 import pytest
-
 from fsd50k_fixture import write_small_fsd50k
+
 from keras_dae import training
 from keras_dae.cli import main as cli_main
 from keras_dae.data import read_fsd50k
