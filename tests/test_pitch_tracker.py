@@ -358,7 +358,7 @@ def test_dynamic_length_under_jit(signals):
 
 
 def test_config_round_trip_keeps_arguments():
-    layer = PitchTracker(
+    arguments = dict(
         sample_rate=22050,
         fmin=80.0,
         fmax=1000.0,
@@ -368,20 +368,9 @@ def test_config_round_trip_keeps_arguments():
         center=False,
         pad_mode="constant",
         voicing_threshold=0.7,
-        name="pitch",
     )
-    config = layer.get_config()
-    for key, value in dict(
-        sample_rate=22050,
-        fmin=80.0,
-        fmax=1000.0,
-        frame_length=2048,
-        hop_length=None,
-        trough_threshold=0.15,
-        center=False,
-        pad_mode="constant",
-        voicing_threshold=0.7,
-    ).items():
+    config = PitchTracker(**arguments, name="pitch").get_config()
+    for key, value in arguments.items():
         assert config[key] == value, key
     clone = PitchTracker.from_config(config)
     assert clone.hop_length == 512 and clone.get_config() == config
