@@ -32,15 +32,12 @@ def clip_statistics(features: np.ndarray) -> np.ndarray:
 def featurize(dataset, sample_rate=16000):
     from keras import ops
 
-    from keras_dae import layers
     from keras_dae.audio import AudioDecodeError, load_audio
+    from keras_dae.models import default_stream_frontends
 
-    frontends = [
-        layers.ConstantQTransform(sample_rate=sample_rate, hop_length=256, to_db=True),
-        layers.PitchTracker(sample_rate=sample_rate, frame_length=1024, hop_length=256),
-        layers.MFCC(sample_rate=sample_rate, n_mfcc=20, n_mels=64),
-        layers.SpectralDescriptors(sample_rate=sample_rate),
-    ]
+    # Exactly the model's pitch and timbre front ends.
+    streams = default_stream_frontends(sample_rate)
+    frontends = streams["pitch"] + streams["timbre"]
     rows, kept = [], []
     for i, path in enumerate(dataset.paths):
         try:

@@ -144,12 +144,9 @@ def init_fusion_from_streams(model) -> None:
 class _EpochEnd(keras.callbacks.Callback):
     """Validation mAP, best-epoch selection, early stopping and the atomic checkpoint."""
 
-    def __init__(self, trainer, stage, loader):
+    def __init__(self, trainer, stage):
         super().__init__()
-        self.trainer, self.stage, self.loader = trainer, stage, loader
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.loader.set_epoch(epoch)
+        self.trainer, self.stage = trainer, stage
 
     def on_epoch_end(self, epoch, logs=None):
         self.trainer._end_of_epoch(self.stage, epoch, logs or {})
@@ -293,7 +290,7 @@ class Trainer:
     def _callbacks(self, stage, loader) -> list:
         logs = self.run_dir / "logs"
         logs.mkdir(exist_ok=True)
-        callbacks = [_EpochEnd(self, stage, loader),
+        callbacks = [loader.epoch_callback(), _EpochEnd(self, stage),
                      keras.callbacks.CSVLogger(str(logs / f"{stage}.csv"), append=True)]
         # Keras' TensorBoard callback writes through TensorFlow's summary ops and the
         # tensorboard package; without them (e.g. a JAX-only install) the CSV log remains.
