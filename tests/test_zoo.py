@@ -1,6 +1,7 @@
 """The zoo: presets build, save, load, fine-tune, and refuse what they should."""
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -153,3 +154,17 @@ def test_lambda_in_config_is_not_executed(tmp_path):
     with pytest.raises(PresetError):
         zoo.load(directory)
     assert not marker.exists()
+
+
+def test_fsd50k_preset_carries_fsd50k_vocabulary():
+    model = zoo.load("diverse_fsd50k", weights=None)
+    assert model.class_names[0] == "Accelerating_and_revving_and_vroom"
+    assert model.class_names[158] == "Speech" and model.class_mids[158] == "/m/09x0r"
+    assert model.class_names[-1] == "Zipper_(clothing)" and model.class_mids[-1] == "/m/01s0vc"
+    assert model.class_names == sorted(model.class_names)
+    assert len(set(model.class_names)) == 200 and len(set(model.class_mids)) == 200
+    assert all(re.fullmatch(r"/[mt]/[0-9a-z_]+", mid) for mid in model.class_mids)
+    # Fine-tuning replaces the vocabulary.
+    tuned = zoo.load("diverse_fsd50k", weights=None, labels=["dog", "cat"])
+    assert tuned.class_names == ["dog", "cat"] and tuned.class_mids == ["", ""]
+

@@ -21,7 +21,7 @@ from keras_dae.models.classifier import DiverseClassifier, build_diverse_classif
 from keras_dae.version import __version__
 from keras_dae.zoo import preset_files as files
 from keras_dae.zoo.preset_files import PresetError
-from keras_dae.zoo.presets import PRESETS
+from keras_dae.zoo.presets import PRESETS, preset_vocabulary
 
 __all__ = ["PRESETS", "PresetError", "keras_dae_home", "list_presets", "load", "save"]
 
@@ -123,6 +123,8 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
             raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a "
                               "DiverseClassifier")
     class_names, class_mids = None, None
+    if name is not None and not (directory / files.LABELS_FILE).is_file():
+        class_names, class_mids = preset_vocabulary(name) or (None, None)
     if (directory / files.LABELS_FILE).is_file():
         class_names, class_mids = files.read_labels(directory / files.LABELS_FILE)
         if len(class_names) != model.num_classes:

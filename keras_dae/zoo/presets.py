@@ -1,6 +1,10 @@
-"""The known presets: name -> how to build the model, and where its weights come from."""
+"""The known presets: name -> how to build the model, its class vocabulary, and where its
+weights come from."""
 
 from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
 
 from keras_dae.models.backbone import TOWER_DEFAULTS
 
@@ -16,6 +20,7 @@ PRESETS: dict[str, dict] = {
         "sample_rate": 16000,
         "tower": dict(TOWER_DEFAULTS),
         "labels_source": "FSD50K.ground_truth/vocabulary.csv",
+        "vocabulary": "fsd50k.csv",
         "train_command": (
             "keras-dae train --data /path/to/FSD50K --format fsd50k "
             "--preset diverse_fsd50k --out RUN_DIR"
@@ -38,3 +43,16 @@ PRESETS: dict[str, dict] = {
         ),
     },
 }
+
+
+def vocabulary_path(filename: str) -> Path:
+    """A class vocabulary shipped in the package (`keras_dae/zoo/vocabularies/`)."""
+    return Path(str(resources.files("keras_dae.zoo") / "vocabularies" / filename))
+
+
+def preset_vocabulary(name: str) -> tuple[list[str], list[str]] | None:
+    """(labels, AudioSet mids) of a named preset whose vocabulary ships with keras-dae."""
+    from keras_dae.data.datasets import read_fsd50k_vocabulary
+
+    filename = PRESETS[name].get("vocabulary")
+    return read_fsd50k_vocabulary(vocabulary_path(filename)) if filename else None
