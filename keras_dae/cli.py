@@ -106,6 +106,7 @@ def _train_command(args) -> int:
         joint_epochs=args.joint_epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, mixup=args.mixup, balanced=args.balanced,
         patience=args.patience, seed=args.seed,
+        feature_masking={"on": True, "off": False, "preset": None}[args.feature_masking],
     )
     print(f"train: {len(train)} clips, val: {len(val)} clips, {len(train.labels)} classes; "
           f"preset {args.preset} ({model.count_params():,} parameters); "
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     train.add_argument("--balanced", action="store_true", help="balanced sampling")
+    train.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
+                       help="SpecAugment-style masking of the towers' features in training "
+                            "(default: as the preset's towers say)")
     train.add_argument("--patience", type=int, default=3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")

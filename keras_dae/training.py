@@ -31,6 +31,8 @@ from keras_dae import metrics
 from keras_dae.data.loader import ChunkLoader, iterate_clips
 
 STAGES = ("towers", "fusion", "joint")
+DEFAULT_FEATURE_MASKING = {"time_masks": 2, "time_mask_fraction": 0.1, "feature_masks": 2,
+                           "feature_mask_fraction": 0.1}
 
 
 @dataclasses.dataclass
@@ -48,6 +50,9 @@ class TrainConfig:
     hop_seconds: float = 0.5
     mixup: float = 0.0
     balanced: bool = False
+    # SpecAugment-style masking in the towers: None keeps the model's own setting, False
+    # turns it off, True sets `DEFAULT_FEATURE_MASKING` (see README for what it does here).
+    feature_masking: bool | None = None
     patience: int = 3
     normalization_chunks: int = 512
     seed: int = 0
@@ -301,6 +306,10 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         """Trains all stages (resuming from the checkpoint when asked); returns the history."""
         self._check_writable()
+        if self.config.feature_masking is not None:
+            masking = DEFAULT_FEATURE_MASKING if self.config.feature_masking else None
+            for tower in self.model.backbone.towers.values():
+                tower.set_feature_masking(masking)
         restored = resume and self._restore_checkpoint()
         if resume and not restored and self.verbose:
             print(f"No checkpoint in {self.ckpt_dir}; starting from scratch.", flush=True)

@@ -220,7 +220,7 @@ def test_fsd50k_vocabulary_agrees_with_sampled_dataset_classes():
 
     builder = load_module()
     labels, mids = preset_vocabulary("diverse_fsd50k")
-    vocabulary = dict(zip(labels, mids))
+    vocabulary = dict(zip(labels, mids, strict=True))
     shared = [(label, mid) for label, mid in builder.CLASSES if label in vocabulary]
     assert len(shared) == 13, shared  # Flute and Synthesizer are AudioSet-only classes
     for label, mid in shared:
