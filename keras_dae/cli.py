@@ -107,6 +107,8 @@ def _train_command(args) -> int:
         learning_rate=args.learning_rate, mixup=args.mixup, balanced=args.balanced,
         patience=args.patience, seed=args.seed,
         feature_masking={"on": True, "off": False, "preset": None}[args.feature_masking],
+        feature_cache=(str(Path(args.out) / "feature_cache") if args.feature_cache == "run"
+                       else args.feature_cache),
     )
     print(f"train: {len(train)} clips, val: {len(val)} clips, {len(train.labels)} classes; "
           f"preset {args.preset} ({model.count_params():,} parameters); "
@@ -187,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                        help="SpecAugment-style masking of the towers' features in training "
                             "(default: as the preset's towers say)")
+    train.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
+                       help="compute the handcrafted streams' features once and keep them in "
+                            "DIR (default RUN_DIR/feature_cache)")
     train.add_argument("--patience", type=int, default=3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")

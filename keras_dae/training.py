@@ -28,11 +28,11 @@ import keras
 import numpy as np
 
 from keras_dae import metrics
+from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader, iterate_clips
+from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 
 STAGES = ("towers", "fusion", "joint")
-DEFAULT_FEATURE_MASKING = {"time_masks": 2, "time_mask_fraction": 0.1, "feature_masks": 2,
-                           "feature_mask_fraction": 0.1}
 
 
 @dataclasses.dataclass
@@ -53,6 +53,9 @@ class TrainConfig:
     # SpecAugment-style masking in the towers: None keeps the model's own setting, False
     # turns it off, True sets `DEFAULT_FEATURE_MASKING` (see README for what it does here).
     feature_masking: bool | None = None
+    # Directory of the on-disk cache of the weight-free (handcrafted) streams' features,
+    # computed once before training (None: computed in every step). See FeatureCache.
+    feature_cache: str | None = None
     patience: int = 3
     normalization_chunks: int = 512
     seed: int = 0
@@ -177,6 +180,8 @@ class Trainer:
         self.state = {"stage": STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,
                       "wait": 0, "history": [], "normalized": False,
                       "config": dataclasses.asdict(self.config)}
+        self.feature_cache: FeatureCache | None = None
+        self.fit_model = model  # what `fit` trains: the model, or its feature-input twin
 
     # -- checkpointing -------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -191,7 +196,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         _atomic_save_weights(self.model, self.ckpt_dir / "model.weights.h5")
-        opt = self.model.optimizer
+        opt = self.fit_model.optimizer
         if opt is not None and opt.built:
             arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in
                       enumerate(opt.variables)}
@@ -213,8 +218,8 @@ class Trainer:
         if not path.is_file():
             return
         saved = np.load(path)
-        opt = self.model.optimizer
-        opt.build(self.model.trainable_variables)
+        opt = self.fit_model.optimizer
+        opt.build(self.fit_model.trainable_variables)
         if len(saved.files) != len(opt.variables):
             return  # a checkpoint from another stage's optimizer
         for i, v in enumerate(opt.variables):
@@ -249,7 +254,17 @@ class Trainer:
             seed=c.seed, target_names=("fused", *self.model.stream_names),
             mixup=c.mixup if mixup is None else mixup,
             balanced=c.balanced if balanced is None else balanced,
+            feature_cache=self.feature_cache,
+            include_waveform=self.fit_model is self.model or "waveform" in self.fit_model.input,
         )
+
+    def _use_feature_cache(self) -> None:
+        """Builds (or reopens) the feature cache and the model that takes its features."""
+        loader = self._loader(shuffle=False, mixup=0.0, balanced=False)
+        self.feature_cache = FeatureCache.build(loader, self.model.featurizer,
+                                                self.config.feature_cache,
+                                                verbose=bool(self.verbose))
+        self.fit_model = self.model.with_feature_inputs(self.feature_cache.streams)
 
     def _compile(self, stage: str) -> None:
         model, c = self.model, self.config
@@ -264,7 +279,7 @@ class Trainer:
                    **{s: 0.0 if stage == "fusion" else 1.0 for s in streams}}
         lr = {"towers": c.learning_rate, "fusion": c.fusion_learning_rate,
               "joint": c.joint_learning_rate}[stage]
-        model.compile(
+        self.fit_model.compile(
             optimizer=keras.optimizers.Adam(lr),
             loss={name: "binary_crossentropy" for name in ("fused", *streams)},
             loss_weights=weights,
@@ -317,6 +332,8 @@ class Trainer:
             keras.utils.set_random_seed(self.config.seed)
             self._adapt_normalization()
             self.state["normalized"] = True
+        if self.config.feature_cache:
+            self._use_feature_cache()
         start_stage = STAGES.index(self.state["stage"])
         for stage in STAGES[start_stage:]:
             epochs = self.config.epochs(stage)
@@ -334,7 +351,7 @@ class Trainer:
                 if initial_epoch > 0:
                     self._restore_optimizer()
                 loader = self._loader()
-                self.model.fit(
+                self.fit_model.fit(
                     loader, epochs=epochs, initial_epoch=initial_epoch,
                     verbose=self.verbose, callbacks=self._callbacks(stage, loader),
                     shuffle=False,  # the loader's order depends on seed and epoch only

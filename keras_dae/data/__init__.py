@@ -34,6 +34,7 @@ __all__ = [
     "FSD50K_SPLITS",
     "ChunkLoader",
     "ClipDataset",
+    "FeatureCache",
     "chunk_count",
     "chunk_sample_starts",
     "chunk_starts",
@@ -46,7 +47,8 @@ __all__ = [
     "write_fsd50k_layout",
 ]
 
-_LAZY = {"ChunkLoader": "keras_dae.data.loader", "iterate_clips": "keras_dae.data.loader"}
+_LAZY = {"ChunkLoader": "keras_dae.data.loader", "iterate_clips": "keras_dae.data.loader",
+         "FeatureCache": "keras_dae.data.feature_cache"}
 
 
 def __getattr__(name):

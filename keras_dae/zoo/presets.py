@@ -26,6 +26,20 @@ PRESETS: dict[str, dict] = {
             "--preset diverse_fsd50k --out RUN_DIR"
         ),
     },
+    "diverse_sampled15": {
+        "description": (
+            "The diverse_fsd50k architecture trained with keras-dae's own recipe on the repo's "
+            "sampled FSD50K-layout dataset (15 AudioSet sound classes: instruments, speech, "
+            "birds, animals; real recordings and sampled instruments from Debian packages). "
+            "Weights ship with the package: works offline out of the box."
+        ),
+        "num_classes": 15,
+        "sample_rate": 16000,
+        "tower": dict(TOWER_DEFAULTS),
+        "labels_source": "scripts/build_sampled_dataset.py (vocabulary.csv)",
+        "shipped": True,
+        "train_command": "bash scripts/train_shipped_preset.sh",
+    },
     "diverse_tiny": {
         "description": (
             "A tiny configuration of the same architecture (one 2-head block of width 16 per "
@@ -35,7 +49,7 @@ PRESETS: dict[str, dict] = {
         "sample_rate": 16000,
         "tower": dict(
             d_model=16, num_layers=1, num_heads=2, intermediate_dim=32, dropout=0.0,
-            max_frames=128, downsample_every=0, normalize_first=False,
+            max_frames=128, downsample_every=0, normalize_first=False, feature_masking=None,
         ),
         "labels_source": None,
         "train_command": (
@@ -56,3 +70,8 @@ def preset_vocabulary(name: str) -> tuple[list[str], list[str]] | None:
 
     filename = PRESETS[name].get("vocabulary")
     return read_fsd50k_vocabulary(vocabulary_path(filename)) if filename else None
+
+
+def shipped_preset_dir(name: str) -> Path:
+    """Where a preset whose weights ship inside the package lives (`keras_dae/zoo/shipped/`)."""
+    return Path(str(resources.files("keras_dae.zoo") / "shipped" / name))
