@@ -396,6 +396,34 @@ def _embed_command(args) -> int:
     return 0
 
 
+@_guarded
+def _demo_command(args) -> int:
+    from keras_dae import demo
+
+    paths = [Path(p) for p in args.files] if args.files else demo.demo_clips()
+    tagger = _load_tagger(args)
+    import keras
+
+    name = Path(str(args.model)).name
+    print(f"keras-dae demo: model {name} ({len(tagger.class_names)} classes, streams "
+          f"{', '.join(tagger.stream_names)}), keras backend {keras.backend.backend()}\n")
+    results = demo.run(tagger, paths)
+    for result in results:
+        print(demo.describe(result, tagger) + "\n")
+    if args.plot:
+        try:
+            title = f"keras-dae demo: {name} on {len(results)} real recordings"
+            demo.plot(results, args.plot, tagger.class_names, tagger.stream_names,
+                      tagger.sample_rate, title=title)
+        except ImportError:
+            print("error: the picture needs matplotlib: pip install 'keras-dae[plot]'",
+                  file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}: per-second labels, spectrograms, fused scores over time, "
+              "and each stream's scores beside the fused ones")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-dae", description="Diverse Audio Embeddings for Keras 3."
@@ -470,7 +498,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=32, help="1 s chunks per model call")
     embed.set_defaults(func=_embed_command)
 
-    for command in (predict, embed):
+    demo = sub.add_parser(
+        "demo", help="tag the bundled real recordings and draw the labels over time")
+    demo.add_argument("files", nargs="*", metavar="FILE",
+                      help="audio files to show instead of the bundled clips")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    demo.add_argument("--plot", default="demo.png",
+                      help="where to write the picture ('' for none; default demo.png)")
+    demo.set_defaults(func=_demo_command)
+
+    for command in (predict, embed, demo):
         command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
                              help="Keras backend (default: KERAS_BACKEND or keras.json)")
         command.add_argument("--debug", action="store_true",
