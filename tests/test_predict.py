@@ -302,3 +302,14 @@ def test_an_hour_of_audio(tiny_preset):
     assert len(result.chunk_starts) == chunk_count(len(hour), SR)
     assert len(result.per_second) == 3600
     assert np.isfinite(result.chunk_scores["fused"]).all()
+
+
+def test_one_call_from_file_or_array(tiny_preset, tagger):
+    import keras_dae
+
+    result = keras_dae.tag(FILES[0], model=tiny_preset, top_k=2)
+    assert isinstance(result, TagResult) and len(result.labels) == 2
+    np.testing.assert_allclose(result.scores["fused"], tagger.tag(FILES[0]).scores["fused"],
+                               atol=1e-6)
+    vector = keras_dae.embed(load_audio(FILES[0], SR), model=str(tiny_preset))
+    np.testing.assert_allclose(vector, result.embedding, atol=1e-6)
