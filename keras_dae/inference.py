@@ -180,8 +180,9 @@ def _forward_function(model):
     """A pure function `(batch, samples) float32 numpy -> {output: numpy}` for the backend.
 
     It reads the model's variables and writes nothing, so threads can share it: JAX runs
-    `stateless_call` under `jax.jit`, TensorFlow a `tf.function` traced once for the chunk
-    shape, PyTorch the model under `torch.no_grad()` (which is per thread).
+    `stateless_call` under `jax.jit`, TensorFlow a `tf.function` (with relaxed shapes, so
+    it traces at most twice), PyTorch the model under `torch.no_grad()` (which is per
+    thread).
     """
     import keras
 

@@ -86,8 +86,10 @@ def test_any_length_from_one_sample(tagger, model, n_samples):
     assert len(result.chunk_starts) == chunk_count(n_samples, SR)
     assert result.chunk_scores["fused"].shape == (chunk_count(n_samples, SR), 10)
     assert np.all((result.scores["fused"] >= 0) & (result.scores["fused"] <= 1))
+    # (A 1-sample clip tiles to a constant, whose near-silent spectra make the model touchy:
+    # on PyTorch a batch of 8 and a batch of 1 differ by up to 5e-4 there.)
     np.testing.assert_allclose(result.scores["fused"], _reference(model, waveform)["fused"],
-                               atol=2e-5)
+                               atol=2e-5 if n_samples > 16 else 1e-3)
     # Per-second segments tile [0, duration) without gaps; a remainder under 0.25 s joins
     # the second before it.
     segments = result.per_second
@@ -313,3 +315,14 @@ def test_one_call_from_file_or_array(tiny_preset, tagger):
                                atol=1e-6)
     vector = keras_dae.embed(load_audio(FILES[0], SR), model=str(tiny_preset))
     np.testing.assert_allclose(vector, result.embedding, atol=1e-6)
+
+
+def test_progress_bar_on_terminals_only(capsys):
+    assert not cli._Progress(3).enabled  # stderr is captured here, not a terminal
+    progress = cli._Progress(3, enabled=True)
+    for name in ("a.wav", "b.wav", "dir/c.wav"):
+        progress.step(name)
+    progress.clear()
+    err = capsys.readouterr().err
+    assert "1/3 files  a.wav" in err and f"[{'#' * 30}] 3/3 files  c.wav" in err
+    assert err.endswith("\r\033[K")  # the line is cleared for what follows
