@@ -23,7 +23,7 @@ def test_bundled_clips_are_small_short_documented_and_packaged():
     readme = (clips[0].parent / "README.md").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+)
     section = pyproject.split("[tool.setuptools.package-data]")[1].split("\n[")[0]
-    package_data = re.findall(r'"([^"]+)"', re.search(r"keras_dae = \[(.*?)\]", section).group(1))
+    package_data = re.findall(r'"([^"]+)"', re.search(r"keras_dae = \[(.*?)\]", section, re.S).group(1))
     for path in clips:
         audio = load_audio(path, 16000)
         assert 0.5 <= len(audio) / 16000 <= 5.0
