@@ -29,9 +29,11 @@ DEMO_CLIPS = (
     "heron_flying.ogg",
     "dog_bark.ogg",
 )
+LABEL_THRESHOLD = 0.5
 CAPTION = (
-    "The top label of each second (from the 1 s window over it), the mel spectrogram, and "
-    "the fused\nscores of the clip's top classes over time (1 s windows every 0.5 s)."
+    "Each second's labels scoring 0.5 or more (from the 1 s window over it; faded: the best "
+    "one when none does),\nthe mel spectrogram, and the fused scores of the clip's top "
+    "classes over time (1 s windows every 0.5 s)."
 )
 TABLE_CAPTION = (
     "Clip scores (mean over its windows) of the\nfused head and of each stream's own head"
@@ -79,12 +81,19 @@ def _class_colours(results: list[TagResult], class_names, top_classes: int) -> d
     index = {name: i for i, name in enumerate(class_names)}
     colours: dict[int, tuple] = {}
     for result in results:
-        shown = [index[s.labels[0].label] for s in result.per_second]
+        shown = [index[x.label] for s in result.per_second for x in _shown_labels(s)]
         shown += list(np.argsort(-result.scores["fused"], kind="stable")[:top_classes])
         for k in shown:
             if int(k) not in colours:
                 colours[int(k)] = palette[len(colours) % len(palette)]
     return colours
+
+
+def _shown_labels(segment) -> list:
+    """The labels of a second that score at least `LABEL_THRESHOLD` (at most two), or the
+    best one when none does."""
+    shown = [x for x in segment.labels if x.score >= LABEL_THRESHOLD][:2]
+    return shown or [segment.labels[0]]
 
 
 def _text_colour(rgb) -> str:
@@ -104,8 +113,9 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
          title: str = "", top_classes: int = 4):
     """Writes the demo picture to `path` and returns it.
 
-    One row per clip: on the left, the labels of each second (the top fused label of the 1 s
-    window over it), the mel spectrogram, and the fused scores of the clip's top classes over
+    One row per clip: on the left, the labels of each second (the fused labels of the 1 s
+    window over it that score 0.5 or more, at most two; else the best one, faded), the mel
+    spectrogram, and the fused scores of the clip's top classes over
     time (one point per 1 s chunk, at its centre); on the right, the clip's scores for its top
     classes from the fused head and from each stream's own head. Every class keeps one colour.
     """
@@ -127,23 +137,32 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
                              left=0.06, right=0.91, top=1 - 1.5 / height,
                              bottom=0.45 / height)
     for row, result in enumerate(results):
-        left = outer[row, 0].subgridspec(3, 1, height_ratios=[0.42, 2.0, 1.15], hspace=0.06)
+        left = outer[row, 0].subgridspec(3, 1, height_ratios=[0.68, 2.0, 1.15], hspace=0.06)
         chips, spec, lines = (fig.add_subplot(left[i]) for i in range(3))
         waveform = load_audio(result.source, sample_rate)
         duration = result.duration
 
-        # The label of each second, as a coloured chip.
+        # The labels of each second, as coloured chips: up to two lanes.
+        inches_per_second = chips.get_position().width * fig.get_figwidth() / max_duration
         for segment in result.per_second:
-            top = segment.labels[0]
-            colour = colours[index[top.label]]
+            shown = _shown_labels(segment)
             width = segment.end - segment.start
-            chips.add_patch(Rectangle((segment.start + 0.01, 0.06), width - 0.02, 0.88,
-                                      facecolor=colour, edgecolor="white", linewidth=0.5))
-            text = display_label(top.label)
-            text = f"{text} {top.score:.2f}" if width >= 0.85 else text
-            chips.text(segment.start + width / 2, 0.5, text, ha="center", va="center",
-                       fontsize=7.5 if width >= 0.5 else 6, color=_text_colour(colour),
-                       clip_on=True)
+            lane = 0.9 / len(shown)
+            for j, label in enumerate(shown):
+                colour = colours[index[label.label]]
+                faded = label.score < LABEL_THRESHOLD
+                bottom = 0.05 + (len(shown) - 1 - j) * lane
+                chips.add_patch(Rectangle((segment.start + 0.01, bottom + 0.015), width - 0.02,
+                                          lane - 0.03, facecolor=colour,
+                                          alpha=0.4 if faded else 1.0, edgecolor="none"))
+                size = 7.5 if len(shown) == 1 else 7
+                text = f"{display_label(label.label)} {label.score:.2f}"
+                if len(text) * size * 0.6 / 72 > 0.95 * width * inches_per_second:
+                    text = display_label(label.label)  # no room for the score
+                    size = size if len(text) * size * 0.6 / 72 < width * inches_per_second else 6
+                chips.text(segment.start + width / 2, bottom + lane / 2, text, ha="center",
+                           va="center", fontsize=size, clip_on=True,
+                           color="black" if faded else _text_colour(colour))
         chips.set_xlim(0, max_duration)
         chips.set_ylim(0, 1)
         chips.axis("off")
