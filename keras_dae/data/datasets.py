@@ -3,7 +3,9 @@
 Every reader returns a `ClipDataset`: audio paths, a `(n_clips, n_classes)` float32 multi-hot
 target matrix, the class vocabulary (`labels`, with AudioSet `mids` where known) and one id
 per clip. Nothing is decoded here; files named by the metadata that do not exist are left out
-of the dataset, listed in `dataset.missing` and reported with a warning.
+of the dataset, listed in `dataset.missing` and reported with a warning. Paths that exist but
+are not audio (a directory, a FIFO, a broken file) are kept: the loader and the evaluation
+report, count and skip them with the reason.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
     paths, ids, groups, keep_rows, missing = [], [], [], [], []
     for fname, cols in zip(fnames, rows, strict=True):
         path = audio_dir / f"{fname}.wav"
-        if not path.is_file():
+        if not path.exists():  # other problems (a directory...) are the loader's to report
             missing.append(path)
             continue
         paths.append(path)
@@ -416,7 +418,7 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
                 )
         path = Path(raw_path)
         path = path if path.is_absolute() else base / path
-        if not path.is_file():
+        if not path.exists():  # other problems (a directory...) are the loader's to report
             missing.append(path)
             continue
         paths.append(path)
