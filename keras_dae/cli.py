@@ -105,6 +105,9 @@ def _train_command(args) -> int:
     val = _with_labels(val, train.labels)
     spec = PRESETS[args.preset]
     tower = dict(spec["tower"])
+    import keras
+
+    keras.utils.set_random_seed(args.seed)  # the initial weights too: same seed, same run
     model = build_diverse_classifier(len(train.labels), spec["sample_rate"], tower=tower)
     config = training.TrainConfig(
         tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
