@@ -79,17 +79,26 @@ _FOREIGN_MAGIC = (
 class AudioDecodeError(ValueError):
     """A file could not be turned into audio; the message names the file and the problem.
 
+    `AudioDecodeError(path, problem)` makes the message `"<path>: <problem>"`;
+    `AudioDecodeError(message)` takes a whole message (then `path` is None).
+
     Attributes: `path`, `problem` (the message without the path) and `kind`, a short name
     of the kind of problem (`problem_kind`), for summaries such as "3 truncated".
     """
 
-    def __init__(self, path, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        self.kind = problem_kind(problem)
-        super().__init__(f"{_name(self.path)}: {problem}")
+    def __init__(self, path_or_message, problem: str | None = None):
+        if problem is None:
+            self.path, self.problem = None, str(path_or_message)
+            message = self.problem
+        else:
+            self.path, self.problem = Path(path_or_message), problem
+            message = f"{_name(self.path)}: {problem}"
+        self.kind = problem_kind(self.problem)
+        super().__init__(message)
 
     def __reduce__(self):  # picklable (worker processes)
+        if self.path is None:
+            return type(self), (self.problem,)
         return type(self), (self.path, self.problem)
 
 
@@ -358,8 +367,18 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     naming the file and the problem (see the module's docstring for every case).
     """
     sample_rate = _check_rate(sample_rate)
-    parts = list(_blocks(path, sample_rate, _READ_FRAMES))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    expected = audio_info(path).num_samples(sample_rate)
+    out = np.empty(expected, np.float32)  # filled in place: no second copy of the result
+    filled, extra = 0, []
+    for part in _blocks(path, sample_rate, _READ_FRAMES):
+        room = min(part.size, expected - filled)
+        out[filled : filled + room] = part[:room]
+        filled += room
+        if room < part.size:  # more than the header announced (MP3 estimates)
+            extra.append(part[room:])
+    if extra:
+        return np.concatenate([out, *extra])
+    return out[:filled] if filled < expected else out
 
 
 def iter_audio_blocks(path, sample_rate: int = 16000,
