@@ -237,6 +237,33 @@ def corpus_dataset(corpus, directory: Path, label_of=lambda case: "ok" if case.o
     return dataset
 
 
+def test_folder_dataset_of_the_corpus(corpus, tmp_path):
+    """Class folders holding the corpus: audio files are listed (bad ones included, for the
+    loader to refuse), and the unsupported container is reported, not silently ignored."""
+    from keras_dae.data import read_folder_dataset
+
+    copied = []
+    for case in FAST:
+        path = corpus[case.name]
+        # Regular files only (a folder dataset lists files); the unreadable one is tested
+        # on its own (it cannot be copied without privileges).
+        if case.in_dataset and path.is_file() and case.name != "unreadable":
+            target = tmp_path / ("ok" if case.ok else "bad") / case.file
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, target)
+            copied.append(case)
+    with pytest.warns(UserWarning, match=r"1 files in audio formats keras-dae cannot read "
+                                         r"were ignored .*container.m4a"):
+        dataset = read_folder_dataset(tmp_path)
+    listed = {p.name for p in dataset.paths}
+    assert "container.m4a" not in listed and "nan.wav" in listed and "ñandú 鳥の声 – çà.wav" in listed
+    loader = ChunkLoader(dataset, SR, batch_size=8, shuffle=False)
+    for i in range(len(loader)):
+        loader[i]
+    refused = {Path(p).name for p in loader.skipped}
+    assert refused == {c.file for c in copied if not c.ok and c.file != "container.m4a"}
+
+
 def expected_skips(corpus):
     return {str(corpus[c.name]): c for c in REFUSED if c.in_dataset}
 
