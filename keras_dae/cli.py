@@ -1,4 +1,11 @@
-"""The `keras-dae` command line."""
+"""The `keras-dae` command line.
+
+Errors the user can act on (a bad audio file, an unreadable dataset or preset, an unwritable
+output directory, a full disk) end the command with one line on stderr, `error: <what>`, and
+exit status 2 (1 for anything unexpected), without a traceback; `--debug` shows the traceback.
+Bad files inside a dataset are not errors: each is reported once, skipped, and counted in the
+summary at the end (`skipped 3 of 40 files: 2 truncated, 1 empty file`).
+"""
 
 from __future__ import annotations
 
@@ -22,16 +29,14 @@ def bundled_clip_path() -> Path:
 def _frontends_command(args) -> int:
     import numpy as np
 
-    from keras_dae.audio import AudioDecodeError, load_audio
-    from keras_dae.frontend_gallery import compute_frontends, plot_frontends
+    from keras_dae.audio import load_audio
 
     path = Path(args.file) if args.file else bundled_clip_path()
-    try:
-        waveform = load_audio(path, args.sample_rate)
-    except AudioDecodeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # Before Keras loads: a bad file is refused at once (AudioDecodeError: one line, exit 2).
+    waveform = load_audio(path, args.sample_rate)
     import keras
+
+    from keras_dae.frontend_gallery import compute_frontends, plot_frontends
 
     print(f"{path.name}: {len(waveform) / args.sample_rate:.2f} s at {args.sample_rate} Hz, "
           f"keras backend {keras.backend.backend()}")
@@ -103,6 +108,9 @@ def _train_command(args) -> int:
     val = _with_labels(val, train.labels)
     spec = PRESETS[args.preset]
     tower = dict(spec["tower"])
+    import keras
+
+    keras.utils.set_random_seed(args.seed)  # the initial weights too: same seed, same run
     model = build_diverse_classifier(len(train.labels), spec["sample_rate"], tower=tower)
     config = training.TrainConfig(
         tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
@@ -126,6 +134,11 @@ def _train_command(args) -> int:
     for split, r in report["evaluation"].items():
         streams = "  ".join(f"{k} {v:.3f}" for k, v in r["streams"].items())
         print(f"{split}: fused mAP {r['mAP']:.3f}  |  {streams}  ({r['n_clips']} clips)")
+    summaries = trainer.skip_summary()  # train and val
+    if "eval" in report["evaluation"]:
+        summaries["eval"] = report["evaluation"]["eval"]["skip_summary"]
+    for split, line in summaries.items():
+        print(f"{split}: {line}")
     print(f"wrote {Path(args.out) / 'preset'}, report.json and plots")
     return 0
 
@@ -150,10 +163,9 @@ def _evaluate_command(args) -> int:
           f"  lwlrap {report['lwlrap']:.4f}")
     for name, value in report["streams"].items():
         print(f"  stream {name:<12} mAP {value:.4f}")
-    if report["skipped"]:
-        print(f"skipped {len(report['skipped'])} files:")
-        for path, reason in report["skipped"].items():
-            print(f"  {path}: {reason}")
+    print(report["skip_summary"])
+    for path, reason in report["skipped"].items():
+        print(f"  {path}: {reason}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
@@ -516,7 +528,64 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (frontends, train, evaluate):
         command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
                              help="Keras backend (default: KERAS_BACKEND or keras.json)")
+        command.add_argument("--debug", action="store_true",
+                             help="show the full traceback of an error")
     return parser
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or environment (one line, exit 2), not a bug.
+
+    Modules that import Keras are consulted only when already loaded (an error of theirs
+    cannot have been raised otherwise), so a refusal before Keras loads stays fast and quiet.
+    """
+    from keras_dae.audio import AudioDecodeError
+
+    types = [AudioDecodeError, OSError, ValueError]
+    if "keras_dae.zoo.preset_files" in sys.modules:
+        types.append(sys.modules["keras_dae.zoo.preset_files"].PresetError)
+    if "keras_dae.training" in sys.modules:
+        training = sys.modules["keras_dae.training"]
+        types += [training.PreflightError, training.CheckpointError]
+    return tuple(types)
+
+
+def error_line(error: BaseException) -> str:
+    """`error: <message>` on one line (newlines of the message joined)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
+    return f"error: {message}"
+
+
+def run_guarded(func, args, debug: bool = False) -> int:
+    """Runs a command; errors become one line on stderr and an exit status (see module doc).
+
+    2: bad input or environment (`user_error_types`); 1: anything else, which is a bug
+    (the line says so); 130: interrupted. With `debug`, the traceback is shown as well.
+    """
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        if debug:
+            raise
+        return 130
+    except Exception as error:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(error, user_error_types()):
+            print(error_line(error), file=sys.stderr)
+            return 2
+        print(f"{error_line(error)} (an internal error: {type(error).__name__}; please "
+              "report it, with the output of --debug)", file=sys.stderr)
+        return 1
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -526,7 +595,16 @@ def main(argv=None) -> int:
             print("error: --backend must be chosen before Keras is imported", file=sys.stderr)
             return 2
         os.environ["KERAS_BACKEND"] = args.backend
-    return args.func(args)
+    import warnings
+
+    shown = warnings.showwarning
+    if not args.debug:
+        warnings.showwarning = _one_line_warning
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info logs
+    try:
+        return run_guarded(args.func, args, debug=args.debug)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

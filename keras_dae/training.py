@@ -8,10 +8,15 @@ concatenated embeddings. Stage 3, when asked for, fine-tunes everything jointly 
 learning rate. Each stage selects the epoch with the best validation mAP (clip level) and
 stops early when it stops improving.
 
-Every epoch ends with an atomic checkpoint (weights, optimizer state, and the run's state in
-JSON, each written to a temporary file and renamed), so a run killed at any point resumes
+Every epoch ends with a checkpoint: the weights, the optimizer's and the random generators'
+state in files named by a sequence number, then `state.json`, which names them, written last.
+Every file is written to a temporary name, flushed to disk and renamed, so `state.json` always
+names a complete, consistent checkpoint: a run killed at any moment (SIGKILL included) resumes
 from its last completed epoch with `resume=True` and continues exactly as if it had not
-stopped: the batch order of each epoch depends only on the seed and the epoch.
+stopped: the batch order of each epoch depends only on the seed and the epoch. A write that
+fails (disk full, say) leaves the previous checkpoint as it was, and `Trainer.preflight`
+refuses to start when the output directory is not writable or its disk lacks room for the
+checkpoints (estimated from the model's size).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,9 +33,12 @@ import keras
 import numpy as np
 
 from keras_dae import metrics
+from keras_dae.audio import AudioDecodeError, summarize_problems
 from keras_dae.data.feature_cache import FeatureCache
-from keras_dae.data.loader import ChunkLoader, iterate_clips
+from keras_dae.data.loader import ChunkLoader, clip_chunks
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("towers", "fusion", "joint")
 
@@ -65,73 +73,173 @@ class TrainConfig:
                 "joint": self.joint_epochs}[stage]
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written or read; the message names the file and the cause."""
+
+
+class PreflightError(OSError):
+    """Training cannot start: the output directory is not writable, its disk is too full for
+    the checkpoints, or no file of a split is readable. The message says which and why."""
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Writes `path` with `write(temporary_path)`, then flushes and renames it over `path`.
+
+    The temporary file is in the same directory and keeps the name's ending (Keras wants
+    `.weights.h5`). Whatever happens (an exception, a full disk, SIGKILL), `path` holds either
+    its old content or the new one, never a part; a failure removes the temporary file and
+    raises `CheckpointError` naming `path` and the cause.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # pragma: no cover
+            pass
+        if isinstance(error, Exception) and not isinstance(error, CheckpointError):
+            cause = (error.strerror if isinstance(error, OSError) and error.strerror
+                     else f"{type(error).__name__}: {error}")
+            raise CheckpointError(f"{path}: could not be written ({' '.join(str(cause).split())});"
+                                  " the previous version is intact") from error
+        raise
+    _fsync_directory(path.parent)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _atomic_save_weights(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp.{path.name}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, model.save_weights)
+
+
+def _seed_variables(model) -> list:
+    """The state of the model's random generators (dropout), not part of its weights."""
+    return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's variables (what a `.weights.h5` file holds, less its overhead)."""
+    return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize
+                   for v in model.weights))
 
 
 def predict_clips(model, dataset, sample_rate, chunk_seconds=1.0, hop_seconds=0.5,
-                  batch_size=64, aggregate="mean"):
+                  batch_size=64, aggregate="mean", skipped=None, max_chunks=256):
     """Clip-level scores: `{output: (n_clips, n_classes)}` for the fused and stream heads.
 
     Each clip is cut into chunks, every chunk is scored, and a clip's score is the mean (or
-    max) of its chunks' scores. Clips that cannot be decoded are left out: returns the
-    scores, the indices of the clips kept, and `skipped` (path -> reason).
+    max) of its chunks' scores. Chunks are streamed (`clip_chunks`): an hour-long file needs
+    no more memory than `max_chunks` chunks. Clips that cannot be decoded (even after some
+    of their chunks were scored) are left out: returns the scores, the indices of the clips
+    kept, and `skipped` (path -> reason; pass a dict to collect into it, and files already
+    in it are left out without being opened or reported again).
     """
+    if aggregate not in ("mean", "max"):
+        raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     outputs = ["fused", *model.stream_names]
-    scores = {name: [] for name in outputs}
-    kept, skipped = [], {}
+    skipped = {} if skipped is None else skipped
+    pooled = {}  # clip -> {output: running sum or max (float64)}
+    counts = {}  # clip -> number of chunks scored
+    kept = []
     pending, owners = [], []
 
     def flush():
         if not pending:
             return
         batch = np.concatenate(pending)
-        out = model.predict(batch, batch_size=batch_size, verbose=0)
         ids = np.concatenate(owners)
-        for name in outputs:
-            _, clip_scores = metrics.aggregate_chunks(out[name], ids, method=aggregate)
-            scores[name].append(clip_scores)
+        out = model.predict(batch, batch_size=batch_size, verbose=0)
+        for clip in np.unique(ids):
+            rows = ids == clip
+            acc = pooled.setdefault(int(clip), {})
+            for name in outputs:
+                part = np.asarray(out[name], np.float64)[rows]
+                value = part.sum(axis=0) if aggregate == "mean" else part.max(axis=0)
+                if name not in acc:
+                    acc[name] = value
+                elif aggregate == "mean":
+                    acc[name] = acc[name] + value
+                else:
+                    acc[name] = np.maximum(acc[name], value)
+            counts[int(clip)] = counts.get(int(clip), 0) + int(rows.sum())
         pending.clear()
         owners.clear()
 
-    for index, chunks in iterate_clips(dataset, sample_rate, chunk_seconds, hop_seconds,
-                                       skipped=skipped):
+    held = 0
+    for index, path in enumerate(dataset.paths):
+        if str(path) in skipped:
+            continue
+        try:
+            for chunks in clip_chunks(path, sample_rate, chunk_seconds, hop_seconds,
+                                      max_chunks=max_chunks):
+                pending.append(chunks)
+                owners.append(np.full(len(chunks), index))
+                held += len(chunks)
+                if held >= max(8 * batch_size, max_chunks):
+                    flush()
+                    held = 0
+        except (AudioDecodeError, ValueError, OSError) as error:
+            reason = error.problem if isinstance(error, AudioDecodeError) else str(error)
+            logger.warning("keras_dae: skipping %s: %s", path, reason)
+            skipped[str(path)] = reason
+            continue
         kept.append(index)
-        pending.append(chunks)
-        owners.append(np.full(len(chunks), index))
-        if sum(len(p) for p in pending) >= 8 * batch_size:
-            flush()
     flush()
-    return {name: np.concatenate(v) if v else np.zeros((0, model.num_classes))
-            for name, v in scores.items()}, np.asarray(kept, dtype=int), skipped
+    for index in list(pooled):
+        if index not in kept:  # failed after some of its chunks were scored
+            del pooled[index]
+    scores = {}
+    for name in outputs:
+        rows = [pooled[i][name] / (counts[i] if aggregate == "mean" else 1) for i in kept]
+        scores[name] = np.stack(rows) if rows else np.zeros((0, model.num_classes))
+    return scores, np.asarray(kept, dtype=int), skipped
 
 
 def evaluate(model, dataset, sample_rate=None, chunk_seconds=1.0, hop_seconds=0.5,
-             aggregate="mean") -> dict:
+             aggregate="mean", skipped=None) -> dict:
     """Clip-level metrics of the fused model and of each stream on `dataset`.
 
     Returns `{"mAP", "d_prime", "lwlrap", "per_class_ap", "streams": {stream: mAP},
-    "n_clips", "skipped": {path: reason}}`; `mAP` is the fused model's.
+    "n_clips", "skipped": {path: reason}, "skip_summary"}`; `mAP` is the fused model's,
+    computed on the clips that decode (`n_clips`); `skip_summary` says in one line how many
+    files were skipped and why. Raises `ValueError` when no clip decodes.
     """
     sample_rate = sample_rate or model.sample_rate
+    skipped = {} if skipped is None else skipped
     scores, kept, skipped = predict_clips(model, dataset, sample_rate, chunk_seconds,
-                                          hop_seconds, aggregate=aggregate)
+                                          hop_seconds, aggregate=aggregate, skipped=skipped)
+    mine = {str(p): skipped[str(p)] for p in dataset.paths if str(p) in skipped}
+    if len(kept) == 0:
+        raise ValueError(f"no clip of the {len(dataset)} could be decoded ("
+                         f"{summarize_problems(mine, total=len(dataset))})")
     targets = dataset.targets[kept]
     report = metrics.tagging_report(targets, scores["fused"], dataset.labels)
     report["streams"] = {
         name: metrics.mean_average_precision(targets, scores[name])
         for name in model.stream_names
     }
-    report["skipped"] = skipped
+    report["skipped"] = mine
+    report["skip_summary"] = summarize_problems(mine, total=len(dataset))
     return report
 
 
@@ -165,10 +273,15 @@ class _EpochEnd(keras.callbacks.Callback):
 class Trainer:
     """Runs the recipe for one model and one dataset into `run_dir`.
 
-    `run_dir` gets `checkpoint/` (the latest epoch: weights, optimizer state, state.json),
-    `best.weights.h5` (the best validation epoch of the current stage), `logs/`
-    (TensorBoard), and at the end `preset/`, `report.json` and plots.
+    `run_dir` gets `checkpoint/` (the latest epoch: `state.json` and the weights, optimizer
+    state and best weights of the current stage that it names), `logs/` (CSV, TensorBoard),
+    and at the end `preset/`, `report.json` and plots. Files of the datasets that cannot be
+    read are skipped, reported once and listed in `trainer.skipped` (path -> reason);
+    `skip_summary()` says how many and why.
     """
+
+    #: Free disk space asked for beyond the estimate of the checkpoints' size.
+    DISK_MARGIN_BYTES = 16 * 2**20
 
     def __init__(self, model, train, val, run_dir, config: TrainConfig | None = None,
                  verbose: int = 1):
@@ -177,53 +290,173 @@ class Trainer:
         self.config = config or TrainConfig()
         self.verbose = verbose
         self.ckpt_dir = self.run_dir / "checkpoint"
+        self.skipped: dict[str, str] = {}
         self.state = {"stage": STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,
-                      "wait": 0, "history": [], "normalized": False,
-                      "config": dataclasses.asdict(self.config)}
+                      "wait": 0, "history": [], "normalized": False, "sequence": 0,
+                      "files": {}, "config": dataclasses.asdict(self.config)}
         self.feature_cache: FeatureCache | None = None
         self.fit_model = model  # what `fit` trains: the model, or its feature-input twin
 
-    # -- checkpointing -------------------------------------------------------------------
-    def _check_writable(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt_dir.mkdir(exist_ok=True)
-        probe = self.ckpt_dir / ".write_probe"
-        try:
-            probe.write_bytes(b"0" * 1024)
-            probe.unlink()
-        except OSError as error:
-            raise OSError(f"{self.run_dir}: cannot write checkpoints there ({error})") from None
+    # -- before training -----------------------------------------------------------------
+    def checkpoint_bytes(self) -> int:
+        """Disk space the run needs at its peak, estimated from the model's size.
 
+        A checkpoint holds the weights, the best weights of the stage and the optimizer's
+        state (Adam: two values per trainable weight); while one is written the previous one
+        still exists; the preset at the end holds the weights once more. Plus a margin.
+        """
+        weights = weight_bytes(self.model)
+        trainable = int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize
+                            for v in self.model.trainable_weights))
+        checkpoint = 2 * weights + 2 * trainable
+        return 2 * checkpoint + weights + self.DISK_MARGIN_BYTES
+
+    def preflight(self) -> None:
+        """Refuses to start, with `PreflightError`, what would fail later.
+
+        The run directory must be creatable and writable, its disk must have room for the
+        checkpoints (`checkpoint_bytes`), and at least one training and one validation file
+        must be readable audio (headers are read; the bad ones are recorded in `skipped`).
+        """
+        import shutil
+
+        from keras_dae.audio import audio_info
+
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise PreflightError(f"{self.run_dir}: cannot create the run directory "
+                                 f"({error.strerror or error})") from None
+        probe = self.ckpt_dir / f".write-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"0" * 4096)
+        except OSError as error:
+            raise PreflightError(f"{self.run_dir}: cannot write there "
+                                 f"({error.strerror or error})") from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+        need = self.checkpoint_bytes()
+        free = shutil.disk_usage(self.ckpt_dir).free
+        if free < need:
+            mib = 2**20
+            raise PreflightError(
+                f"{self.run_dir}: {free / mib:.1f} MiB free on its disk, but the checkpoints "
+                f"need about {need / mib:.1f} MiB (weights {weight_bytes(self.model) / mib:.1f}"
+                " MiB, kept with the best weights, the optimizer state and the previous "
+                "checkpoint); free some space or choose another output directory")
+        for split, dataset in (("training", self.train), ("validation", self.val)):
+            readable = 0
+            for path in dataset.paths:
+                if str(path) in self.skipped:
+                    continue
+                try:
+                    audio_info(path)
+                    readable += 1
+                except AudioDecodeError as error:
+                    logger.warning("keras_dae: skipping %s: %s", path, error.problem)
+                    self.skipped[str(path)] = error.problem
+            if readable == 0:
+                raise PreflightError(
+                    f"none of the {len(dataset)} {split} files is readable audio ("
+                    + summarize_problems(self._reasons(dataset), total=len(dataset)) + ")")
+
+    def _reasons(self, dataset) -> dict[str, str]:
+        return {str(p): self.skipped[str(p)] for p in dataset.paths if str(p) in self.skipped}
+
+    def skip_summary(self) -> dict[str, str]:
+        """`{"train": ..., "val": ...}`: one line each, how many files were skipped and why."""
+        return {name: summarize_problems(self._reasons(data), total=len(data))
+                for name, data in (("train", self.train), ("val", self.val))}
+
+    # -- checkpointing -------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        _atomic_save_weights(self.model, self.ckpt_dir / "model.weights.h5")
+        """Writes the checkpoint's files, then `state.json` naming them (the commit)."""
+        sequence = int(self.state.get("sequence", 0)) + 1
+        files = dict(self.state.get("files") or {})
+        files["weights"] = f"model-{sequence:06d}.weights.h5"
+        _atomic_save_weights(self.model, self.ckpt_dir / files["weights"])
+        arrays = {f"seed/{v.path}": keras.ops.convert_to_numpy(v)
+                  for v in _seed_variables(self.model)}
         opt = self.fit_model.optimizer
         if opt is not None and opt.built:
-            arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in
-                      enumerate(opt.variables)}
-            tmp = self.ckpt_dir / ".tmp.optimizer.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, self.ckpt_dir / "optimizer.npz")
-        _atomic_write_text(self.ckpt_dir / "state.json", json.dumps(self.state, indent=1))
+            arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v)
+                           for i, v in enumerate(opt.variables)})
+        files["variables"] = f"variables-{sequence:06d}.npz"
+        atomic_write(self.ckpt_dir / files["variables"],
+                     lambda tmp: np.savez(Path(tmp), **arrays))
+        state = {**self.state, "sequence": sequence, "files": files}
+        _atomic_write_text(self.ckpt_dir / "state.json", json.dumps(state, indent=1))
+        self.state = state
+        self._remove_stale_files()
+
+    def _remove_stale_files(self) -> None:
+        """Removes checkpoint files that `state.json` does not name (older checkpoints, and
+        files of a checkpoint that was being written when a run was killed)."""
+        keep = {"state.json", *(self.state.get("files") or {}).values()}
+        for path in self.ckpt_dir.iterdir():
+            if path.name not in keep and path.is_file() and (
+                    path.name.startswith((".tmp-", "model-", "variables-", "best-"))):
+                try:
+                    path.unlink()
+                except OSError:  # pragma: no cover - removed by someone else
+                    pass
+
+    def _checkpoint_file(self, key: str) -> Path | None:
+        name = (self.state.get("files") or {}).get(key)
+        if name is None:  # a checkpoint written before files were versioned
+            name = {"weights": "model.weights.h5", "variables": "optimizer.npz"}.get(key)
+        return None if name is None else self.ckpt_dir / name
 
     def _restore_checkpoint(self) -> bool:
         state_path = self.ckpt_dir / "state.json"
         if not state_path.is_file():
             return False
-        self.state = json.loads(state_path.read_text())
-        self.model.load_weights(self.ckpt_dir / "model.weights.h5")
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{state_path}: unreadable ({error}); remove the checkpoint "
+                                  "directory to start again") from None
+        self.state = state
+        weights = self._checkpoint_file("weights")
+        try:
+            self.model.load_weights(weights)
+        except Exception as error:
+            raise CheckpointError(f"{weights}: cannot load the checkpoint's weights "
+                                  f"({' '.join(str(error).split())})") from None
+        saved = self._load_variables()
+        for v in _seed_variables(self.model):
+            if f"seed/{v.path}" in saved:
+                v.assign(saved[f"seed/{v.path}"])
+        self._remove_stale_files()
         return True
 
+    def _load_variables(self) -> dict:
+        path = self._checkpoint_file("variables")
+        if path is None or not path.is_file():
+            return {}
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = {k: saved[k] for k in saved.files}
+        except Exception as error:
+            raise CheckpointError(f"{path}: cannot load the checkpoint's optimizer state "
+                                  f"({' '.join(str(error).split())})") from None
+        if any(k.startswith("v") and k[1:].isdigit() for k in arrays):  # the older layout
+            arrays = {f"optimizer/{k[1:]}": v for k, v in arrays.items()}
+        return arrays
+
     def _restore_optimizer(self) -> None:
-        path = self.ckpt_dir / "optimizer.npz"
-        if not path.is_file():
+        saved = {k: v for k, v in self._load_variables().items() if k.startswith("optimizer/")}
+        if not saved:
             return
-        saved = np.load(path)
         opt = self.fit_model.optimizer
         opt.build(self.fit_model.trainable_variables)
-        if len(saved.files) != len(opt.variables):
+        if len(saved) != len(opt.variables):
             return  # a checkpoint from another stage's optimizer
         for i, v in enumerate(opt.variables):
-            v.assign(saved[f"v{i}"])
+            v.assign(saved[f"optimizer/{i}"])
 
     # -- the recipe ----------------------------------------------------------------------
     def _adapt_normalization(self) -> None:
@@ -254,6 +487,7 @@ class Trainer:
             seed=c.seed, target_names=("fused", *self.model.stream_names),
             mixup=c.mixup if mixup is None else mixup,
             balanced=c.balanced if balanced is None else balanced,
+            skipped=self.skipped,
             feature_cache=self.feature_cache,
             include_waveform=self.fit_model is self.model or "waveform" in self.fit_model.input,
         )
@@ -287,7 +521,7 @@ class Trainer:
 
     def _end_of_epoch(self, stage, epoch, logs) -> None:
         report = evaluate(self.model, self.val, chunk_seconds=self.config.chunk_seconds,
-                          hop_seconds=self.config.hop_seconds)
+                          hop_seconds=self.config.hop_seconds, skipped=self.skipped)
         score = report["mAP"] if stage != "towers" else float(np.mean(
             list(report["streams"].values())))
         entry = {"stage": stage, "epoch": epoch, "loss": float(logs.get("loss", np.nan)),
@@ -298,7 +532,9 @@ class Trainer:
         st["epoch"] = epoch
         if score > st["best_map"]:
             st["best_map"], st["best_epoch"], st["wait"] = score, epoch, 0
-            _atomic_save_weights(self.model, self.run_dir / "best.weights.h5")
+            best = f"best-{int(st.get('sequence', 0)) + 1:06d}.weights.h5"
+            _atomic_save_weights(self.model, self.ckpt_dir / best)
+            st.setdefault("files", {})["best"] = best  # committed with the checkpoint
         else:
             st["wait"] += 1
         if self.verbose:
@@ -320,7 +556,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict:
         """Trains all stages (resuming from the checkpoint when asked); returns the history."""
-        self._check_writable()
+        self.preflight()
         if self.config.feature_masking is not None:
             masking = DEFAULT_FEATURE_MASKING if self.config.feature_masking else None
             for tower in self.model.backbone.towers.values():
@@ -357,11 +593,14 @@ class Trainer:
                     shuffle=False,  # the loader's order depends on seed and epoch only
                 )
             # Select the stage's best epoch before the next stage builds on it.
-            if (self.run_dir / "best.weights.h5").is_file():
-                self.model.load_weights(self.run_dir / "best.weights.h5")
+            best = self._checkpoint_file("best")
+            if best is not None and best.is_file():
+                self.model.load_weights(best)
             next_index = STAGES.index(stage) + 1
             self.state.update(stage=STAGES[next_index] if next_index < len(STAGES) else "done",
                               epoch=-1, best_map=-1.0, best_epoch=-1, wait=0)
+            self.state["files"] = {k: v for k, v in self.state.get("files", {}).items()
+                                   if k != "best"}
             self._save_checkpoint()
         if self.state["stage"] != "done":  # the last stages had no epochs
             self.state.update(stage="done", epoch=-1, best_map=-1.0, best_epoch=-1, wait=0)
@@ -432,7 +671,7 @@ def finish_run(trainer: Trainer, eval_sets: dict, training_data: str) -> dict:
 
     model, run_dir = trainer.model, trainer.run_dir
     reports = {split: evaluate(model, data, chunk_seconds=trainer.config.chunk_seconds,
-                               hop_seconds=trainer.config.hop_seconds)
+                               hop_seconds=trainer.config.hop_seconds, skipped=trainer.skipped)
                for split, data in eval_sets.items()}
     summary = {split: {"mAP": r["mAP"], "streams": r["streams"], "n_clips": r["n_clips"]}
                for split, r in reports.items()}

@@ -92,3 +92,61 @@ def tiny_preset(tmp_path_factory) -> Path:
     model = zoo.load("diverse_tiny", weights=None)
     mids = ["/m/09x0r"] + [""] * 9
     return zoo.save(model, directory, labels=TINY_LABELS, mids=mids)
+
+
+# ---------------------------------------------------------------------------------------------
+# No network: loading, predicting, training and evaluating must never open a network socket.
+
+
+class NetworkAttempt(AssertionError):
+    """Raised inside the code under test when it tries to reach the network."""
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fails the test if the code opens an internet socket or resolves a name.
+
+    Patches `socket.socket` creation for AF_INET/AF_INET6, `socket.socket.connect` /
+    `connect_ex`, `socket.create_connection` and `socket.getaddrinfo` /
+    `gethostbyname`: each attempt raises `NetworkAttempt` where it happens and is recorded,
+    and the test fails at teardown even if the code swallowed the exception. Local (AF_UNIX)
+    sockets stay allowed. Covers Python code only: a C++ library opening a socket directly
+    would not be seen. Usage: `@pytest.mark.usefixtures("no_network")` or a fixture argument.
+    """
+    import socket
+
+    attempts = []
+
+    def refuse(what):
+        attempts.append(what)
+        raise NetworkAttempt(f"network access attempted: {what}")
+
+    real_init = socket.socket.__init__
+
+    def guarded_init(self, family=-1, type=-1, proto=-1, fileno=None):
+        if fileno is None and family in (socket.AF_INET, socket.AF_INET6, -1):
+            refuse(f"socket.socket(family={family})")
+        real_init(self, family, type, proto, fileno)
+
+    def guarded_connect(self, address):
+        if self.family != socket.AF_UNIX:
+            refuse(f"connect({address!r})")
+        return real_connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        if self.family != socket.AF_UNIX:
+            refuse(f"connect_ex({address!r})")
+        return real_connect_ex(self, address)
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    monkeypatch.setattr(socket.socket, "__init__", guarded_init)
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda address, *a, **k: refuse(f"create_connection({address!r})"))
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *a, **k: refuse(f"getaddrinfo({host!r})"))
+    monkeypatch.setattr(socket, "gethostbyname",
+                        lambda host: refuse(f"gethostbyname({host!r})"))
+    yield attempts
+    assert not attempts, f"the code tried to use the network: {attempts}"

@@ -1,7 +1,9 @@
 """The zoo: presets build, save, load, fine-tune, and refuse what they should."""
 
 import json
+import pickle
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,7 +16,8 @@ from keras_dae.zoo import PresetError
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
+def _isolated_home(tmp_path, monkeypatch, no_network):
+    """Every zoo test: its own KERAS_DAE_HOME, and no network access (conftest.no_network)."""
     monkeypatch.setenv("KERAS_DAE_HOME", str(tmp_path / "home"))
 
 
@@ -118,10 +121,38 @@ def test_fine_tuning_a_small_labelled_set_raises_map(signals):
     assert after > 0.9 and after > before + 0.3, (before, after)
 
 
-@pytest.mark.parametrize("broken", ["missing_config", "bad_json", "foreign_class",
-                                    "truncated_weights", "wrong_labels"])
+class _RunsCode:
+    """Unpickling this runs `marker.write_text(...)`: a pickle that executes code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("code from a pickle ran",))
+
+
+def _nested_layers(config):
+    """Every nested dict of a serialized config that names a class."""
+    if isinstance(config, dict):
+        if "class_name" in config and "config" in config:
+            yield config
+        for value in config.values():
+            yield from _nested_layers(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _nested_layers(value)
+
+
+@pytest.mark.parametrize("broken", [
+    "missing_config", "bad_json", "foreign_class", "truncated_weights", "wrong_labels",
+    "corrupted_weights", "corrupted_weights_no_checksum", "missing_weights",
+    "unknown_nested_class", "function_from_os", "pickle_weights"])
 def test_broken_presets_are_refused(broken, tmp_path):
+    """Each is refused with a PresetError naming the preset's file, and nothing runs."""
     directory = zoo.save(zoo.load("diverse_tiny", weights=None), tmp_path / "p")
+    marker = tmp_path / "code_ran"
+    weights = directory / "model.weights.h5"
+    config = json.loads((directory / "config.json").read_text())
     if broken == "missing_config":
         (directory / "config.json").unlink()
     elif broken == "bad_json":
@@ -136,8 +167,39 @@ def test_broken_presets_are_refused(broken, tmp_path):
         (directory / "model.weights.h5").write_bytes(data[: len(data) // 2])
     elif broken == "wrong_labels":
         (directory / "labels.csv").write_text("index,label,mid\n0,a,\n")
-    with pytest.raises(PresetError, match=str(directory)):
+    elif broken.startswith("corrupted_weights"):
+        # Same size, some bytes of the data region flipped: HDF5 has no checksum of its
+        # own, so the preset's SHA-256 is what catches it.
+        data = bytearray(weights.read_bytes())
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        if broken == "corrupted_weights_no_checksum":  # flip bytes of the HDF5 superblock
+            data[:64] = bytes(64)
+            weights.write_bytes(bytes(data))
+            (directory / "metadata.json").unlink()
+    elif broken == "missing_weights":
+        weights.unlink()
+    elif broken == "unknown_nested_class":
+        layer = next(c for c in _nested_layers(config["config"])
+                     if str(c.get("registered_name", "")).startswith("keras_dae>"))
+        layer["class_name"], layer["registered_name"] = "NoSuchLayer", "keras_dae>NoSuchLayer"
+        (directory / "config.json").write_text(json.dumps(config))
+    elif broken == "function_from_os":  # a layer's activation naming os.system
+        dense = next(c for c in _nested_layers(config["config"])
+                     if c["class_name"] == "Dense")
+        dense["config"]["activation"] = {"module": "os", "class_name": "function",
+                                         "config": "system", "registered_name": "system"}
+        (directory / "config.json").write_text(json.dumps(config))
+    elif broken == "pickle_weights":  # a pickle where the weights should be, no checksum
+        weights.write_bytes(pickle.dumps(_RunsCode(marker)))
+        (directory / "metadata.json").unlink()
+    with pytest.raises(PresetError, match=re.escape(str(directory))) as error:
         zoo.load(directory)
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+    if broken.startswith("corrupted_weights") and broken != "corrupted_weights_no_checksum":
+        assert "corrupted or modified" in str(error.value)
 
 
 def test_lambda_in_config_is_not_executed(tmp_path):
@@ -168,3 +230,22 @@ def test_fsd50k_preset_carries_fsd50k_vocabulary():
     tuned = zoo.load("diverse_fsd50k", weights=None, labels=["dog", "cat"])
     assert tuned.class_names == ["dog", "cat"] and tuned.class_mids == ["", ""]
 
+
+
+def test_the_no_network_guard_sees_connections(no_network):
+    """The guard every zoo test runs under does catch a connection and a name lookup."""
+    import socket
+
+    from conftest import NetworkAttempt
+
+    with pytest.raises(NetworkAttempt):
+        socket.create_connection(("example.org", 80), timeout=1)
+    with pytest.raises(NetworkAttempt):
+        socket.getaddrinfo("example.org", 80)
+    with pytest.raises(NetworkAttempt):
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    assert len(no_network) == 3
+    no_network.clear()  # expected here; any attempt elsewhere fails its test
+    left, right = socket.socketpair()  # local sockets stay allowed
+    left.close()
+    right.close()

@@ -17,7 +17,13 @@ its backend) is imported on first use, so the readers and chunking load without 
 
 import importlib
 
-from keras_dae.data.chunking import chunk_count, chunk_sample_starts, chunk_starts, chunk_waveform
+from keras_dae.data.chunking import (
+    chunk_blocks,
+    chunk_count,
+    chunk_sample_starts,
+    chunk_starts,
+    chunk_waveform,
+)
 from keras_dae.data.datasets import (
     AUDIO_EXTENSIONS,
     FSD50K_SPLITS,
@@ -35,10 +41,12 @@ __all__ = [
     "ChunkLoader",
     "ClipDataset",
     "FeatureCache",
+    "chunk_blocks",
     "chunk_count",
     "chunk_sample_starts",
     "chunk_starts",
     "chunk_waveform",
+    "clip_chunks",
     "iterate_clips",
     "read_csv_dataset",
     "read_folder_dataset",
@@ -47,8 +55,12 @@ __all__ = [
     "write_fsd50k_layout",
 ]
 
-_LAZY = {"ChunkLoader": "keras_dae.data.loader", "iterate_clips": "keras_dae.data.loader",
-         "FeatureCache": "keras_dae.data.feature_cache"}
+_LAZY = {
+    "ChunkLoader": "keras_dae.data.loader",
+    "FeatureCache": "keras_dae.data.feature_cache",
+    "clip_chunks": "keras_dae.data.loader",
+    "iterate_clips": "keras_dae.data.loader",
+}
 
 
 def __getattr__(name):

@@ -18,7 +18,13 @@ import math
 
 import numpy as np
 
-__all__ = ["chunk_count", "chunk_starts", "chunk_waveform", "chunk_sample_starts"]
+__all__ = [
+    "chunk_blocks",
+    "chunk_count",
+    "chunk_sample_starts",
+    "chunk_starts",
+    "chunk_waveform",
+]
 
 _SHORT_MODES = ("tile", "pad")
 _FINITE_CHECK_BLOCK = 1 << 20  # samples per block of the finiteness check (bounded memory)
@@ -144,3 +150,63 @@ def chunk_waveform(
     for i, start in enumerate(starts):  # row by row: no temporary as big as the result
         out[i] = windows[start]
     return out
+
+
+def chunk_blocks(
+    blocks,
+    sample_rate: int,
+    chunk_seconds: float = 1.0,
+    hop_seconds: float = 0.5,
+    short: str = "tile",
+    max_chunks: int = 256,
+):
+    """`chunk_waveform` of a clip that arrives in blocks, with bounded memory.
+
+    Args:
+        blocks: an iterable of 1-D arrays, the clip in order (e.g. `iter_audio_blocks`).
+        max_chunks: the most chunks yielded at once.
+        (the others as for `chunk_waveform`)
+
+    Yields float32 `(k, chunk_samples)` arrays, `1 <= k <= max_chunks`; stacked, they equal
+    `chunk_waveform(np.concatenate(blocks), ...)` exactly. Memory: about one block, one
+    chunk and `max_chunks` chunks, whatever the clip's length. Raises `ValueError` as
+    `chunk_waveform` does (empty clip, NaN or infinite samples), when reached.
+    """
+    if short not in _SHORT_MODES:
+        raise ValueError(f"short must be one of {_SHORT_MODES}, got {short!r}")
+    if not isinstance(max_chunks, (int, np.integer)) or max_chunks < 1:
+        raise ValueError(f"max_chunks must be a positive integer, got {max_chunks!r}")
+    chunk, hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
+    buffer = np.zeros(0, np.float32)  # the clip's samples from `offset` on
+    offset = 0  # clip position of buffer[0]
+    next_start = 0  # the next start on the hop grid
+    seen = 0
+    group: list[np.ndarray] = []
+    for block in blocks:
+        block = np.asarray(block)
+        if block.ndim == 1 and block.size == 0:
+            continue
+        block = _check_waveform(block)
+        seen += block.size
+        buffer = np.concatenate([buffer, block.astype(np.float32, copy=False)])
+        while next_start + chunk <= offset + buffer.size:
+            begin = next_start - offset
+            group.append(buffer[begin : begin + chunk].copy())
+            next_start += hop
+            if len(group) == max_chunks:
+                yield np.stack(group)
+                group = []
+        # Keep what later chunks need: from the next grid start, and the last `chunk`
+        # samples (the end-aligned last chunk, or the whole of a short clip).
+        keep_from = min(next_start, offset + buffer.size - chunk)
+        if keep_from > offset:
+            buffer = buffer[keep_from - offset :]
+            offset = keep_from
+    if seen == 0:
+        raise ValueError("waveform is empty (0 samples)")
+    if seen < chunk:
+        group.append(chunk_waveform(buffer, sample_rate, chunk_seconds, hop_seconds, short)[0])
+    elif next_start - hop != seen - chunk:  # the grid missed the end: end-aligned chunk
+        group.append(buffer[buffer.size - chunk :].copy())
+    if group:
+        yield np.stack(group)

@@ -3,7 +3,9 @@
 Every reader returns a `ClipDataset`: audio paths, a `(n_clips, n_classes)` float32 multi-hot
 target matrix, the class vocabulary (`labels`, with AudioSet `mids` where known) and one id
 per clip. Nothing is decoded here; files named by the metadata that do not exist are left out
-of the dataset, listed in `dataset.missing` and reported with a warning.
+of the dataset, listed in `dataset.missing` and reported with a warning. Paths that exist but
+are not audio (a directory, a FIFO, a broken file) are kept: the loader and the evaluation
+report, count and skip them with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "UNSUPPORTED_AUDIO_EXTENSIONS",
     "FSD50K_SPLITS",
     "ClipDataset",
     "read_csv_dataset",
@@ -29,7 +32,11 @@ __all__ = [
     "write_fsd50k_layout",
 ]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+# Audio that libsndfile cannot decode: a folder dataset reports such files instead of
+# ignoring them silently (a CSV or FSD50K dataset lists them, and the loader refuses them).
+UNSUPPORTED_AUDIO_EXTENSIONS = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka", ".amr",
+                                ".mid", ".midi")
 FSD50K_SPLITS = ("train", "val", "eval")
 
 _DEV_AUDIO = "FSD50K.dev_audio"
@@ -260,7 +267,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
     paths, ids, groups, keep_rows, missing = [], [], [], [], []
     for fname, cols in zip(fnames, rows, strict=True):
         path = audio_dir / f"{fname}.wav"
-        if not path.is_file():
+        if not path.exists():  # other problems (a directory...) are the loader's to report
             missing.append(path)
             continue
         paths.append(path)
@@ -416,7 +423,7 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
                 )
         path = Path(raw_path)
         path = path if path.is_absolute() else base / path
-        if not path.is_file():
+        if not path.exists():  # other problems (a directory...) are the loader's to report
             missing.append(path)
             continue
         paths.append(path)
@@ -440,21 +447,25 @@ def read_folder_dataset(root, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> C
 
     Every clip gets the one label of its folder. Classes are the sorted folder names that hold
     at least one audio file (`extensions`, case-insensitive; hidden files are ignored); folders
-    without audio are reported with a warning.
+    without audio, and files in audio formats keras-dae cannot read (M4A, AAC, WMA, ...), are
+    reported with a warning.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
     extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    classes, files, empty = [], [], []
+    classes, files, empty, unsupported = [], [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = sorted(
+        visible = [
             p
             for p in folder.rglob("*")
             if p.is_file()
-            and p.suffix.lower() in extensions
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
+        ]
+        found = sorted(p for p in visible if p.suffix.lower() in extensions)
+        unsupported += sorted(p for p in visible
+                              if p.suffix.lower() in UNSUPPORTED_AUDIO_EXTENSIONS
+                              and p.suffix.lower() not in extensions)
         if not found:
             empty.append(folder.name)
             continue
@@ -463,6 +474,13 @@ def read_folder_dataset(root, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> C
     if empty:
         warnings.warn(
             f"{root}: class folders without audio files were ignored: {empty}", stacklevel=2
+        )
+    if unsupported:
+        shown = ", ".join(str(p.relative_to(root)) for p in unsupported[:5])
+        more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
+        warnings.warn(
+            f"{root}: {len(unsupported)} files in audio formats keras-dae cannot read were "
+            f"ignored (convert them to WAV or FLAC): {shown}{more}", stacklevel=2
         )
     if not classes:
         raise ValueError(f"{root}: no class folder holds audio files ({', '.join(extensions)})")

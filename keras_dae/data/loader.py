@@ -20,8 +20,14 @@ draws from Python's global random state.
 Bad files never end an epoch: a file that cannot be read at indexing time is left out of the
 index, one that fails to decode later is left out from then on, and its chunks are replaced by
 other chunks (chosen deterministically). Each is logged once with the reason and recorded in
-`loader.skipped` (path -> reason). With `use_multiprocessing=True`, files that fail inside
-worker processes are skipped there but not recorded in the parent's `skipped`.
+`loader.skipped` (path -> reason); `loader.skip_summary()` says how many and why in one line.
+With `use_multiprocessing=True`, files that fail inside worker processes are skipped there but
+not recorded in the parent's `skipped`.
+
+Long clips (over `long_clip_seconds`, default 60 s) are not decoded whole: each chunk is read
+with `read_audio_segment` (a seek, and a second of decoding), so an hour-long file costs no
+more memory than a short one. A problem in such a file is found when the chunk that holds it
+is read.
 """
 
 from __future__ import annotations
@@ -35,35 +41,31 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import soundfile
 
-from keras_dae.audio import AudioDecodeError, load_audio
-from keras_dae.data.chunking import _lengths, chunk_count, chunk_waveform
+from keras_dae.audio import (
+    AudioDecodeError,
+    audio_info,
+    iter_audio_blocks,
+    load_audio,
+    read_audio_segment,
+    summarize_problems,
+)
+from keras_dae.data.chunking import _lengths, chunk_blocks, chunk_count, chunk_waveform
 from keras_dae.data.datasets import ClipDataset
 
-__all__ = ["ChunkLoader", "iterate_clips"]
+__all__ = ["ChunkLoader", "clip_chunks", "iterate_clips"]
 
 logger = logging.getLogger(__name__)
 
 
 def _probe(path: Path, sample_rate: int) -> int:
     """Length in samples at `sample_rate` that `load_audio` will return, from the header only."""
-    if not path.is_file():
-        raise AudioDecodeError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(f"{path}: empty file (0 bytes)")
-    try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise AudioDecodeError(f"{path}: not readable as audio ({error})") from None
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise AudioDecodeError(f"{path}: contains no samples")
-    if info.samplerate == sample_rate:
-        return int(info.frames)
-    return int(np.ceil(info.frames * (float(sample_rate) / info.samplerate)))  # librosa.resample
+    return audio_info(path).num_samples(sample_rate)
 
 
 def _reason(error: Exception, path: Path) -> str:
+    if isinstance(error, AudioDecodeError):
+        return error.problem
     text = str(error)
     prefix = f"{path}: "
     return text[len(prefix) :] if text.startswith(prefix) else text
@@ -107,13 +109,18 @@ class ChunkLoader(keras.utils.PyDataset):
         mixup_probability: share of the rows that are mixed (the others keep lam = 1).
         drop_last: leave out the last, smaller batch of an epoch.
         cache_mb: memory for the LRU cache of chunked clips, MiB (at least one clip is kept).
-        epoch: the epoch to start at.
         feature_cache: a `FeatureCache` built for this loader: batches then carry each cached
             stream's features, and the inputs become a dict `{"waveform": ...,
             "<stream>_features": ...}` (see `DiverseClassifier.with_feature_inputs`). Mixup
             mixes the cached features with the same weights as the waveforms.
         include_waveform: with a feature cache, whether the dict carries `"waveform"` (leave
             it out when every stream is cached).
+        epoch: the epoch to start at.
+        long_clip_seconds: clips longer than this are read chunk by chunk (a seek and a
+            chunk's decoding each) instead of whole: memory stays bounded for hour-long files.
+        skipped: a dict (path -> reason) to record skipped files in, shared with other
+            loaders or evaluations of the same files: a file already in it is left out
+            without being opened or reported again.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `PyDataset`
             (thread workers are safe: the cache and the bookkeeping are locked).
 
@@ -141,6 +148,8 @@ class ChunkLoader(keras.utils.PyDataset):
         epoch: int = 0,
         feature_cache=None,
         include_waveform: bool = True,
+        long_clip_seconds: float = 60.0,
+        skipped: dict[str, str] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -158,7 +167,7 @@ class ChunkLoader(keras.utils.PyDataset):
             raise ValueError(f"mixup (a Beta alpha) must be >= 0, got {mixup!r}")
         if not 0 <= mixup_probability <= 1:
             raise ValueError(f"mixup_probability must be in [0, 1], got {mixup_probability!r}")
-        self.chunk_samples, _ = _lengths(sample_rate, chunk_seconds, hop_seconds)
+        self.chunk_samples, self._hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
         if isinstance(target_names, str):
             target_names = (target_names,)
         self.target_names = None if target_names is None else tuple(target_names)
@@ -177,7 +186,10 @@ class ChunkLoader(keras.utils.PyDataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self.feature_cache = feature_cache
         self.include_waveform = bool(include_waveform)
-        self.skipped: dict[str, str] = {}
+        if not long_clip_seconds > 0:
+            raise ValueError(f"long_clip_seconds must be positive, got {long_clip_seconds!r}")
+        self.long_clip_samples = int(long_clip_seconds * self.sample_rate)
+        self.skipped: dict[str, str] = {} if skipped is None else skipped
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
@@ -189,17 +201,23 @@ class ChunkLoader(keras.utils.PyDataset):
 
     def _build_index(self) -> None:
         counts = np.zeros(len(self.dataset), np.int64)
+        self._lengths = np.zeros(len(self.dataset), np.int64)
         for i, path in enumerate(self.dataset.paths):
+            if str(path) in self.skipped:  # known bad (a shared `skipped`)
+                self._bad[i] = True
+                continue
             try:
                 n = _probe(path, self.sample_rate)
             except AudioDecodeError as error:
                 self._report(i, _reason(error, path))
                 continue
+            self._lengths[i] = n
             counts[i] = chunk_count(n, self.sample_rate, self.chunk_seconds, self.hop_seconds)
         if counts.sum() == 0:
             raise ValueError(
-                f"none of the {len(self.dataset)} files is readable audio; see loader.skipped "
-                f"or the log (first: {next(iter(self.skipped.items()), None)})"
+                f"none of the {len(self.dataset)} files is readable audio ("
+                + summarize_problems([self.skipped.get(str(p), "") for p in self.dataset.paths])
+                + f"; first: {next(iter(self.skipped.items()), None)})"
             )
         self.clip_index = np.repeat(np.arange(len(self.dataset), dtype=np.int64), counts)
         starts = np.cumsum(counts) - counts
@@ -215,6 +233,12 @@ class ChunkLoader(keras.utils.PyDataset):
         weights = y.astype(np.float64) @ inverse
         weights[weights == 0] = 1.0 / weights.size
         return weights / weights.sum()
+
+    def skip_summary(self) -> str:
+        """One line: how many of the dataset's files were skipped, and why."""
+        paths = {str(p) for p in self.dataset.paths}
+        reasons = [r for p, r in self.skipped.items() if p in paths]
+        return summarize_problems(reasons, total=len(self.dataset))
 
     @property
     def n_items(self) -> int:
@@ -299,9 +323,29 @@ class ChunkLoader(keras.utils.PyDataset):
                 self._cached_bytes -= old.nbytes
         return chunks
 
+    def _long_chunk(self, clip: int, k: int) -> np.ndarray | None:
+        """Chunk `k` of a long clip, read on its own (see `long_clip_seconds`)."""
+        with self._lock:
+            if self._bad[clip]:
+                return None
+        path = self.dataset.paths[clip]
+        n = int(self._lengths[clip])
+        start = min(k * self._hop, n - self.chunk_samples)  # as chunk_sample_starts
+        try:
+            chunk = read_audio_segment(path, self.sample_rate, start, self.chunk_samples)
+        except (AudioDecodeError, ValueError, OSError) as error:
+            self._report(clip, _reason(error, path))
+            return None
+        if chunk.size < self.chunk_samples:  # the header announced more than decodes
+            chunk = np.pad(chunk, (0, self.chunk_samples - chunk.size))
+        return chunk
+
     def chunk(self, item: int) -> np.ndarray | None:
         """The waveform of item `item` (an index into `clip_index`), or None if its file is bad."""
-        chunks = self._chunks(int(self.clip_index[item]))
+        clip = int(self.clip_index[item])
+        if self._lengths[clip] > self.long_clip_samples:
+            return self._long_chunk(clip, int(self.chunk_index[item]))
+        chunks = self._chunks(clip)
         if chunks is None:
             return None
         # The header's length can differ from the decoded one by a sample (MP3 and the like).
@@ -368,18 +412,53 @@ def iterate_clips(
 
     For evaluation: a clip's score is then the mean of its chunks' scores. Clips whose file
     fails to decode are logged, recorded in `skipped` (path -> reason) when a dict is given,
-    and not yielded. `indices` restricts (and orders) the clips.
+    and not yielded; a file already in `skipped` is left out without being opened or logged
+    again. `indices` restricts (and orders) the clips. A clip's chunks are held in memory at
+    once: for hour-long files use `clip_chunks`, which streams them.
     """
     order = range(len(dataset)) if indices is None else [int(i) for i in indices]
     for i in order:
         path = dataset.paths[i]
+        if skipped is not None and str(path) in skipped:
+            continue
         try:
             waveform = load_audio(path, sample_rate)
             chunks = chunk_waveform(waveform, sample_rate, chunk_seconds, hop_seconds, short)
         except (AudioDecodeError, ValueError, OSError) as error:
-            reason = _reason(error, path)
-            logger.warning("keras_dae.data: skipping %s: %s", path, reason)
-            if skipped is not None:
-                skipped[str(path)] = reason
+            _skip(path, error, skipped)
             continue
         yield i, chunks
+
+
+def _skip(path: Path, error: Exception, skipped: dict[str, str] | None) -> None:
+    reason = _reason(error, path)
+    logger.warning("keras_dae.data: skipping %s: %s", path, reason)
+    if skipped is not None:
+        skipped[str(path)] = reason
+
+
+def clip_chunks(
+    path,
+    sample_rate: int = 16000,
+    chunk_seconds: float = 1.0,
+    hop_seconds: float = 0.5,
+    short: str = "tile",
+    max_chunks: int = 256,
+) -> Iterator[np.ndarray]:
+    """The chunks of one file, `chunk_waveform(load_audio(path, sample_rate), ...)`, in groups
+    of at most `max_chunks` `(k, chunk_samples)` float32 arrays, with bounded memory.
+
+    A file of at most `max_chunks` chunks (its header says) is decoded whole and yielded as
+    one group; a longer one is streamed (`iter_audio_blocks`, `chunk_blocks`): memory is
+    about `max_chunks` chunks whatever its length. Raises `AudioDecodeError` (or
+    `ValueError`) for a bad file; in a streamed file, when the problem is reached, after the
+    groups before it were yielded.
+    """
+    n = audio_info(path).num_samples(sample_rate)
+    if chunk_count(n, sample_rate, chunk_seconds, hop_seconds) <= max_chunks:
+        yield chunk_waveform(load_audio(path, sample_rate), sample_rate, chunk_seconds,
+                             hop_seconds, short)
+        return
+    chunk, _ = _lengths(sample_rate, chunk_seconds, hop_seconds)
+    blocks = iter_audio_blocks(path, sample_rate, block_seconds=max(10.0, 4 * chunk_seconds))
+    yield from chunk_blocks(blocks, sample_rate, chunk_seconds, hop_seconds, short, max_chunks)

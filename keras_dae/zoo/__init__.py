@@ -68,6 +68,7 @@ def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=N
         "parameters": int(model.count_params()),
         "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **(metadata or {}),
+        "weights_sha256": files.sha256(directory / files.WEIGHTS_FILE),
     }
     files.write_json(directory / files.METADATA_FILE, meta)
     files.write_labels(directory / files.LABELS_FILE, labels, mids)
@@ -116,7 +117,9 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
 
     The model's class names are in `model.class_names` (AudioSet ids, when known, in
     `model.class_mids`). Loading uses Keras' safe mode and only keras-dae's own classes: no
-    pickle, no lambdas, no code from the preset directory.
+    pickle, no lambdas, no code from the preset directory. The weights must match the
+    SHA-256 that `metadata.json` records (presets written by `save`), so a file corrupted in
+    place is refused rather than loaded as wrong weights.
     """
     name, directory = _resolve(name_or_path)
     if name is not None and not (directory / files.CONFIG_FILE).is_file():
@@ -142,6 +145,11 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
             if name is not None:
                 raise PresetError(_missing_weights_message(name, directory))
             raise PresetError(f"{directory / files.WEIGHTS_FILE}: missing")
+        expected = None
+        if (directory / files.METADATA_FILE).is_file():
+            metadata = files.read_json(directory / files.METADATA_FILE)
+            expected = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
+        files.verify_weights(directory / files.WEIGHTS_FILE, expected)
         files.load_weights(model, directory / files.WEIGHTS_FILE)
     elif weights is not None:
         files.load_weights(model, Path(weights))

@@ -4,13 +4,16 @@ A preset directory holds:
 - `config.json`: the classifier's Keras serialization (class `keras_dae>DiverseClassifier`);
 - `model.weights.h5`: its weights;
 - `metadata.json`: keras-dae and Keras versions, the backend it was saved on, sample rate,
-  labels source, training data and metrics;
+  labels source, training data and metrics, and `weights_sha256`, the SHA-256 of
+  `model.weights.h5` (HDF5 has no checksum of its own: a file corrupted in place would
+  otherwise load as wrong weights without an error);
 - `labels.csv`: `index,label,mid`, one row per output class.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -90,7 +93,29 @@ def model_from_config(config: dict, path: Path) -> keras.Model:
     try:
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:  # Keras raises many types for bad configs
-        raise PresetError(f"{path}: cannot build the model from it ({error})") from error
+        raise PresetError(f"{path}: cannot build the model from it "
+                          f"({' '.join(str(error).split())})") from error
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(path: Path, expected: str | None) -> None:
+    """Refuses weights whose SHA-256 is not the one the preset's metadata records."""
+    if expected is None:
+        return
+    if not path.is_file():
+        raise PresetError(f"{path}: missing")
+    actual = sha256(path)
+    if actual != expected:
+        raise PresetError(f"{path}: corrupted or modified: its SHA-256 is {actual[:16]}..., "
+                          f"metadata.json records {str(expected)[:16]}...")
 
 
 def load_weights(model: keras.Model, path: Path) -> None:
@@ -99,4 +124,5 @@ def load_weights(model: keras.Model, path: Path) -> None:
     try:
         model.load_weights(path)
     except Exception as error:  # h5py and Keras raise many types for bad files
-        raise PresetError(f"{path}: cannot load the weights ({error})") from None
+        raise PresetError(f"{path}: cannot load the weights "
+                          f"({' '.join(str(error).split())})") from None
