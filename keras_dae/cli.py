@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import sys
 import warnings
@@ -172,33 +171,6 @@ def _evaluate_command(args) -> int:
     return 0
 
 
-def _guarded(command):
-    """Runs a command with one-line errors: any exception is printed as `error: ...` on
-    stderr (exit status 2) without a traceback, unless `--debug` is given."""
-
-    @functools.wraps(command)
-    def run(args) -> int:
-        try:
-            with warnings.catch_warnings():
-                if not args.debug:
-                    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs
-                    warnings.simplefilter("ignore", UserWarning)  # Keras' notes while loading
-                return command(args)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except Exception as error:  # one line for people; --debug re-raises
-            if args.debug:
-                raise
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            if not isinstance(error, (ValueError, OSError, ImportError)):
-                message = f"{type(error).__name__}: {message}"
-            print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
-            return 2
-
-    return run
-
-
 @contextlib.contextmanager
 def _native_stderr_silenced(enabled: bool = True):
     """Sends what C++ libraries write to file descriptor 2 to /dev/null for a while.
@@ -235,6 +207,7 @@ def _audio_inputs(arguments) -> tuple[list[str], list]:
     """The files named and the audio files under the directories named (recursively, sorted,
     by extension, hidden files left out); and a `TagFailure` for each name that is neither
     an existing file nor a directory with audio in it."""
+    from keras_dae.audio import AudioDecodeError, audio_info
     from keras_dae.data import AUDIO_EXTENSIONS
     from keras_dae.inference import TagFailure
 
@@ -253,8 +226,12 @@ def _audio_inputs(arguments) -> tuple[list[str], list]:
             paths.extend(found)
         elif path.exists():
             paths.append(argument)
-        else:
-            failures.append(TagFailure(argument, f"{argument}: no such file or directory"))
+        else:  # missing, or a broken link: the decoder's own refusal says which
+            try:
+                audio_info(argument)
+                paths.append(argument)
+            except AudioDecodeError as error:
+                failures.append(TagFailure(argument, str(error)))
     return paths, failures
 
 
@@ -304,7 +281,6 @@ def _report_failure(failure, several: bool) -> None:
           file=sys.stderr)
 
 
-@_guarded
 def _predict_command(args) -> int:
     import json
     import time
@@ -344,7 +320,6 @@ def _predict_command(args) -> int:
     return 0 if n_ok else 2
 
 
-@_guarded
 def _embed_command(args) -> int:
     import tempfile
     import time
@@ -380,7 +355,9 @@ def _embed_command(args) -> int:
         print(_summary("embedded", len(kept), failures, float(np.sum(durations)),
                        time.perf_counter() - started), file=sys.stderr)
     if not kept:
-        print(f"error: nothing written to {out}: no file could be embedded", file=sys.stderr)
+        if total > 1:  # a single file's refusal was the one line already
+            print(f"error: nothing written to {out}: no file could be embedded",
+                  file=sys.stderr)
         return 2
     fused = np.stack(embeddings).astype(np.float32)
     size = fused.shape[1] // len(tagger.stream_names)
@@ -408,7 +385,6 @@ def _embed_command(args) -> int:
     return 0
 
 
-@_guarded
 def _demo_command(args) -> int:
     from keras_dae import demo
 
@@ -595,7 +571,6 @@ def main(argv=None) -> int:
             print("error: --backend must be chosen before Keras is imported", file=sys.stderr)
             return 2
         os.environ["KERAS_BACKEND"] = args.backend
-    import warnings
 
     shown = warnings.showwarning
     if not args.debug:
