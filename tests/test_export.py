@@ -31,10 +31,17 @@ BACKEND = keras.backend.backend()
 ON_TENSORFLOW = BACKEND == "tensorflow"
 PROBABILITIES = ("fused", "pitch", "timbre", "neuralogram", "end_to_end")
 
-# The tests that export from JAX or PyTorch start a TensorFlow subprocess per artifact.
+# Every export needs TensorFlow; on JAX and PyTorch each one is a TensorFlow subprocess
+# (tens of seconds), so there only the TFLite float32 parity test is in the fast suite and
+# the other cells of README's backend-by-format table are tested with the slow tests.
 subprocess_export = pytest.mark.skipif(
     not ON_TENSORFLOW and os.environ.get("KERAS_DAE_EXPECT_NO_TENSORFLOW") == "1",
     reason="TensorFlow is not installed here, and every export needs it")
+SLOW_OFF_TENSORFLOW = [] if ON_TENSORFLOW else [pytest.mark.slow]
+
+
+def slow_off_tensorflow(test):
+    return test if ON_TENSORFLOW else pytest.mark.slow(test)
 
 
 def real_windows() -> np.ndarray:
@@ -127,7 +134,9 @@ def test_export_arguments_are_checked(model, tmp_path):
 
 
 @subprocess_export
-@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
+@pytest.mark.parametrize("fmt", [pytest.param("savedmodel", marks=SLOW_OFF_TENSORFLOW),
+                                 "tflite",
+                                 pytest.param("onnx", marks=SLOW_OFF_TENSORFLOW)])
 def test_float32_export_matches_the_keras_model_on_real_audio(exports, windows, expected, fmt):
     result = exports(fmt)
     assert result.model_backend == BACKEND
@@ -143,6 +152,7 @@ def test_float32_export_matches_the_keras_model_on_real_audio(exports, windows, 
     np.testing.assert_allclose(one["fused"], got["fused"][:1], atol=1e-5)
 
 
+@slow_off_tensorflow
 @subprocess_export
 @pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
 def test_labels_travel_with_the_artifact(model, exports, fmt):
@@ -163,6 +173,7 @@ def test_labels_travel_with_the_artifact(model, exports, fmt):
             result.description_path.with_suffix(".moved").rename(result.description_path)
 
 
+@slow_off_tensorflow
 @subprocess_export
 def test_tflite_uses_builtin_ops_only(exports):
     from keras_dae.export.tflite import op_names
@@ -173,6 +184,7 @@ def test_tflite_uses_builtin_ops_only(exports):
         assert "FULLY_CONNECTED" in ops
 
 
+@slow_off_tensorflow
 @subprocess_export
 def test_float16_tflite_is_within_1e_2_and_smaller(exports, windows, expected):
     result = exports("tflite", "float16")
@@ -182,6 +194,7 @@ def test_float16_tflite_is_within_1e_2_and_smaller(exports, windows, expected):
     assert result.size_bytes < exports("tflite").size_bytes
 
 
+@slow_off_tensorflow
 @subprocess_export
 @pytest.mark.parametrize("quantize", ["dynamic-int8", "int8"])
 def test_int8_tflite_runs_and_keeps_the_front_end_in_float(exports, windows, expected, quantize):
@@ -222,6 +235,7 @@ def test_calibration_windows_from_a_dataset_directory(tmp_path):
 # -- command line and the standalone runner -------------------------------------------------
 
 
+@slow_off_tensorflow
 @subprocess_export
 def test_export_command(model, tmp_path, capsys):
     preset = zoo.save(model, tmp_path / "preset", labels=model.class_names)
@@ -260,6 +274,7 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
+@slow_off_tensorflow
 @subprocess_export
 def test_standalone_runner_needs_no_tensorflow(model, exports):
     result = exports("tflite", "int8")
@@ -282,9 +297,8 @@ def test_standalone_runner_needs_no_tensorflow(model, exports):
     assert top == model.class_names[int(np.argmax(scores["clip"]))]
 
 
+@subprocess_export
 def test_runner_reads_labels_from_the_model_file_itself(model, exports, tmp_path):
-    if not ON_TENSORFLOW and os.environ.get("KERAS_DAE_EXPECT_NO_TENSORFLOW") == "1":
-        pytest.skip("needs an exported model")
     sys.path.insert(0, str(REPO / "tflite"))
     try:
         import classify

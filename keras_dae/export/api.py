@@ -60,13 +60,16 @@ def artifact_size(path) -> int:
     return path.stat().st_size
 
 
-def _check_args(fmt, quantize, dft_mode):
+def _check_args(fmt, quantize, dft_mode, calibration):
     if fmt not in FORMATS:
         raise ValueError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
     if quantize != "none" and fmt != "tflite":
         raise ValueError(f"--quantize {quantize} is for TFLite; {fmt} exports float32 only")
+    if quantize == "int8" and calibration is None:
+        raise ValueError("int8 quantization needs representative audio: pass calibration= "
+                         "(a dataset or audio directory, or waveforms)")
     if fmt == "onnx" and dft_mode == "fft":
         raise ValueError("ONNX export needs dft_mode='matmul' (tf2onnx leaves FFTs that "
                          "onnxruntime cannot run)")
@@ -101,7 +104,7 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
     import keras
 
     dft_mode = dft_mode or DEFAULT_DFT_MODE.get(format)
-    _check_args(format, quantize, dft_mode)
+    _check_args(format, quantize, dft_mode, calibration)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     window = int(round(window_seconds * model.sample_rate))
@@ -159,9 +162,6 @@ def _export_tensorflow(model, path, fmt, quantize, calibration, calibration_wind
     else:
         windows = None
         if quantize == "int8":
-            if calibration is None:
-                raise ValueError("int8 quantization needs representative audio: pass "
-                                 "calibration= (a dataset or audio directory, or waveforms)")
             windows = windows_from(calibration, model.sample_rate, window, calibration_windows)
         tflite.write_tflite(ready, path, window, quantize, description, windows)
     labels_path, description_path = write_sidecars(path, description)
