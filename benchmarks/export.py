@@ -137,8 +137,15 @@ def run_benchmark(args) -> dict:
         name = {"savedmodel": "savedmodel", "onnx": "model.onnx"}.get(fmt, f"model_{quantize}"
                                                                       ".tflite")
         start = time.time()
-        result = export.export(model, out_dir / name, fmt, quantize=quantize,
-                               calibration=calibration, check=False)
+        try:
+            result = export.export(model, out_dir / name, fmt, quantize=quantize,
+                                   calibration=calibration, check=False)
+        except Exception as error:  # report it and go on with the other variants
+            row = {"format": fmt, "quantize": quantize, "error": f"{type(error).__name__}: "
+                   f"{error}"}
+            results["exports"].append(row)
+            print(json.dumps(row), flush=True)
+            continue
         seconds = time.time() - start
         exported = export.load_exported(result.path, num_threads=1)
         got = {k: np.concatenate([exported(x[i : i + 64])[k] for i in range(0, len(x), 64)])
@@ -156,6 +163,9 @@ def run_benchmark(args) -> dict:
         row["mAP_loss"] = keras_map - row["mAP"]
         results["exports"].append(row)
         print(json.dumps(row), flush=True)
+        if args.json:  # written after every variant, so that a crash loses nothing
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -169,6 +179,9 @@ def table(results: dict) -> str:
         f"| {results['keras']['mAP']:.4f} |",
     ]
     for row in results["exports"]:
+        if "error" in row:
+            lines.append(f"| {row['format']} {row['quantize']} | failed: {row['error']} |||||||")
+            continue
         name = row["format"] if row["quantize"] == "none" else f"{row['format']} {row['quantize']}"
         if row["format"] == "tflite" and row["quantize"] == "none":
             name = "tflite float32"

@@ -162,6 +162,15 @@ def test_labels_travel_with_the_artifact(model, exports, fmt):
     assert description["labels"] == model.class_names
     assert description["sample_rate"] == SR and description["input"]["shape"] == [None, SR]
     assert description["output_order"] == ["fused", *model.stream_names, "embedding"]
+    if fmt == "tflite":
+        # Which interpreter output is which, for runtimes without signature runners.
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(result.path))
+        runner = interpreter.get_signature_runner("serving_default")
+        outputs = interpreter.get_output_details()
+        for name, position in description["output_index"].items():
+            assert outputs[position]["index"] == runner.get_output_details()[name]["index"]
     if fmt != "savedmodel":
         # The file alone still knows its labels.
         result.labels_path.rename(result.labels_path.with_suffix(".moved"))

@@ -22,8 +22,11 @@ FORMATS = ("savedmodel", "tflite", "onnx")
 # smaller and faster with it; ONNX needs the matrix-product DFT.
 DEFAULT_DFT_MODE = {"savedmodel": "fft", "tflite": "fft", "onnx": "matmul"}
 # Largest difference in probabilities on the probe audio that `export` accepts, per
-# quantization; quantized int8 models are measured, not bounded (see benchmarks/export.py).
-TOLERANCE = {"none": 1e-4, "float16": 1e-2, "dynamic-int8": None, "int8": None}
+# quantization. Float32 allows for the ~1e-3 that float32 rounding in another runtime's FFT
+# can make in a trained model (export_ready.EXPORT_READY_ATOL); a broken conversion is off
+# by 1e-1. The tests hold float32 exports to 1e-4 on real audio. Quantized int8 models are
+# measured, not bounded (benchmarks/export.py).
+TOLERANCE = {"none": 2e-3, "float16": 1e-2, "dynamic-int8": None, "int8": None}
 
 
 @dataclasses.dataclass
@@ -95,7 +98,8 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
         window_seconds: the exported input length (the model's 1 s chunks by default).
         check: run the artifact in its runtime next to `model` on probe audio (real speech,
             a chirp, noise) and raise `ExportError` if a probability differs by more than the
-            quantization's tolerance (1e-4 float32, 1e-2 float16) or is not finite.
+            quantization's tolerance (`TOLERANCE`: 2e-3 float32, 1e-2 float16) or is not
+            finite.
 
     The input is `waveform`, float32 `(batch, window)`; the outputs are named `fused`, one per
     stream, and `embedding`. Labels are written beside the artifact (and embedded in TFLite

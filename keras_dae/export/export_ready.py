@@ -21,8 +21,10 @@ import numpy as np
 from keras_dae.layers import signal
 
 # Largest difference in probabilities allowed between the original and its export-ready
-# copy (the two DFT modes agree to float32 rounding; measured ~1e-6).
-EXPORT_READY_ATOL = 1e-4
+# copy. The two DFT modes agree to float32 rounding, which a trained model can amplify to
+# ~1e-3 (its top spectral-contrast band sits near float32 FFT noise; the Keras model on
+# PyTorch differs from itself on TensorFlow as much). A wrong weight copy shows as 1e-1.
+EXPORT_READY_ATOL = 2e-3
 
 
 class ExportError(RuntimeError):

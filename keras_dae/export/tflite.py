@@ -21,8 +21,8 @@ for 73% of clips). The recipes here (`float_parts` says what stays float, and wh
   int8 weights and int8 arithmetic on activations quantized per row at run time. Front
   ends, normalization, attention products, softmax, layer norms, GELU and heads compute in
   float32; front-end kernels other than the CQT's are stored as float16.
-- `int8`: as `dynamic-int8`, and the feed-forward layers (two thirds of the weights and
-  multiply-adds) run fully in int8 on activation ranges calibrated on representative audio.
+- `int8`: as `dynamic-int8`, and the feed-forward layers (nine tenths of the towers' dense
+  weights) run fully in int8 on activation ranges calibrated on representative audio.
   Calibrated ranges in the attention projections cost up to 0.4 in probability, so those
   keep run-time activation quantization.
 """
@@ -191,6 +191,17 @@ def with_metadata(model_bytes: bytes, description: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(tfl))
 
 
+def output_positions(model_bytes: bytes) -> dict[str, int]:
+    """Output name -> its position among the interpreter's outputs (`output(at:)` on iOS,
+    `getOutputTensor(i)` on Android), from the signature."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_bytes)
+    order = [d["index"] for d in interpreter.get_output_details()]
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    return {name: order.index(d["index"]) for name, d in runner.get_output_details().items()}
+
+
 def op_names(model_bytes: bytes) -> list[str]:
     """Names of the operators a TFLite flatbuffer uses (custom ops as `CUSTOM:<name>`)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -214,6 +225,8 @@ def write_tflite(model, path, window: int, quantize: str, description: dict,
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
     flat = quantize_tflite(convert_float(model, window), model, quantize, calibration)
+    # For runtimes without signature runners: which of the interpreter's outputs is which.
+    description["output_index"] = output_positions(flat)
     flat = with_metadata(flat, description)
     custom = [name for name in op_names(flat) if name.startswith("CUSTOM")]
     if custom:
