@@ -111,7 +111,7 @@ def test_export_ready_copy_computes_what_the_model_computes(model, windows, expe
     assert ready.class_names == model.class_names
     got = ready.predict(windows, verbose=0)
     for name, diff in largest_difference(got, expected).items():
-        assert diff < 1e-5, (name, diff)
+        assert diff <= 1e-4, (name, diff)
     # The adapted normalization statistics came along (set_weights alone would leave the
     # copy's Normalization layers at mean 0, variance 1).
     for stream, tower in ready.backbone.towers.items():
