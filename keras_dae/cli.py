@@ -409,6 +409,51 @@ def _demo_command(args) -> int:
             return 2
         print(f"wrote {args.plot}: per-second labels, spectrograms, fused scores over time, "
               "and each stream's scores beside the fused ones")
+
+
+def _export_command(args) -> int:
+    """`keras-dae export`: a preset or run to SavedModel, TFLite or ONNX (see keras_dae.export)."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("tensorflow") is None:
+        print("error: export needs TensorFlow and the converters: "
+              "pip install \"keras-dae[export]\"", file=sys.stderr)
+        return 2
+    from keras_dae import export, zoo
+    from keras_dae.zoo import PresetError
+
+    model_path = Path(args.model)
+    if (model_path / "preset").is_dir():
+        model_path = model_path / "preset"
+    try:
+        model = zoo.load(model_path if model_path.exists() else args.model)
+    except PresetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    calibration = args.calibration
+    if args.format == "tflite" and args.quantize == "int8" and calibration is None:
+        # Default: the data the preset was trained on, when it is still there.
+        metadata = model_path / "metadata.json"
+        if metadata.is_file():
+            calibration = json.loads(metadata.read_text()).get("training_data")
+        if not calibration or not Path(calibration).exists():
+            print("error: --quantize int8 calibrates on representative audio: give "
+                  "--calibration DATASET_OR_AUDIO_DIR", file=sys.stderr)
+            return 2
+    try:
+        result = export.export(model, args.out, args.format, quantize=args.quantize,
+                               calibration=calibration,
+                               calibration_windows=args.calibration_windows,
+                               dft_mode=args.dft_mode, check=not args.no_check)
+    except (ValueError, export.ExportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    diff = ", ".join(f"{k} {v:.2g}" for k, v in result.max_abs_diff.items())
+    print(f"wrote {result.path} ({result.format}, quantize {result.quantize}, "
+          f"{result.size_bytes / 1e6:.2f} MB), labels {result.labels_path}")
+    if diff:
+        print(f"largest difference from the Keras model on probe audio: {diff}")
     return 0
 
 
@@ -495,15 +540,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write the picture ('' for none; default demo.png)")
     demo.set_defaults(func=_demo_command)
 
-    for command in (predict, embed, demo):
-        command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
-                             help="Keras backend (default: KERAS_BACKEND or keras.json)")
-        command.add_argument("--debug", action="store_true",
-                             help="show the full traceback of an error")
+    # keras_dae.export.FORMATS and QUANTIZATIONS (not imported here: they import Keras, and
+    # the backend is chosen after parsing).
+    export_formats = ("savedmodel", "tflite", "onnx")
+    quantizations = ("none", "float16", "dynamic-int8", "int8")
+    exporter = sub.add_parser("export", help="export to SavedModel, TFLite or ONNX")
+    exporter.add_argument("--model", required=True, help="run directory, preset directory or name")
+    exporter.add_argument("--format", required=True, choices=export_formats)
+    exporter.add_argument("--quantize", choices=quantizations, default="none",
+                          help="TFLite only (default none: float32)")
+    exporter.add_argument("--out", required=True,
+                          help="output .tflite / .onnx file, or SavedModel directory")
+    exporter.add_argument("--calibration", help="int8: dataset or audio directory to calibrate "
+                          "on (default: the preset's training data, if present)")
+    exporter.add_argument("--calibration-windows", type=int, default=200,
+                          help="int8: 1 s windows to calibrate on")
+    exporter.add_argument("--dft-mode", choices=("fft", "matmul"),
+                          help="spectra's DFT (default: fft for TFLite and SavedModel, matmul "
+                          "for ONNX)")
+    exporter.add_argument("--no-check", action="store_true",
+                          help="skip running the artifact next to the Keras model")
+    # The converters are TensorFlow's: the preset is loaded under TensorFlow whatever backend
+    # it was trained on (presets load on every backend).
+    exporter.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+                          default="tensorflow", help="Keras backend (default tensorflow)")
+    exporter.set_defaults(func=_export_command)
 
-    for command in (frontends, train, evaluate):
-        command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
-                             help="Keras backend (default: KERAS_BACKEND or keras.json)")
+    for command in (frontends, train, evaluate, predict, embed, demo, exporter):
+        if command is not exporter:  # export has its own default (TensorFlow)
+            command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+                                 help="Keras backend (default: KERAS_BACKEND or keras.json)")
         command.add_argument("--debug", action="store_true",
                              help="show the full traceback of an error")
     return parser
