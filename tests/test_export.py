@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -237,8 +238,12 @@ def test_calibration_windows_from_a_dataset_directory(tmp_path):
     windows = export.calibration_windows(root, SR, SR, max_windows=5)
     assert windows.shape == (5, SR) and windows.dtype == np.float32
     assert np.all(np.abs(windows).max(axis=1) > 0)
-    single = export.calibration_windows(REPO / "tests" / "data", SR, SR, max_windows=50)
-    assert single.shape == (3, SR)  # one window per recording in tests/data
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    for name in ("speech_front_center.wav", "camera_shutter.oga", "phone_incoming_call.oga"):
+        shutil.copy(REPO / "tests" / "data" / name, recordings / name)
+    single = export.calibration_windows(recordings, SR, SR, max_windows=50)
+    assert single.shape == (3, SR)  # one window per recording
 
 
 # -- command line and the standalone runner -------------------------------------------------
