@@ -409,6 +409,7 @@ def _demo_command(args) -> int:
             return 2
         print(f"wrote {args.plot}: per-second labels, spectrograms, fused scores over time, "
               "and each stream's scores beside the fused ones")
+    return 0
 
 
 def _export_command(args) -> int:
