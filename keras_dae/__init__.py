@@ -9,7 +9,9 @@ import importlib
 
 from keras_dae.version import __version__
 
-_SUBMODULES = ("audio", "data", "layers", "metrics", "models", "training", "zoo")
+_SUBMODULES = (
+    "audio", "concurrency", "data", "layers", "metrics", "models", "training", "zoo",
+)
 __all__ = [*_SUBMODULES, "__version__"]
 
 
