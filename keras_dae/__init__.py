@@ -10,12 +10,16 @@ import importlib
 from keras_dae.version import __version__
 
 _SUBMODULES = (
-    "audio", "concurrency", "data", "layers", "metrics", "models", "training", "zoo",
+    "audio", "concurrency", "data", "export", "layers", "metrics", "models", "training", "zoo",
 )
-__all__ = [*_SUBMODULES, "__version__"]
+# Tagging and embeddings: `keras_dae.tag("dog.wav")`, `keras_dae.embed(waveform)`.
+_INFERENCE = ("tag", "embed", "Tagger", "inference", "hear", "demo")
+__all__ = [*_SUBMODULES, *_INFERENCE, "__version__"]
 
 
 def __getattr__(name):
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in ("inference", "hear", "demo"):
         return importlib.import_module(f"keras_dae.{name}")
+    if name in _INFERENCE:
+        return getattr(importlib.import_module("keras_dae.inference"), name)
     raise AttributeError(f"module 'keras_dae' has no attribute {name!r}")

@@ -10,8 +10,10 @@ summary at the end (`skipped 3 of 40 files: 2 truncated, 1 empty file`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -114,6 +116,9 @@ def _train_command(args) -> int:
         joint_epochs=args.joint_epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, mixup=args.mixup, balanced=args.balanced,
         patience=args.patience, seed=args.seed,
+        feature_masking={"on": True, "off": False, "preset": None}[args.feature_masking],
+        feature_cache=(str(Path(args.out) / "feature_cache") if args.feature_cache == "run"
+                       else args.feature_cache),
     )
     print(f"train: {len(train)} clips, val: {len(val)} clips, {len(train.labels)} classes; "
           f"preset {args.preset} ({model.count_params():,} parameters); "
@@ -166,6 +171,292 @@ def _evaluate_command(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced(enabled: bool = True):
+    """Sends what C++ libraries write to file descriptor 2 to /dev/null for a while.
+
+    TensorFlow 2.21 logs several INFO lines through absl when it loads, whatever
+    TF_CPP_MIN_LOG_LEVEL says. Python's own errors are exceptions, raised after the
+    descriptor is restored; `--debug` leaves everything visible.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _load_tagger(args, **kwargs):
+    """The `Tagger` of `--model`, loaded with the libraries' start-up noise silenced."""
+    from keras_dae.inference import Tagger
+
+    with _native_stderr_silenced(not args.debug):
+        return Tagger(args.model, **kwargs)
+
+
+def _audio_inputs(arguments) -> tuple[list[str], list]:
+    """The files named and the audio files under the directories named (recursively, sorted,
+    by extension, hidden files left out); and a `TagFailure` for each name that is neither
+    an existing file nor a directory with audio in it."""
+    from keras_dae.audio import AudioDecodeError, audio_info
+    from keras_dae.data import AUDIO_EXTENSIONS
+    from keras_dae.inference import TagFailure
+
+    paths, failures = [], []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*")
+                if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                failures.append(TagFailure(argument, f"{argument}: no audio files in this "
+                                           f"directory ({', '.join(AUDIO_EXTENSIONS)})"))
+            paths.extend(found)
+        elif path.exists():
+            paths.append(argument)
+        else:  # missing, or a broken link: the decoder's own refusal says which
+            try:
+                audio_info(argument)
+                paths.append(argument)
+            except AudioDecodeError as error:
+                failures.append(TagFailure(argument, str(error)))
+    return paths, failures
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown only on a terminal and for several files."""
+
+    def __init__(self, total: int, enabled: bool | None = None):
+        self.total, self.done = total, 0
+        self.enabled = (sys.stderr.isatty() and total > 1) if enabled is None else enabled
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+
+    def step(self, name: str = "") -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                             f"{self.done}/{self.total} files  {Path(name).name[:40]}")
+            sys.stderr.flush()
+
+
+def _reason_kind(failure) -> str:
+    """`"bad.wav: not readable as audio (...)"` -> `"not readable as audio"`."""
+    reason = failure.reason.removeprefix(f"{failure.source}: ")
+    return reason.split(" (")[0]
+
+
+def _summary(verb: str, n_ok: int, failures: list, seconds_of_audio: float,
+             elapsed: float) -> str:
+    import collections
+
+    total = n_ok + len(failures)
+    text = (f"{verb} {n_ok} of {total} file{'s' * (total != 1)} "
+            f"({seconds_of_audio:.1f} s of audio) in {elapsed:.1f} s")
+    if failures:
+        kinds = collections.Counter(_reason_kind(f) for f in failures)
+        text += f"; skipped {len(failures)}: " + ", ".join(
+            f"{count} {kind}" for kind, count in kinds.most_common())
+    return text
+
+
+def _report_failure(failure, several: bool) -> None:
+    print(f"skipped {failure.reason}" if several else f"error: {failure.reason}",
+          file=sys.stderr)
+
+
+def _predict_command(args) -> int:
+    import json
+    import time
+
+    from keras_dae.inference import TagFailure
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    started = time.perf_counter()
+    paths, failures = _audio_inputs(args.inputs)
+    total = len(paths) + len(failures)
+    for failure in failures:
+        _report_failure(failure, total > 1)
+        if args.json:
+            print(json.dumps(failure.to_dict()), flush=True)
+    n_ok, audio_seconds = 0, 0.0
+    if paths:
+        tagger = _load_tagger(args, batch_size=args.batch_size)
+        progress = _Progress(len(paths))
+        for result in tagger.tag_many(paths, top_k=args.top_k, timestamps=args.timestamps):
+            progress.clear()
+            if isinstance(result, TagFailure):
+                failures.append(result)
+                _report_failure(result, total > 1)
+                if args.json:
+                    print(json.dumps(result.to_dict()), flush=True)
+            else:
+                n_ok += 1
+                audio_seconds += result.duration
+                print(json.dumps(result.to_dict()) if args.json else result.to_text(),
+                      flush=True)
+            progress.step(result.source)
+        progress.clear()
+    if total > 1:
+        print(_summary("tagged", n_ok, failures, audio_seconds,
+                       time.perf_counter() - started), file=sys.stderr)
+    return 0 if n_ok else 2
+
+
+def _embed_command(args) -> int:
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from keras_dae.inference import TagFailure
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise OSError(f"{out}: the folder {out.parent} does not exist")
+    started = time.perf_counter()
+    paths, failures = _audio_inputs(args.inputs)
+    total = len(paths) + len(failures)
+    for failure in failures:
+        _report_failure(failure, total > 1)
+    kept, durations, embeddings = [], [], []
+    if paths:
+        tagger = _load_tagger(args, batch_size=args.batch_size)
+        progress = _Progress(len(paths))
+        for result in tagger.tag_many(paths, top_k=0):
+            progress.clear()
+            if isinstance(result, TagFailure):
+                failures.append(result)
+                _report_failure(result, total > 1)
+            else:
+                kept.append(result.source)
+                durations.append(result.duration)
+                embeddings.append(result.embedding)
+            progress.step(result.source)
+        progress.clear()
+    if total > 1:
+        print(_summary("embedded", len(kept), failures, float(np.sum(durations)),
+                       time.perf_counter() - started), file=sys.stderr)
+    if not kept:
+        if total > 1:  # a single file's refusal was the one line already
+            print(f"error: nothing written to {out}: no file could be embedded",
+                  file=sys.stderr)
+        return 2
+    fused = np.stack(embeddings).astype(np.float32)
+    size = fused.shape[1] // len(tagger.stream_names)
+    arrays = {
+        "paths": np.array(kept), "durations": np.array(durations, np.float32),
+        "fused": fused,
+        **{name: fused[:, i * size:(i + 1) * size]
+           for i, name in enumerate(tagger.stream_names)},
+        "stream_names": np.array(tagger.stream_names),
+        "skipped_paths": np.array([f.source for f in failures], dtype=str),
+        "skipped_reasons": np.array([f.reason for f in failures], dtype=str),
+        "model": np.array(str(args.model)), "sample_rate": np.array(tagger.sample_rate),
+    }
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    streams = ", ".join(tagger.stream_names)
+    print(f"wrote {out}: fused {fused.shape[0]}x{fused.shape[1]}; {streams} "
+          f"{fused.shape[0]}x{size} each")
+    return 0
+
+
+def _demo_command(args) -> int:
+    from keras_dae import demo
+
+    paths = [Path(p) for p in args.files] if args.files else demo.demo_clips()
+    tagger = _load_tagger(args)
+    import keras
+
+    name = Path(str(args.model)).name
+    print(f"keras-dae demo: model {name} ({len(tagger.class_names)} classes, streams "
+          f"{', '.join(tagger.stream_names)}), keras backend {keras.backend.backend()}\n")
+    results = demo.run(tagger, paths)
+    for result in results:
+        print(demo.describe(result, tagger) + "\n")
+    if args.plot:
+        try:
+            title = f"keras-dae demo: {name} on {len(results)} real recordings"
+            demo.plot(results, args.plot, tagger.class_names, tagger.stream_names,
+                      tagger.sample_rate, title=title)
+        except ImportError:
+            print("error: the picture needs matplotlib: pip install 'keras-dae[plot]'",
+                  file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}: per-second labels, spectrograms, fused scores over time, "
+              "and each stream's scores beside the fused ones")
+
+
+def _export_command(args) -> int:
+    """`keras-dae export`: a preset or run to SavedModel, TFLite or ONNX (see keras_dae.export)."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("tensorflow") is None:
+        print("error: export needs TensorFlow and the converters: "
+              "pip install \"keras-dae[export]\"", file=sys.stderr)
+        return 2
+    from keras_dae import export, zoo
+    from keras_dae.zoo import PresetError
+
+    model_path = Path(args.model)
+    if (model_path / "preset").is_dir():
+        model_path = model_path / "preset"
+    try:
+        model = zoo.load(model_path if model_path.exists() else args.model)
+    except PresetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    calibration = args.calibration
+    if args.format == "tflite" and args.quantize == "int8" and calibration is None:
+        # Default: the data the preset was trained on, when it is still there.
+        metadata = model_path / "metadata.json"
+        if metadata.is_file():
+            calibration = json.loads(metadata.read_text()).get("training_data")
+        if not calibration or not Path(calibration).exists():
+            print("error: --quantize int8 calibrates on representative audio: give "
+                  "--calibration DATASET_OR_AUDIO_DIR", file=sys.stderr)
+            return 2
+    try:
+        result = export.export(model, args.out, args.format, quantize=args.quantize,
+                               calibration=calibration,
+                               calibration_windows=args.calibration_windows,
+                               dft_mode=args.dft_mode, check=not args.no_check)
+    except (ValueError, export.ExportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    diff = ", ".join(f"{k} {v:.2g}" for k, v in result.max_abs_diff.items())
+    print(f"wrote {result.path} ({result.format}, quantize {result.quantize}, "
+          f"{result.size_bytes / 1e6:.2f} MB), labels {result.labels_path}")
+    if diff:
+        print(f"largest difference from the Keras model on probe audio: {diff}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-dae", description="Diverse Audio Embeddings for Keras 3."
@@ -195,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     train.add_argument("--balanced", action="store_true", help="balanced sampling")
+    train.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
+                       help="SpecAugment-style masking of the towers' features in training "
+                            "(default: as the preset's towers say)")
+    train.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
+                       help="compute the handcrafted streams' features once and keep them in "
+                            "DIR (default RUN_DIR/feature_cache)")
     train.add_argument("--patience", type=int, default=3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
@@ -208,9 +505,71 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the report as JSON here")
     evaluate.set_defaults(func=_evaluate_command)
 
-    for command in (frontends, train, evaluate):
-        command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
-                             help="Keras backend (default: KERAS_BACKEND or keras.json)")
+    from keras_dae.inference import DEFAULT_MODEL
+
+    model_help = ("preset name, preset directory or training run directory "
+                  f"(default: {DEFAULT_MODEL}, shipped with keras-dae)")
+    predict = sub.add_parser(
+        "predict", help="tag audio files: labels of each file (and of each second)")
+    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
+                         help="audio files, or directories searched for them")
+    predict.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    predict.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per file and line, instead of text")
+    predict.add_argument("--timestamps", action="store_true",
+                         help="also the labels of each second")
+    predict.add_argument("--batch-size", type=int, default=32, help="1 s chunks per model call")
+    predict.set_defaults(func=_predict_command)
+
+    embed = sub.add_parser(
+        "embed", help="write the fused and per-stream embeddings of audio files to .npz")
+    embed.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
+                       help="audio files, or directories searched for them")
+    embed.add_argument("--out", required=True, metavar="FILE.npz", help="where to write")
+    embed.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    embed.add_argument("--batch-size", type=int, default=32, help="1 s chunks per model call")
+    embed.set_defaults(func=_embed_command)
+
+    demo = sub.add_parser(
+        "demo", help="tag the bundled real recordings and draw the labels over time")
+    demo.add_argument("files", nargs="*", metavar="FILE",
+                      help="audio files to show instead of the bundled clips")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    demo.add_argument("--plot", default="demo.png",
+                      help="where to write the picture ('' for none; default demo.png)")
+    demo.set_defaults(func=_demo_command)
+
+    # keras_dae.export.FORMATS and QUANTIZATIONS (not imported here: they import Keras, and
+    # the backend is chosen after parsing).
+    export_formats = ("savedmodel", "tflite", "onnx")
+    quantizations = ("none", "float16", "dynamic-int8", "int8")
+    exporter = sub.add_parser("export", help="export to SavedModel, TFLite or ONNX")
+    exporter.add_argument("--model", required=True, help="run directory, preset directory or name")
+    exporter.add_argument("--format", required=True, choices=export_formats)
+    exporter.add_argument("--quantize", choices=quantizations, default="none",
+                          help="TFLite only (default none: float32)")
+    exporter.add_argument("--out", required=True,
+                          help="output .tflite / .onnx file, or SavedModel directory")
+    exporter.add_argument("--calibration", help="int8: dataset or audio directory to calibrate "
+                          "on (default: the preset's training data, if present)")
+    exporter.add_argument("--calibration-windows", type=int, default=200,
+                          help="int8: 1 s windows to calibrate on")
+    exporter.add_argument("--dft-mode", choices=("fft", "matmul"),
+                          help="spectra's DFT (default: fft for TFLite and SavedModel, matmul "
+                          "for ONNX)")
+    exporter.add_argument("--no-check", action="store_true",
+                          help="skip running the artifact next to the Keras model")
+    # The converters are TensorFlow's: the preset is loaded under TensorFlow whatever backend
+    # it was trained on (presets load on every backend).
+    exporter.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+                          default="tensorflow", help="Keras backend (default tensorflow)")
+    exporter.set_defaults(func=_export_command)
+
+    for command in (frontends, train, evaluate, predict, embed, demo, exporter):
+        if command is not exporter:  # export has its own default (TensorFlow)
+            command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+                                 help="Keras backend (default: KERAS_BACKEND or keras.json)")
         command.add_argument("--debug", action="store_true",
                              help="show the full traceback of an error")
     return parser
@@ -278,7 +637,6 @@ def main(argv=None) -> int:
             print("error: --backend must be chosen before Keras is imported", file=sys.stderr)
             return 2
         os.environ["KERAS_BACKEND"] = args.backend
-    import warnings
 
     shown = warnings.showwarning
     if not args.debug:

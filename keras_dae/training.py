@@ -34,7 +34,9 @@ import numpy as np
 
 from keras_dae import concurrency, metrics
 from keras_dae.audio import AudioDecodeError, summarize_problems
+from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader, clip_chunks
+from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ class TrainConfig:
     hop_seconds: float = 0.5
     mixup: float = 0.0
     balanced: bool = False
+    # SpecAugment-style masking in the towers: None keeps the model's own setting, False
+    # turns it off, True sets `DEFAULT_FEATURE_MASKING` (see README for what it does here).
+    feature_masking: bool | None = None
+    # Directory of the on-disk cache of the weight-free (handcrafted) streams' features,
+    # computed once before training (None: computed in every step). See FeatureCache.
+    feature_cache: str | None = None
     patience: int = 3
     normalization_chunks: int = 512
     seed: int = 0
@@ -286,6 +294,8 @@ class Trainer:
         self.state = {"stage": STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,
                       "wait": 0, "history": [], "normalized": False, "sequence": 0,
                       "files": {}, "config": dataclasses.asdict(self.config)}
+        self.feature_cache: FeatureCache | None = None
+        self.fit_model = model  # what `fit` trains: the model, or its feature-input twin
 
     # -- before training -----------------------------------------------------------------
     def checkpoint_bytes(self) -> int:
@@ -370,7 +380,7 @@ class Trainer:
         _atomic_save_weights(self.model, self.ckpt_dir / files["weights"])
         arrays = {f"seed/{v.path}": keras.ops.convert_to_numpy(v)
                   for v in _seed_variables(self.model)}
-        opt = self.model.optimizer
+        opt = self.fit_model.optimizer
         if opt is not None and opt.built:
             arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v)
                            for i, v in enumerate(opt.variables)})
@@ -441,8 +451,8 @@ class Trainer:
         saved = {k: v for k, v in self._load_variables().items() if k.startswith("optimizer/")}
         if not saved:
             return
-        opt = self.model.optimizer
-        opt.build(self.model.trainable_variables)
+        opt = self.fit_model.optimizer
+        opt.build(self.fit_model.trainable_variables)
         if len(saved) != len(opt.variables):
             return  # a checkpoint from another stage's optimizer
         for i, v in enumerate(opt.variables):
@@ -478,7 +488,17 @@ class Trainer:
             mixup=c.mixup if mixup is None else mixup,
             balanced=c.balanced if balanced is None else balanced,
             skipped=self.skipped,
+            feature_cache=self.feature_cache,
+            include_waveform=self.fit_model is self.model or "waveform" in self.fit_model.input,
         )
+
+    def _use_feature_cache(self) -> None:
+        """Builds (or reopens) the feature cache and the model that takes its features."""
+        loader = self._loader(shuffle=False, mixup=0.0, balanced=False)
+        self.feature_cache = FeatureCache.build(loader, self.model.featurizer,
+                                                self.config.feature_cache,
+                                                verbose=bool(self.verbose))
+        self.fit_model = self.model.with_feature_inputs(self.feature_cache.streams)
 
     def _compile(self, stage: str) -> None:
         model, c = self.model, self.config
@@ -493,7 +513,7 @@ class Trainer:
                    **{s: 0.0 if stage == "fusion" else 1.0 for s in streams}}
         lr = {"towers": c.learning_rate, "fusion": c.fusion_learning_rate,
               "joint": c.joint_learning_rate}[stage]
-        model.compile(
+        self.fit_model.compile(
             optimizer=keras.optimizers.Adam(lr),
             loss={name: "binary_crossentropy" for name in ("fused", *streams)},
             loss_weights=weights,
@@ -537,6 +557,10 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         """Trains all stages (resuming from the checkpoint when asked); returns the history."""
         self.preflight()
+        if self.config.feature_masking is not None:
+            masking = DEFAULT_FEATURE_MASKING if self.config.feature_masking else None
+            for tower in self.model.backbone.towers.values():
+                tower.set_feature_masking(masking)
         restored = resume and self._restore_checkpoint()
         if resume and not restored and self.verbose:
             print(f"No checkpoint in {self.ckpt_dir}; starting from scratch.", flush=True)
@@ -544,6 +568,8 @@ class Trainer:
             keras.utils.set_random_seed(self.config.seed)
             self._adapt_normalization()
             self.state["normalized"] = True
+        if self.config.feature_cache:
+            self._use_feature_cache()
         start_stage = STAGES.index(self.state["stage"])
         for stage in STAGES[start_stage:]:
             epochs = self.config.epochs(stage)
@@ -561,7 +587,7 @@ class Trainer:
                 if initial_epoch > 0:
                     self._restore_optimizer()
                 loader = self._loader()
-                self.model.fit(
+                self.fit_model.fit(
                     loader, epochs=epochs, initial_epoch=initial_epoch,
                     verbose=self.verbose, callbacks=self._callbacks(stage, loader),
                     shuffle=False,  # the loader's order depends on seed and epoch only

@@ -31,6 +31,19 @@ def main(out_dir: str) -> None:
     np.savez(out / "outputs.npz", **results)
     all_frontends_model(built).save(out / "frontends.keras")
     save_tiny_preset(out / "preset")
+    np.savez(out / "shipped_outputs.npz", **shipped_preset_outputs())
+
+
+def shipped_preset_outputs() -> dict:
+    """The shipped `diverse_sampled15` preset's outputs on a real recording (1 s chunks)."""
+    from conftest import load_recording
+
+    from keras_dae import zoo
+    from keras_dae.data import chunk_waveform
+
+    model = zoo.load("diverse_sampled15")
+    chunks = chunk_waveform(load_recording("speech_front_center.wav"), 16000, 1.0, 0.5)
+    return model.predict(chunks, verbose=0)
 
 
 def save_tiny_preset(directory: Path) -> None:

@@ -77,6 +77,23 @@ def pytest_report_header(config):
     return f"keras backend: {keras.backend.backend()} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')})"
 
 
+TINY_LABELS = ["Speech", "Dog", "Bird", "Guitar", "Drum_kit", "Piano", "Telephone", "Camera",
+               "Tone", "Noise"]
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory) -> Path:
+    """A preset directory of `diverse_tiny` with random weights and 10 named classes: enough
+    for the plumbing of predict/embed/demo/HEAR, which must work with any preset."""
+    from keras_dae import zoo
+
+    directory = tmp_path_factory.mktemp("tiny_preset")
+    keras.utils.set_random_seed(0)
+    model = zoo.load("diverse_tiny", weights=None)
+    mids = ["/m/09x0r"] + [""] * 9
+    return zoo.save(model, directory, labels=TINY_LABELS, mids=mids)
+
+
 # ---------------------------------------------------------------------------------------------
 # No network: loading, predicting, training and evaluating must never open a network socket.
 

@@ -6,6 +6,7 @@ readers and the loader (an epoch of training), evaluation, and the `keras-dae` c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -606,3 +607,80 @@ result = {}
 """)
     assert 90 < measured["peak_growth_mib"] < 200, measured
 
+
+
+# ---------------------------------------------------------------------------------------------
+# predict, embed and the Python API over the same corpus
+
+
+@pytest.fixture(scope="module")
+def tagger(preset):
+    from keras_dae.inference import Tagger
+
+    return Tagger(str(preset))
+
+
+@pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
+def test_python_api_on_each_file(case, corpus, tagger):
+    """`Tagger.tag`: an ok file is tagged over its decoded length; a bad one raises a
+    one-line `AudioDecodeError` naming it."""
+    from keras_dae.audio import AudioDecodeError
+
+    skip_if_privileged(case)
+    path = corpus[case.name]
+    if case.ok:
+        result = tagger.tag(path, timestamps=True)
+        assert result.duration == pytest.approx(case.samples / SR, abs=1e-3)
+        assert all(np.isfinite(s.score) for s in result.labels)
+        assert len(result.per_second) == max(1, int(np.ceil(case.samples / SR)))
+    else:
+        with pytest.raises(AudioDecodeError) as error:
+            tagger.tag(path)
+        check_refusal(case, path, str(error.value))
+
+
+def for_commands(case):
+    """predict and embed take directories too: a directory named like a file is searched, and
+    refused for holding no audio."""
+    if case.name == "directory":
+        return dataclasses.replace(case, refused="no audio files in this directory")
+    return case
+
+
+@pytest.mark.usefixtures("no_network")
+@pytest.mark.parametrize("case", [c for c in EVERY if not c.ok], ids=lambda c: c.name)
+def test_predict_and_embed_refuse_a_single_bad_file(case, corpus, preset, tmp_path, capsys):
+    skip_if_privileged(case)
+    path = corpus[case.name]
+    case = for_commands(case)
+    assert cli_main(["predict", str(path), "--model", str(preset)]) == 2
+    check_refusal(case, path, one_line_error(capsys.readouterr().err))
+    out = tmp_path / "e.npz"
+    assert cli_main(["embed", str(path), "--model", str(preset), "--out", str(out)]) == 2
+    check_refusal(case, path, one_line_error(capsys.readouterr().err))
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_network")
+def test_predict_and_embed_over_the_whole_corpus(corpus, preset, tmp_path, capsys):
+    """A batch of every file: the good ones are tagged and embedded, the bad ones reported,
+    counted and skipped, and the summary says how many and why."""
+    paths = [str(corpus[c.name]) for c in FAST]
+    good = [c for c in FAST if c.ok]
+    bad = [c for c in FAST if not c.ok]
+    assert cli_main(["predict", *paths, "--model", str(preset), "--json"]) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines() if line.strip()]
+    tagged = {r["path"] for r in records if "labels" in r}
+    failed = {r["path"]: r["error"] for r in records if "error" in r}
+    assert tagged == {str(corpus[c.name]) for c in good}
+    assert set(failed) == {str(corpus[c.name]) for c in bad}
+    for case in bad:
+        check_refusal(for_commands(case), corpus[case.name], failed[str(corpus[case.name])])
+    assert f"skipped {len(bad)}" in captured.err
+    out = tmp_path / "corpus.npz"
+    assert cli_main(["embed", *paths, "--model", str(preset), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {len(bad)}" in captured.err + captured.out
+    with np.load(out) as saved:
+        assert saved["fused"].shape[0] == len(good) and np.isfinite(saved["fused"]).all()

@@ -211,3 +211,17 @@ def test_clear_errors(packages_installed, tmp_path: Path) -> None:
     with pytest.raises(module.BuildError, match=r"keras-dae-no-such-package.*--install.*"
                        r"apt-get install -y --no-install-recommends keras-dae-no-such-package"):
         module.ensure_packages(install=False)
+
+
+def test_fsd50k_vocabulary_agrees_with_sampled_dataset_classes():
+    """The sampled dataset's AudioSet ids were checked against the ontology; every class it
+    shares with FSD50K must carry the same id in the shipped vocabulary."""
+    from keras_dae.zoo.presets import preset_vocabulary
+
+    builder = load_module()
+    labels, mids = preset_vocabulary("diverse_fsd50k")
+    vocabulary = dict(zip(labels, mids, strict=True))
+    shared = [(label, mid) for label, mid in builder.CLASSES if label in vocabulary]
+    assert len(shared) == 13, shared  # Flute and Synthesizer are AudioSet-only classes
+    for label, mid in shared:
+        assert vocabulary[label] == mid, label

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from backend_outputs import CASES, build_case
+from backend_outputs import CASES, build_case, shipped_preset_outputs
 
 HERE = Path(__file__).parent
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -90,5 +90,14 @@ def test_preset_saved_on_another_backend_loads_here(backend, other_backend_dirs)
     expected = np.load(other_backend_dirs[backend] / "preset_outputs.npz")
     _, waveform = build_case("log_mel")
     got = model.predict(waveform, verbose=0)
+    for key in ("fused", "embedding", "pitch", "timbre", "neuralogram", "end_to_end"):
+        _close(got[key], expected[key])
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+def test_shipped_preset_scores_the_same_on_every_backend(backend, other_backend_dirs):
+    """The pretrained `diverse_sampled15` gives this backend's numbers on the others."""
+    expected = np.load(other_backend_dirs[backend] / "shipped_outputs.npz")
+    got = shipped_preset_outputs()
     for key in ("fused", "embedding", "pitch", "timbre", "neuralogram", "end_to_end"):
         _close(got[key], expected[key])

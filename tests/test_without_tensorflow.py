@@ -31,3 +31,20 @@ def test_everything_runs_without_tensorflow(tmp_path):
     zoo.save(model, tmp_path / "p")
     zoo.load(tmp_path / "p")
     assert "tensorflow" not in sys.modules
+
+
+def test_tflite_runner_without_tensorflow():
+    """tflite/classify.py with LiteRT alone, on a model exported in CI's TensorFlow stage
+    (KERAS_DAE_TFLITE_MODEL)."""
+    import subprocess
+    from pathlib import Path
+
+    model = os.environ.get("KERAS_DAE_TFLITE_MODEL")
+    if not model:
+        pytest.skip("KERAS_DAE_TFLITE_MODEL is not set (.ci/run sets it)")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "tflite" / "classify.py"), model,
+                           str(repo / "tests" / "data" / "speech_front_center.wav")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("clip: ")

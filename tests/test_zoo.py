@@ -218,6 +218,20 @@ def test_lambda_in_config_is_not_executed(tmp_path):
     assert not marker.exists()
 
 
+def test_fsd50k_preset_carries_fsd50k_vocabulary():
+    model = zoo.load("diverse_fsd50k", weights=None)
+    assert model.class_names[0] == "Accelerating_and_revving_and_vroom"
+    assert model.class_names[158] == "Speech" and model.class_mids[158] == "/m/09x0r"
+    assert model.class_names[-1] == "Zipper_(clothing)" and model.class_mids[-1] == "/m/01s0vc"
+    assert model.class_names == sorted(model.class_names)
+    assert len(set(model.class_names)) == 200 and len(set(model.class_mids)) == 200
+    assert all(re.fullmatch(r"/[mt]/[0-9a-z_]+", mid) for mid in model.class_mids)
+    # Fine-tuning replaces the vocabulary.
+    tuned = zoo.load("diverse_fsd50k", weights=None, labels=["dog", "cat"])
+    assert tuned.class_names == ["dog", "cat"] and tuned.class_mids == ["", ""]
+
+
+
 def test_the_no_network_guard_sees_connections(no_network):
     """The guard every zoo test runs under does catch a connection and a name lookup."""
     import socket

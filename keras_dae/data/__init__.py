@@ -40,6 +40,7 @@ __all__ = [
     "FSD50K_SPLITS",
     "ChunkLoader",
     "ClipDataset",
+    "FeatureCache",
     "chunk_blocks",
     "chunk_count",
     "chunk_sample_starts",
@@ -56,6 +57,7 @@ __all__ = [
 
 _LAZY = {
     "ChunkLoader": "keras_dae.data.loader",
+    "FeatureCache": "keras_dae.data.feature_cache",
     "clip_chunks": "keras_dae.data.loader",
     "iterate_clips": "keras_dae.data.loader",
 }

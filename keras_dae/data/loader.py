@@ -110,6 +110,12 @@ class ChunkLoader(keras.utils.PyDataset):
         mixup_probability: share of the rows that are mixed (the others keep lam = 1).
         drop_last: leave out the last, smaller batch of an epoch.
         cache_mb: memory for the LRU cache of chunked clips, MiB (at least one clip is kept).
+        feature_cache: a `FeatureCache` built for this loader: batches then carry each cached
+            stream's features, and the inputs become a dict `{"waveform": ...,
+            "<stream>_features": ...}` (see `DiverseClassifier.with_feature_inputs`). Mixup
+            mixes the cached features with the same weights as the waveforms.
+        include_waveform: with a feature cache, whether the dict carries `"waveform"` (leave
+            it out when every stream is cached).
         epoch: the epoch to start at.
         long_clip_seconds: clips longer than this are read chunk by chunk (a seek and a
             chunk's decoding each) instead of whole: memory stays bounded for hour-long files.
@@ -141,6 +147,8 @@ class ChunkLoader(keras.utils.PyDataset):
         drop_last: bool = False,
         cache_mb: float = 256.0,
         epoch: int = 0,
+        feature_cache=None,
+        include_waveform: bool = True,
         long_clip_seconds: float = 60.0,
         skipped: dict[str, str] | None = None,
         **kwargs,
@@ -177,6 +185,8 @@ class ChunkLoader(keras.utils.PyDataset):
         self.mixup_probability = float(mixup_probability)
         self.drop_last = bool(drop_last)
         self.cache_bytes = int(cache_mb * 2**20)
+        self.feature_cache = feature_cache
+        self.include_waveform = bool(include_waveform)
         if not long_clip_seconds > 0:
             raise ValueError(f"long_clip_seconds must be positive, got {long_clip_seconds!r}")
         self.long_clip_samples = int(long_clip_seconds * self.sample_rate)
@@ -331,7 +341,8 @@ class ChunkLoader(keras.utils.PyDataset):
             chunk = np.pad(chunk, (0, self.chunk_samples - chunk.size))
         return chunk
 
-    def _chunk(self, item: int) -> np.ndarray | None:
+    def chunk(self, item: int) -> np.ndarray | None:
+        """The waveform of item `item` (an index into `clip_index`), or None if its file is bad."""
         clip = int(self.clip_index[item])
         if self._lengths[clip] > self.long_clip_samples:
             return self._long_chunk(clip, int(self.chunk_index[item]))
@@ -346,7 +357,7 @@ class ChunkLoader(keras.utils.PyDataset):
         waveforms = np.empty((items.size, self.chunk_samples), np.float32)
         replacement_rng = None
         for pos in range(items.size):
-            chunk = self._chunk(items[pos])
+            chunk = self.chunk(items[pos])
             # A bad file: draw other chunks, from a sequence fixed by (seed, epoch, batch),
             # until one decodes. Draws are over every item, bad or not, so that the result
             # does not depend on when (or by which thread) a file was found bad.
@@ -361,25 +372,35 @@ class ChunkLoader(keras.utils.PyDataset):
                         f"{dict(list(self.skipped.items())[:3])}"
                     )
                 items[pos] = replacement_rng.integers(self.n_items)
-                chunk = self._chunk(items[pos])
+                chunk = self.chunk(items[pos])
             waveforms[pos] = chunk
         targets = self.dataset.targets[self.clip_index[items]].astype(np.float32)
+        if self.feature_cache is None:
+            inputs = waveforms
+        else:
+            inputs = self.feature_cache.lookup(items)
+            if self.include_waveform:
+                inputs["waveform"] = waveforms
         if self.mixup > 0:
-            waveforms, targets = self._mix(waveforms, targets, index)
+            inputs, targets = self._mix(inputs, targets, index)
         if self.target_names is None:
-            return waveforms, targets
-        return waveforms, {name: targets for name in self.target_names}
+            return inputs, targets
+        return inputs, {name: targets for name in self.target_names}
 
-    def _mix(self, waveforms: np.ndarray, targets: np.ndarray, index: int):
+    def _mix(self, inputs, targets: np.ndarray, index: int):
+        """Mixup of a batch: the same weights and partners for every input array."""
         rng = np.random.default_rng([self.seed, self.epoch, index, 3])
-        b = waveforms.shape[0]
+        b = targets.shape[0]
         lam = rng.beta(self.mixup, self.mixup, size=b)
         lam = np.where(rng.random(b) < self.mixup_probability, lam, 1.0).astype(np.float32)
         partner = rng.permutation(b)
-        lam = lam[:, None]
-        waveforms = lam * waveforms + (1 - lam) * waveforms[partner]
-        targets = lam * targets + (1 - lam) * targets[partner]
-        return waveforms.astype(np.float32), targets.astype(np.float32)
+
+        def mix(x):
+            w = lam.reshape((b,) + (1,) * (x.ndim - 1))
+            return (w * x + (1 - w) * x[partner]).astype(np.float32)
+
+        inputs = {k: mix(v) for k, v in inputs.items()} if isinstance(inputs, dict) else mix(inputs)
+        return inputs, mix(targets)
 
 
 def iterate_clips(

@@ -70,6 +70,41 @@ class DiverseClassifier(keras.Model):
     def stream_names(self) -> list[str]:
         return self.backbone.stream_names
 
+    def with_feature_inputs(self, streams) -> keras.Model:
+        """A model that shares every layer (and weight) of this one, but takes the features
+        of `streams` as inputs instead of computing them from the waveform.
+
+        Inputs: a dict with one `(batch, frames, dim)` array per stream of `streams` (under
+        `"<stream>_features"`), and `"waveform"` when any other stream is left (its features are computed as usual).
+        Outputs: `"fused"` and one per stream, as this model's. Training it trains this
+        model: it is how cached handcrafted features (`keras_dae.data.FeatureCache`) are fed.
+        """
+        streams = list(streams)
+        unknown = set(streams) - set(self.stream_names)
+        if unknown:
+            raise ValueError(f"Unknown streams {sorted(unknown)}; this model has "
+                             f"{self.stream_names}.")
+        dims = self.featurizer.feature_dims()
+        inputs = {f"{name}_features": keras.Input(shape=(None, dims[name]),
+                                                  name=f"{name}_features") for name in streams}
+        features = {name: inputs[f"{name}_features"] for name in streams}
+        computed = [name for name in self.stream_names if name not in streams]
+        if computed:
+            # The other streams' front ends, wrapped in a model of their own so that their
+            # layer names cannot clash with the heads' (a head is named after its stream).
+            waveform = keras.Input(shape=(None,), name="waveform")
+            rest = keras.Model(waveform, {name: self.featurizer.stream_features(waveform, name)
+                                          for name in computed}, name="computed_features")
+            inputs["waveform"] = keras.Input(shape=(None,), name="waveform")
+            features.update(rest(inputs["waveform"]))
+        features = {name: features[name] for name in self.stream_names}
+        embeddings = self.backbone(features)
+        drop = self.get_layer("head_dropout")
+        outputs = {"fused": self.fusion_head(drop(embeddings["embedding"]))}
+        for name, head in self.stream_heads.items():
+            outputs[name] = head(drop(embeddings[name]))
+        return keras.Model(inputs, outputs, name=f"{self.name}_feature_inputs")
+
     @property
     def sample_rate(self) -> int:
         return self.featurizer.sample_rate

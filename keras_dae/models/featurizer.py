@@ -97,12 +97,19 @@ class DiverseFeaturizer(keras.layers.Layer):
                 if not f.built:
                     f.build(input_shape)
 
+    def stream_features(self, waveform, name: str):
+        """One stream's features `(batch, frames, dim)`: its front ends' outputs, concatenated."""
+        parts = [ops.cast(f(waveform), "float32") for f in self.streams[name]]
+        return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+
+    def fixed_streams(self) -> list[str]:
+        """Streams whose front ends hold no weights (the handcrafted ones): their features
+        depend on the waveform only, so they can be computed once and cached."""
+        return [name for name, frontends in self.streams.items()
+                if not any(f.weights for f in frontends)]
+
     def call(self, waveform):
-        outputs = {}
-        for name, frontends in self.streams.items():
-            parts = [ops.cast(f(waveform), "float32") for f in frontends]
-            outputs[name] = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
-        return outputs
+        return {name: self.stream_features(waveform, name) for name in self.streams}
 
     def compute_output_shape(self, input_shape):
         frames = self.num_frames(input_shape[1]) if input_shape[1] is not None else None

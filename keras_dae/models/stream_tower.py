@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_dae.models.feature_masking import FeatureMasking
 from keras_dae.models.position_embedding import PositionEmbedding
 from keras_dae.models.transformer_encoder import TransformerEncoder
 from keras_dae.serialization import register
@@ -14,7 +15,8 @@ class StreamTower(keras.layers.Layer):
     """Maps a feature sequence `(batch, frames, features)` to an embedding `(batch, d_model)`.
 
     Per-feature normalisation (`keras.layers.Normalization`, whose mean and variance are set
-    from training data with `tower.normalization.adapt(...)` and saved with the weights), a
+    from training data with `tower.normalization.adapt(...)` and saved with the weights),
+    SpecAugment-style masking of frames and features in training (`FeatureMasking`), a
     linear projection to `d_model`, learned position embeddings, `num_layers` Transformer
     encoder blocks with average pooling over time by 2 after every `downsample_every` blocks
     (as in Audio Transformers, arXiv 2105.00335, which pools inside the stack), then a final
@@ -29,6 +31,8 @@ class StreamTower(keras.layers.Layer):
         max_frames: longest input the position table covers (frames per chunk).
         downsample_every: pool time by 2 after every this many blocks (0 or None: never).
         normalize_first: pre-norm blocks (default post-norm, as keras-hub's default).
+        feature_masking: arguments of the `FeatureMasking` layer applied to the normalised
+            features in training (None: no masking).
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class StreamTower(keras.layers.Layer):
         max_frames: int = 128,
         downsample_every: int | None = 2,
         normalize_first: bool = False,
+        feature_masking: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,10 +61,14 @@ class StreamTower(keras.layers.Layer):
         self.max_frames = int(max_frames)
         self.downsample_every = int(downsample_every or 0)
         self.normalize_first = bool(normalize_first)
+        self.feature_masking = dict(feature_masking) if feature_masking else None
         policy = self.dtype_policy
         # Feature statistics stay in float32 under mixed precision.
         self.normalization = keras.layers.Normalization(axis=-1, name="normalization",
                                                         dtype="float32")
+        self.masking = FeatureMasking(
+            **(self.feature_masking or {"time_masks": 0, "feature_masks": 0}),
+            name="feature_masking", dtype="float32")
         self.projection = keras.layers.Dense(d_model, name="projection", dtype=policy)
         self.position_embedding = PositionEmbedding(max_frames, name="position_embedding",
                                                     dtype=policy)
@@ -71,6 +80,14 @@ class StreamTower(keras.layers.Layer):
         self.pool = keras.layers.AveragePooling1D(2, padding="same", dtype=policy)
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm",
                                                           dtype=policy)
+
+    def set_feature_masking(self, feature_masking: dict | None) -> None:
+        """Changes the training-time masking (None: off); takes effect at the next compile."""
+        self.feature_masking = dict(feature_masking) if feature_masking else None
+        wanted = FeatureMasking(**{"time_masks": 0, "feature_masks": 0,
+                                   **(self.feature_masking or {})})
+        for key in FeatureMasking.PARAMETERS:
+            setattr(self.masking, key, getattr(wanted, key))
 
     def _pools_after(self, index: int) -> bool:
         return (self.downsample_every > 0 and (index + 1) % self.downsample_every == 0
@@ -89,7 +106,8 @@ class StreamTower(keras.layers.Layer):
         self.final_norm.build(shape)
 
     def call(self, features, training=None):
-        x = self.projection(self.normalization(features))
+        x = self.masking(self.normalization(features), training=training)
+        x = self.projection(x)
         x = x + self.position_embedding(x)
         for i, block in enumerate(self.blocks):
             x = block(x, training=training)
@@ -112,6 +130,7 @@ class StreamTower(keras.layers.Layer):
                 "max_frames": self.max_frames,
                 "downsample_every": self.downsample_every,
                 "normalize_first": self.normalize_first,
+                "feature_masking": self.feature_masking,
             }
         )
         return config

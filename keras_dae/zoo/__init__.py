@@ -6,7 +6,9 @@
     model = keras_dae.zoo.load("diverse_fsd50k", labels=["dog", "cat"], freeze_backbone=True)
 
 Nothing is ever downloaded. Weights of a named preset are looked for in
-`$KERAS_DAE_HOME/presets/<name>/` (default `~/.keras-dae/presets/<name>/`).
+`$KERAS_DAE_HOME/presets/<name>/` (default `~/.keras-dae/presets/<name>/`); presets whose
+weights ship with keras-dae (`diverse_sampled15`) are read from the package unless that
+directory holds a preset of the same name.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from keras_dae.models.classifier import DiverseClassifier, build_diverse_classif
 from keras_dae.version import __version__
 from keras_dae.zoo import preset_files as files
 from keras_dae.zoo.preset_files import PresetError
-from keras_dae.zoo.presets import PRESETS
+from keras_dae.zoo.presets import PRESETS, preset_vocabulary, shipped_preset_dir
 
 __all__ = ["PRESETS", "PresetError", "keras_dae_home", "list_presets", "load", "save"]
 
@@ -50,7 +52,9 @@ def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=N
     if len(labels) != model.num_classes:
         raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes.")
     mids = list(mids or getattr(model, "class_mids", None) or [""] * len(labels))
-    files.write_json(directory / files.CONFIG_FILE, keras.saving.serialize_keras_object(model))
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)  # a preset is the model, not a training setup
+    files.write_json(directory / files.CONFIG_FILE, config)
     tmp = directory / (".tmp." + files.WEIGHTS_FILE)
     model.save_weights(tmp)
     os.replace(tmp, directory / files.WEIGHTS_FILE)
@@ -78,7 +82,10 @@ def _resolve(name_or_path) -> tuple[str | None, Path]:
         return None, path
     name = str(name_or_path)
     if name in PRESETS:
-        return name, keras_dae_home() / "presets" / name
+        local = keras_dae_home() / "presets" / name
+        if PRESETS[name].get("shipped") and not (local / files.CONFIG_FILE).is_file():
+            return name, shipped_preset_dir(name)
+        return name, local
     raise PresetError(
         f"{name_or_path!r} is neither a preset directory nor a known preset "
         f"({', '.join(PRESETS)})."
@@ -126,6 +133,8 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
             raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a "
                               "DiverseClassifier")
     class_names, class_mids = None, None
+    if name is not None and not (directory / files.LABELS_FILE).is_file():
+        class_names, class_mids = preset_vocabulary(name) or (None, None)
     if (directory / files.LABELS_FILE).is_file():
         class_names, class_mids = files.read_labels(directory / files.LABELS_FILE)
         if len(class_names) != model.num_classes:

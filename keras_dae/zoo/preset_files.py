@@ -87,6 +87,9 @@ def check_config_is_safe(config: dict, path: Path) -> None:
 
 def model_from_config(config: dict, path: Path) -> keras.Model:
     check_config_is_safe(config, path)
+    # Presets written before keras-dae 0.1 kept the training compile settings; a loaded
+    # preset is not compiled (compile it to train), so they are dropped.
+    config = {k: v for k, v in config.items() if k != "compile_config"}
     try:
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:  # Keras raises many types for bad configs

@@ -1,6 +1,10 @@
-"""The known presets: name -> how to build the model, and where its weights come from."""
+"""The known presets: name -> how to build the model, its class vocabulary, and where its
+weights come from."""
 
 from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
 
 from keras_dae.models.backbone import TOWER_DEFAULTS
 
@@ -16,10 +20,25 @@ PRESETS: dict[str, dict] = {
         "sample_rate": 16000,
         "tower": dict(TOWER_DEFAULTS),
         "labels_source": "FSD50K.ground_truth/vocabulary.csv",
+        "vocabulary": "fsd50k.csv",
         "train_command": (
             "keras-dae train --data /path/to/FSD50K --format fsd50k "
             "--preset diverse_fsd50k --out RUN_DIR"
         ),
+    },
+    "diverse_sampled15": {
+        "description": (
+            "The diverse_fsd50k architecture trained with keras-dae's own recipe on the repo's "
+            "sampled FSD50K-layout dataset (15 AudioSet sound classes: instruments, speech, "
+            "birds, animals; real recordings and sampled instruments from Debian packages). "
+            "Weights ship with the package: works offline out of the box."
+        ),
+        "num_classes": 15,
+        "sample_rate": 16000,
+        "tower": dict(TOWER_DEFAULTS),
+        "labels_source": "scripts/build_sampled_dataset.py (vocabulary.csv)",
+        "shipped": True,
+        "train_command": "bash scripts/train_shipped_preset.sh",
     },
     "diverse_tiny": {
         "description": (
@@ -30,7 +49,7 @@ PRESETS: dict[str, dict] = {
         "sample_rate": 16000,
         "tower": dict(
             d_model=16, num_layers=1, num_heads=2, intermediate_dim=32, dropout=0.0,
-            max_frames=128, downsample_every=0, normalize_first=False,
+            max_frames=128, downsample_every=0, normalize_first=False, feature_masking=None,
         ),
         "labels_source": None,
         "train_command": (
@@ -38,3 +57,21 @@ PRESETS: dict[str, dict] = {
         ),
     },
 }
+
+
+def vocabulary_path(filename: str) -> Path:
+    """A class vocabulary shipped in the package (`keras_dae/zoo/vocabularies/`)."""
+    return Path(str(resources.files("keras_dae.zoo") / "vocabularies" / filename))
+
+
+def preset_vocabulary(name: str) -> tuple[list[str], list[str]] | None:
+    """(labels, AudioSet mids) of a named preset whose vocabulary ships with keras-dae."""
+    from keras_dae.data.datasets import read_fsd50k_vocabulary
+
+    filename = PRESETS[name].get("vocabulary")
+    return read_fsd50k_vocabulary(vocabulary_path(filename)) if filename else None
+
+
+def shipped_preset_dir(name: str) -> Path:
+    """Where a preset whose weights ship inside the package lives (`keras_dae/zoo/shipped/`)."""
+    return Path(str(resources.files("keras_dae.zoo") / "shipped" / name))

@@ -1,0 +1,240 @@
+"""What `keras-dae demo` shows: the shipped preset on a few bundled real recordings.
+
+    from keras_dae import demo
+    from keras_dae.inference import Tagger
+
+    tagger = Tagger()                                    # the shipped preset
+    results = demo.run(tagger)                           # TagResults with per-second labels
+    print(demo.describe(results[0], tagger))
+    demo.plot(results, "demo.png", title="...")
+
+The clips (keras_dae/data/demo/, sources and licences in its README.md) come from recordings
+that the preset's training data kept out of training (its eval and val splits).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from keras_dae.audio import load_audio
+from keras_dae.inference import Tagger, TagResult, display_label, format_labels
+
+DEMO_CLIPS = (
+    "speech_czech_letters.ogg",
+    "guitar_em9.ogg",
+    "drums_amen_break.ogg",
+    "heron_flying.ogg",
+    "dog_bark.ogg",
+)
+LABEL_THRESHOLD = 0.5
+CAPTION = (
+    "Each second's labels scoring 0.5 or more (from the 1 s window over it; faded: the best "
+    "one when none does),\nthe mel spectrogram, and the fused scores of the clip's top "
+    "classes over time (1 s windows every 0.5 s)."
+)
+TABLE_CAPTION = (
+    "Clip scores (mean over its windows) of the\nfused head and of each stream's own head"
+)
+STREAM_TITLES = {"fused": "fused", "pitch": "pitch", "timbre": "timbre",
+                 "neuralogram": "neuralo-\ngram", "end_to_end": "end-to-\nend"}
+
+
+def demo_clips() -> list[Path]:
+    """The bundled demo recordings, in the order the demo shows them."""
+    folder = resources.files("keras_dae") / "data" / "demo"
+    return [Path(str(folder / name)) for name in DEMO_CLIPS]
+
+
+def run(tagger: Tagger, paths=None, top_k: int = 3) -> list[TagResult]:
+    """Tags `paths` (default: the bundled clips) with per-second labels. Raises
+    `AudioDecodeError` if one cannot be read."""
+    paths = list(paths) if paths is not None else demo_clips()
+    return [tagger.tag(path, top_k=top_k, timestamps=True) for path in paths]
+
+
+def describe(result: TagResult, tagger: Tagger) -> str:
+    """The clip's labels, each stream's own top label, and the labels of each second."""
+    name = Path(result.source).name
+    lines = [f"{name}  ({result.duration:.2f} s)  {format_labels(result.labels)}"]
+    streams = []
+    for stream in tagger.stream_names:
+        best = int(np.argmax(result.scores[stream]))
+        streams.append(f"{stream} {display_label(tagger.class_names[best])} "
+                       f"{result.scores[stream][best]:.2f}")
+    lines.append(f"  {'streams':>12}  " + " | ".join(streams))
+    for segment in result.per_second:
+        span = f"{segment.start:.1f}-{segment.end:.1f} s"
+        lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
+    return "\n".join(lines)
+
+
+def _class_colours(results: list[TagResult], class_names, top_classes: int) -> dict:
+    """Class index -> colour, for the classes the picture shows, in order of appearance:
+    the strong colours of tab10 first, then Dark2's."""
+    import matplotlib
+
+    palette = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]
+    palette += list(matplotlib.colormaps["Dark2"].colors)  # (tab10's grey is left out)
+    index = {name: i for i, name in enumerate(class_names)}
+    colours: dict[int, tuple] = {}
+    for result in results:
+        shown = [index[x.label] for s in result.per_second for x in _shown_labels(s)]
+        shown += list(np.argsort(-result.scores["fused"], kind="stable")[:top_classes])
+        for k in shown:
+            if int(k) not in colours:
+                colours[int(k)] = palette[len(colours) % len(palette)]
+    return colours
+
+
+def _shown_labels(segment) -> list:
+    """The labels of a second that score at least `LABEL_THRESHOLD` (at most two), or the
+    best one when none does."""
+    shown = [x for x in segment.labels if x.score >= LABEL_THRESHOLD][:2]
+    return shown or [segment.labels[0]]
+
+
+def _text_colour(rgb) -> str:
+    r, g, b = rgb[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"
+
+
+def _log_mel(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=waveform, sr=sample_rate, n_fft=1024,
+                                         hop_length=160, n_mels=80, fmax=sample_rate / 2)
+    return librosa.power_to_db(mel, ref=np.max, top_db=80.0)
+
+
+def plot(results: list[TagResult], path, class_names, stream_names, sample_rate: int = 16000,
+         title: str = "", top_classes: int = 4):
+    """Writes the demo picture to `path` and returns it.
+
+    One row per clip: on the left, the labels of each second (the fused labels of the 1 s
+    window over it that score 0.5 or more, at most two; else the best one, faded), the mel
+    spectrogram, and the fused scores of the clip's top classes over
+    time (one point per 1 s chunk, at its centre); on the right, the clip's scores for its top
+    classes from the fused head and from each stream's own head. Every class keeps one colour.
+    """
+    import librosa
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    colours = _class_colours(results, class_names, top_classes)
+    index = {name: i for i, name in enumerate(class_names)}
+    columns = ["fused", *stream_names]
+    max_duration = max(max(r.duration for r in results), 1.0)
+    n = len(results)
+    height = 2.75 * n + 1.55
+    fig = plt.figure(figsize=(14, height))
+    outer = fig.add_gridspec(n, 2, width_ratios=[3.3, 1.15], wspace=0.3, hspace=0.55,
+                             left=0.06, right=0.91, top=1 - 1.5 / height,
+                             bottom=0.45 / height)
+    for row, result in enumerate(results):
+        left = outer[row, 0].subgridspec(3, 1, height_ratios=[0.68, 2.0, 1.15], hspace=0.06)
+        chips, spec, lines = (fig.add_subplot(left[i]) for i in range(3))
+        waveform = load_audio(result.source, sample_rate)
+        duration = result.duration
+
+        # The labels of each second, as coloured chips: up to two lanes.
+        inches_per_second = chips.get_position().width * fig.get_figwidth() / max_duration
+        for segment in result.per_second:
+            shown = _shown_labels(segment)
+            width = segment.end - segment.start
+            lane = 0.9 / len(shown)
+            for j, label in enumerate(shown):
+                colour = colours[index[label.label]]
+                faded = label.score < LABEL_THRESHOLD
+                bottom = 0.05 + (len(shown) - 1 - j) * lane
+                chips.add_patch(Rectangle((segment.start + 0.01, bottom + 0.015), width - 0.02,
+                                          lane - 0.03, facecolor=colour,
+                                          alpha=0.4 if faded else 1.0, edgecolor="none"))
+                size = 7.5 if len(shown) == 1 else 7
+                text = f"{display_label(label.label)} {label.score:.2f}"
+                if len(text) * size * 0.6 / 72 > 0.95 * width * inches_per_second:
+                    text = display_label(label.label)  # no room for the score
+                    size = size if len(text) * size * 0.6 / 72 < width * inches_per_second else 6
+                chips.text(segment.start + width / 2, bottom + lane / 2, text, ha="center",
+                           va="center", fontsize=size, clip_on=True,
+                           color="black" if faded else _text_colour(colour))
+        chips.set_xlim(0, max_duration)
+        chips.set_ylim(0, 1)
+        chips.axis("off")
+        chips.set_title(f"{Path(result.source).name}   ({duration:.2f} s)", loc="left",
+                        fontsize=10, fontweight="bold", pad=3)
+
+        # The spectrogram.
+        mel = _log_mel(waveform, sample_rate)
+        spec.imshow(mel, origin="lower", aspect="auto", cmap="magma",
+                    vmin=np.percentile(mel, 15), vmax=mel.max(),
+                    extent=(0, duration, 0, mel.shape[0]), interpolation="nearest")
+        spec.set_xlim(0, max_duration)
+        centre_hz = librosa.mel_frequencies(n_mels=mel.shape[0] + 2, fmax=sample_rate / 2)[1:-1]
+        ticks = [(250, "250 Hz"), (1000, "1 kHz"), (4000, "4 kHz")]
+        spec.set_yticks([int(np.argmin(np.abs(centre_hz - hz))) + 0.5 for hz, _ in ticks],
+                        [text for _, text in ticks], fontsize=6.5)
+        spec.set_ylabel("mel\nspectrum", fontsize=8)
+        spec.tick_params(labelbottom=False, length=2)
+        spec.set_facecolor("0.96")
+        for side in ("top", "right"):
+            spec.spines[side].set_visible(False)
+
+        # Fused scores over time of the clip's top classes.
+        centres = result.chunk_starts + min(1.0, duration) / 2
+        fused = result.chunk_scores["fused"]
+        top = np.argsort(-result.scores["fused"], kind="stable")[:3]
+        for k in top:
+            x = np.concatenate([[0.0], centres, [duration]])
+            y = np.concatenate([[fused[0, k]], fused[:, k], [fused[-1, k]]])
+            lines.plot(x, y, color=colours[k], lw=1.8, label=display_label(class_names[k]))
+            lines.plot(centres, fused[:, k], "o", color=colours[k], ms=3)
+        lines.set_xlim(0, max_duration)
+        lines.set_ylim(-0.04, 1.08)
+        lines.set_yticks([0, 0.5, 1])
+        lines.tick_params(labelsize=7, length=2)
+        lines.set_ylabel("fused\nscore", fontsize=8)
+        lines.grid(axis="y", color="0.9", lw=0.6)
+        for side in ("top", "right"):
+            lines.spines[side].set_visible(False)
+        lines.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7.5,
+                     frameon=False, handlelength=1.0, borderaxespad=0.3)
+        if row == n - 1:
+            lines.set_xlabel("time (s)", fontsize=9)
+
+        # Fused and per-stream clip scores of the top classes.
+        table = fig.add_subplot(outer[row, 1])
+        classes = np.argsort(-result.scores["fused"], kind="stable")[:top_classes]
+        values = np.array([[result.scores[c][k] for c in columns] for k in classes])
+        table.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                table.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                           color="white" if values[i, j] > 0.55 else "0.15",
+                           fontweight="bold" if j == 0 else "normal")
+        table.axvline(0.5, color="white", lw=3)
+        table.set_xticks(range(len(columns)))
+        table.set_xticklabels([STREAM_TITLES.get(c, c) for c in columns], fontsize=7.5)
+        table.xaxis.tick_top()
+        table.set_yticks(range(len(classes)))
+        table.yaxis.tick_right()
+        table.set_yticklabels([display_label(class_names[k]) for k in classes], fontsize=8)
+        for label, k in zip(table.get_yticklabels(), classes, strict=True):
+            label.set_color(colours[k])
+            label.set_fontweight("bold")
+        table.tick_params(length=0)
+        for spine in table.spines.values():
+            spine.set_visible(False)
+    if title:
+        fig.text(0.06, 1 - 0.3 / height, title, fontsize=13, fontweight="bold", va="top")
+    fig.text(0.06, 1 - 0.68 / height, CAPTION, fontsize=9, color="0.3", va="top")
+    right = outer[0, 1].get_position(fig)
+    fig.text(right.x0, 1 - 0.68 / height, TABLE_CAPTION, fontsize=9, color="0.3", va="top")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

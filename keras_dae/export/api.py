@@ -1,0 +1,206 @@
+"""`export()`: a `DiverseClassifier` to SavedModel, TFLite or ONNX, checked against itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from keras_dae.export.artifact import describe, write_sidecars
+from keras_dae.export.export_ready import ExportError, export_ready_model, max_abs_diff, probe_audio
+from keras_dae.export.tflite import QUANTIZATIONS
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+# How each format computes spectra (see export_ready): TFLite runs RFFT2D as a builtin and is
+# smaller and faster with it; ONNX needs the matrix-product DFT.
+DEFAULT_DFT_MODE = {"savedmodel": "fft", "tflite": "fft", "onnx": "matmul"}
+# Largest difference in probabilities on the probe audio that `export` accepts, per
+# quantization. Float32 allows for the ~1e-3 that float32 rounding in another runtime's FFT
+# can make in a trained model (export_ready.EXPORT_READY_ATOL); a broken conversion is off
+# by 1e-1. The tests hold float32 exports to 1e-4 on real audio. Quantized int8 models are
+# measured, not bounded (benchmarks/export.py).
+TOLERANCE = {"none": 2e-3, "float16": 1e-2, "dynamic-int8": None, "int8": None}
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export` wrote and how close it is to the Keras model."""
+
+    path: Path
+    format: str
+    quantize: str
+    dft_mode: str
+    size_bytes: int
+    labels_path: Path
+    description_path: Path
+    max_abs_diff: dict
+    model_backend: str
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ExportResult:
+        data = dict(data)
+        for key in ("path", "labels_path", "description_path"):
+            data[key] = Path(data[key])
+        return cls(**data)
+
+
+def artifact_size(path) -> int:
+    """Bytes on disk of a file, or of every file under a directory."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _check_args(fmt, quantize, dft_mode, calibration):
+    if fmt not in FORMATS:
+        raise ValueError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise ValueError(f"--quantize {quantize} is for TFLite; {fmt} exports float32 only")
+    if quantize == "int8" and calibration is None:
+        raise ValueError("int8 quantization needs representative audio: pass calibration= "
+                         "(a dataset or audio directory, or waveforms)")
+    if fmt == "onnx" and dft_mode == "fft":
+        raise ValueError("ONNX export needs dft_mode='matmul' (tf2onnx leaves FFTs that "
+                         "onnxruntime cannot run)")
+
+
+def export(model, path, format: str, quantize: str = "none", calibration=None,
+           calibration_windows: int = 200, dft_mode: str | None = None,
+           window_seconds: float = 1.0, check: bool = True) -> ExportResult:
+    """Exports `model` (a `DiverseClassifier`) to `path`.
+
+    Args:
+        model: the classifier, on any Keras backend. TensorFlow does the exporting: on JAX or
+            PyTorch the model is saved as a preset and exported by a TensorFlow-backend
+            subprocess (TensorFlow must be installed: `pip install "keras-dae[export]"`).
+        path: a `.tflite` or `.onnx` file, or a directory for a SavedModel.
+        format: "savedmodel", "tflite" or "onnx".
+        quantize: TFLite only: "none", "float16", "dynamic-int8" or "int8" (see
+            `keras_dae.export.tflite`).
+        calibration: int8 only: representative audio, a dataset directory, audio directory or
+            file (see `calibration.audio_files`), or an array `(n, window)` of waveforms.
+        calibration_windows: how many 1 s windows to calibrate on.
+        dft_mode: how spectra compute their DFT; default per format (`DEFAULT_DFT_MODE`).
+        window_seconds: the exported input length (the model's 1 s chunks by default).
+        check: run the artifact in its runtime next to `model` on probe audio (real speech,
+            a chirp, noise) and raise `ExportError` if a probability differs by more than the
+            quantization's tolerance (`TOLERANCE`: 2e-3 float32, 1e-2 float16) or is not
+            finite.
+
+    The input is `waveform`, float32 `(batch, window)`; the outputs are named `fused`, one per
+    stream, and `embedding`. Labels are written beside the artifact (and embedded in TFLite
+    and ONNX files). Returns an `ExportResult`.
+    """
+    import keras
+
+    dft_mode = dft_mode or DEFAULT_DFT_MODE.get(format)
+    _check_args(format, quantize, dft_mode, calibration)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    window = int(round(window_seconds * model.sample_rate))
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        result = _export_tensorflow(model, path, format, quantize, calibration,
+                                    calibration_windows, dft_mode, window)
+    else:
+        result = _export_in_subprocess(model, path, format, quantize, calibration,
+                                       calibration_windows, dft_mode, window_seconds)
+    result.model_backend = backend
+    if check:
+        result.max_abs_diff = check_against(model, path, TOLERANCE[quantize])
+    return result
+
+
+def check_against(model, path, tolerance: float | None) -> dict[str, float]:
+    """Runs the artifact at `path` next to `model` on `probe_audio`; returns the largest
+    absolute difference per output, raising `ExportError` above `tolerance` (or non-finite)."""
+    from keras_dae.export.runtime import load_exported
+
+    exported = load_exported(path)
+    x = probe_audio(model.sample_rate, exported.window / model.sample_rate)
+    expected = model.predict(x, verbose=0)
+    got = exported(x)
+    missing = set(expected) - set(got)
+    if missing:
+        raise ExportError(f"{path}: outputs {sorted(missing)} are missing")
+    for name, value in got.items():
+        if not np.all(np.isfinite(value)):
+            raise ExportError(f"{path}: output {name!r} is not finite on the probe audio")
+    diff = max_abs_diff(expected, got)
+    probabilities = {k: v for k, v in diff.items() if k != "embedding"}
+    worst = max(probabilities, key=probabilities.get)
+    if tolerance is not None and probabilities[worst] > tolerance:
+        raise ExportError(f"{path}: output {worst!r} differs from the Keras model by "
+                          f"{probabilities[worst]:.3g} > {tolerance} on the probe audio")
+    return diff
+
+
+def _export_tensorflow(model, path, fmt, quantize, calibration, calibration_windows,
+                       dft_mode, window) -> ExportResult:
+    from keras_dae.export import tflite
+    from keras_dae.export.calibration import calibration_windows as windows_from
+    from keras_dae.export.onnx import write_onnx
+    from keras_dae.export.savedmodel import write_savedmodel
+
+    ready = export_ready_model(model, dft_mode=dft_mode)
+    parts = tflite.float_parts(quantize) if fmt == "tflite" else ["everything"]
+    description = describe(ready, fmt, quantize, window, dft_mode, parts)
+    if fmt == "savedmodel":
+        write_savedmodel(ready, path, window)
+    elif fmt == "onnx":
+        write_onnx(ready, path, window, description)
+    else:
+        windows = None
+        if quantize == "int8":
+            windows = windows_from(calibration, model.sample_rate, window, calibration_windows)
+        tflite.write_tflite(ready, path, window, quantize, description, windows)
+    labels_path, description_path = write_sidecars(path, description)
+    return ExportResult(path=path, format=fmt, quantize=quantize, dft_mode=dft_mode,
+                        size_bytes=artifact_size(path), labels_path=labels_path,
+                        description_path=description_path, max_abs_diff={},
+                        model_backend="tensorflow")
+
+
+def _export_in_subprocess(model, path, fmt, quantize, calibration, calibration_windows,
+                          dft_mode, window_seconds) -> ExportResult:
+    """Saves `model` as a preset and exports it with a TensorFlow-backend Python."""
+    from keras_dae import zoo
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ExportError("export needs TensorFlow (the converters are TensorFlow's), which "
+                          "is not installed: pip install \"keras-dae[export]\"")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        preset = zoo.save(model, tmp / "preset", labels=getattr(model, "class_names", None),
+                          mids=getattr(model, "class_mids", None))
+        if calibration is not None and not isinstance(calibration, (str, Path)):
+            np.save(tmp / "calibration.npy", np.asarray(calibration, np.float32))
+            calibration = str(tmp / "calibration.npy")
+        request = {"model": str(preset), "path": str(Path(path).resolve()), "format": fmt,
+                   "quantize": quantize, "calibration": None if calibration is None else
+                   str(calibration), "calibration_windows": calibration_windows,
+                   "dft_mode": dft_mode, "window_seconds": window_seconds,
+                   "result": str(tmp / "result.json")}
+        (tmp / "request.json").write_text(json.dumps(request))
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        proc = subprocess.run([sys.executable, "-m", "keras_dae.export.worker",
+                               str(tmp / "request.json")], env=env, capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0 or not (tmp / "result.json").is_file():
+            raise ExportError(f"the TensorFlow export subprocess failed (exit "
+                              f"{proc.returncode}):\n{proc.stderr[-4000:]}")
+        return ExportResult.from_json(json.loads((tmp / "result.json").read_text()))

@@ -1,0 +1,66 @@
+"""Representative audio for int8 calibration: 1 s windows drawn from a dataset or files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from keras_dae.audio import AudioDecodeError, load_audio
+from keras_dae.data import AUDIO_EXTENSIONS, chunk_waveform
+
+DEFAULT_WINDOWS = 200
+
+
+def audio_files(source) -> list[Path]:
+    """The audio files of `source`: a dataset directory in any layout keras-dae reads (its
+    training split), a directory of audio files (searched recursively), or one file."""
+    from keras_dae.data import read_csv_dataset, read_folder_dataset, read_fsd50k
+
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such file or directory")
+    if (source / "FSD50K.ground_truth").is_dir():
+        return [Path(p) for p in read_fsd50k(source, "train").paths]
+    if (source / "train.csv").is_file():
+        return [Path(p) for p in read_csv_dataset(source / "train.csv").paths]
+    if (source / "train").is_dir():
+        return [Path(p) for p in read_folder_dataset(source / "train").paths]
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    return files
+
+
+def calibration_windows(source, sample_rate: int, window: int,
+                        max_windows: int = DEFAULT_WINDOWS, seed: int = 0) -> np.ndarray:
+    """Up to `max_windows` windows `(n, window)` float32 of representative audio.
+
+    `source` is a path (see `audio_files`) or an array of waveforms `(n, window)`. Files are
+    visited in a seeded random order and one random window is taken from each until
+    `max_windows` are collected (files that fail to decode are skipped), so the set spans as
+    many recordings as possible.
+    """
+    if not isinstance(source, (str, Path)):
+        windows = np.asarray(source, np.float32)
+        if windows.ndim != 2 or windows.shape[1] != window:
+            raise ValueError(f"calibration audio must have shape (n, {window}), got "
+                             f"{windows.shape}")
+        return windows[:max_windows]
+    files = audio_files(source)
+    rng = np.random.default_rng(seed)
+    out = []
+    for index in rng.permutation(len(files)):
+        try:
+            chunks = chunk_waveform(load_audio(files[index], sample_rate), sample_rate,
+                                    window / sample_rate)
+        except (AudioDecodeError, ValueError, OSError):
+            continue
+        out.append(chunks[rng.integers(len(chunks))])
+        if len(out) >= max_windows:
+            break
+    if not out:
+        raise ValueError(f"{source}: no decodable audio for calibration")
+    return np.stack(out).astype(np.float32)

@@ -1,0 +1,509 @@
+"""Tagging and embedding audio with a trained model: files or arrays in, labels and vectors out.
+
+    from keras_dae.inference import Tagger
+
+    tagger = Tagger("diverse_sampled15")               # a preset name, preset or run directory
+    result = tagger.tag("dog.wav", top_k=3, timestamps=True)
+    result.labels          # (LabelScore("Animal", "/m/0jbk", 0.91), ...), best first
+    result.per_second      # one Segment per second: start, end, its own top labels
+    result.embedding       # (256,) the four stream embeddings, concatenated
+    tagger.tag(waveform, sample_rate=44100)              # a numpy array works the same way
+
+A clip is cut into 1 s chunks every 0.5 s (`keras_dae.data.chunking`, the protocol the model
+was trained and evaluated with: shorter clips are tiled, the last chunk is aligned to the
+clip's end), every chunk is scored, and the clip's score is the mean of its chunks' scores
+(`keras_dae.metrics.aggregate_chunks`, as in evaluation). Chunks are cut and scored batch by
+batch, so a long file costs its decoded waveform plus one batch of chunks, never all of its
+chunks at once, and `tag_many` packs the chunks of several short files into one batch.
+
+A `Tagger` holds no per-call state: its model function is pure (variables in, outputs out),
+so several threads may share one `Tagger` and get the results one thread would get.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from keras_dae.data.chunking import chunk_sample_starts, chunk_waveform
+
+# keras_dae.audio (librosa) and keras_dae.metrics (scipy) are imported where they are used, so
+# that `keras-dae --help` does not wait for them.
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LabelScore",
+    "Segment",
+    "TagFailure",
+    "TagResult",
+    "Tagger",
+    "embed",
+    "load_model",
+    "tag",
+]
+
+DEFAULT_MODEL = "diverse_sampled15"
+"""The shipped preset: `predict`, `embed`, `demo` and `keras_dae.hear` use it by default."""
+
+_SMALL_BATCH = 8  # batches of up to this many chunks are padded to it, larger ones to batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelScore:
+    """One class and its score (a sigmoid probability in [0, 1])."""
+
+    label: str
+    mid: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "mid": self.mid, "score": round(self.score, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """The labels of `[start, end)` seconds of a clip (one second; the last may be shorter)."""
+
+    start: float
+    end: float
+    labels: tuple[LabelScore, ...]
+
+    def to_dict(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3),
+                "labels": [label.to_dict() for label in self.labels]}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TagResult:
+    """What the model says about one clip.
+
+    Attributes:
+        source: the file's path, or `"<array>"`.
+        duration: seconds.
+        labels: the `top_k` classes by fused clip score, best first.
+        scores: output name (`"fused"` and each stream) -> `(num_classes,)` clip scores, the
+            mean of the chunks' scores.
+        embedding: `(n_streams * 64,)` float32, the mean over chunks of the model's
+            `"embedding"` output (the stream embeddings, concatenated in `stream_names` order;
+            the fusion head's input).
+        stream_names: the streams, in the embedding's order.
+        per_second: with `timestamps=True`, one `Segment` per second of audio (the last one
+            may be shorter), each scored by the chunk centred nearest to it; else empty.
+        chunk_starts: `(n_chunks,)` start of every chunk in seconds.
+        chunk_scores: output name -> `(n_chunks, num_classes)` chunk scores.
+        chunk_embeddings: `(n_chunks, n_streams * 64)` float32.
+    """
+
+    source: str
+    duration: float
+    labels: tuple[LabelScore, ...]
+    scores: dict[str, np.ndarray]
+    embedding: np.ndarray
+    stream_names: tuple[str, ...]
+    per_second: tuple[Segment, ...]
+    chunk_starts: np.ndarray
+    chunk_scores: dict[str, np.ndarray]
+    chunk_embeddings: np.ndarray
+
+    def __repr__(self) -> str:
+        labels = ", ".join(f"{x.label} {x.score:.2f}" for x in self.labels)
+        return (f"TagResult({self.source!r}, {self.duration:.2f} s, [{labels}], "
+                f"{len(self.chunk_starts)} chunks, {len(self.per_second)} per-second segments)")
+
+    @property
+    def stream_embeddings(self) -> dict[str, np.ndarray]:
+        """Stream name -> its own `(64,)` embedding (a slice of `embedding`)."""
+        size = self.embedding.shape[-1] // len(self.stream_names)
+        return {name: self.embedding[i * size:(i + 1) * size]
+                for i, name in enumerate(self.stream_names)}
+
+    def to_text(self) -> str:
+        """Readable lines: the clip's labels, then one line per second when computed."""
+        lines = [f"{self.source}  ({self.duration:.2f} s)  {format_labels(self.labels)}"]
+        for segment in self.per_second:
+            span = f"{segment.start:.1f}-{segment.end:.1f} s"
+            lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: `path`, `duration`, `labels` and, when computed, `per_second`."""
+        out = {"path": self.source, "duration": round(self.duration, 3),
+               "labels": [label.to_dict() for label in self.labels]}
+        if self.per_second:
+            out["per_second"] = [segment.to_dict() for segment in self.per_second]
+        return out
+
+
+def display_label(label: str) -> str:
+    """A class name for people: `"Wind_instrument_and_woodwind_instrument"` ->
+    `"Wind instrument"` (underscores to spaces; AudioSet's "X and Y" names keep X)."""
+    return label.split("_and_")[0].replace("_", " ")
+
+
+def format_labels(labels) -> str:
+    """`"Speech 0.93, Animal 0.12"`."""
+    return ", ".join(f"{display_label(x.label)} {x.score:.2f}" for x in labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class TagFailure:
+    """A clip of a batch that could not be tagged, and why (one line, naming the file)."""
+
+    source: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.source, "error": self.reason}
+
+
+def load_model(model=DEFAULT_MODEL):
+    """A `DiverseClassifier` from a preset name, a preset directory or a training run
+    directory (its `preset/`); a model passes through unchanged."""
+    from keras_dae import zoo
+    from keras_dae.models.classifier import DiverseClassifier
+
+    if isinstance(model, DiverseClassifier):
+        return model
+    path = Path(str(model)).expanduser()
+    if (path / "preset").is_dir() and not (path / "config.json").is_file():
+        path = path / "preset"
+    return zoo.load(path if path.is_dir() else str(model))
+
+
+def _forward_function(model):
+    """A pure function `(batch, samples) float32 numpy -> {output: numpy}` for the backend.
+
+    It reads the model's variables and writes nothing, so threads can share it: JAX runs
+    `stateless_call` under `jax.jit`, TensorFlow a `tf.function` (with relaxed shapes, so
+    it traces at most twice), PyTorch the model under `torch.no_grad()` (which is per
+    thread).
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def run(trainable, non_trainable, x):
+            outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return outputs
+
+        def forward(x):
+            outputs = run([v.value for v in model.trainable_variables],
+                          [v.value for v in model.non_trainable_variables], x)
+            return {name: np.asarray(value) for name, value in outputs.items()}
+
+        return forward
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+        def forward(x):
+            return {name: value.numpy() for name, value in run(tf.constant(x)).items()}
+
+        return forward
+    if backend == "torch":
+        import torch
+
+        def forward(x):
+            with torch.no_grad():
+                outputs = model(keras.ops.convert_to_tensor(x), training=False)
+            return {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
+
+        return forward
+    raise RuntimeError(f"keras backend {backend!r} is not supported")
+
+
+def _as_waveform(array, sample_rate: int, target_rate: int) -> np.ndarray:
+    """A numpy (or tensor) clip as mono float32 at `target_rate`; raises `ValueError`."""
+    if hasattr(array, "detach"):  # torch
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.ndim != 1:
+        raise ValueError(f"expected mono audio of shape (samples,), got shape {array.shape}; "
+                         "average the channels first")
+    if array.size == 0:
+        raise ValueError("the audio is empty (0 samples)")
+    if np.issubdtype(array.dtype, np.integer):  # PCM: scale full range to [-1, 1]
+        info = np.iinfo(array.dtype)
+        array = (array.astype(np.float64) - (info.max + 1 + info.min) / 2) / (info.max + 1
+                                                                               - info.min) * 2
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected real-valued audio, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(f"{bad} of {array.size} samples are NaN or infinite")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    if sample_rate != target_rate:
+        import librosa
+
+        array = librosa.resample(array, orig_sr=int(sample_rate), target_sr=target_rate,
+                                 res_type="soxr_hq").astype(np.float32)
+    return array
+
+
+class _Clip:
+    """A clip on its way through the batches: its chunks' outputs so far."""
+
+    def __init__(self, source, waveform=None, starts=None, reason=None):
+        self.source, self.waveform, self.starts, self.reason = source, waveform, starts, reason
+        self.n_samples = 0 if waveform is None else len(waveform)
+        self.cut = 0      # chunks cut into batches so far
+        self.scored = 0   # chunks whose outputs came back
+        self.parts = collections.defaultdict(list)
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None or self.scored == len(self.starts)
+
+
+class Tagger:
+    """Tags and embeds clips with one loaded model.
+
+    Args:
+        model: a preset name (default: the shipped `diverse_sampled15`), a preset
+            directory, a training run directory, or a `DiverseClassifier`.
+        batch_size: chunks per model call. A smaller batch is padded with silence to 8
+            chunks (or `batch_size`), so that compiled backends (JAX's `jit` costs seconds
+            per shape) compile two shapes, not one per clip length.
+        chunk_seconds, hop_seconds: the chunking (the model's training protocol: 1 s, 0.5 s).
+        aggregate: how chunk scores make a clip score: `"mean"` (as in evaluation) or `"max"`.
+    """
+
+    def __init__(self, model=DEFAULT_MODEL, batch_size: int = 32, chunk_seconds: float = 1.0,
+                 hop_seconds: float = 0.5, aggregate: str = "mean"):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+        if aggregate not in ("mean", "max"):
+            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+        self.model = load_model(model)
+        self.batch_size = int(batch_size)
+        self.chunk_seconds = float(chunk_seconds)
+        self.hop_seconds = float(hop_seconds)
+        self.aggregate = aggregate
+        self.sample_rate = int(self.model.sample_rate)
+        self.chunk_samples = int(round(self.chunk_seconds * self.sample_rate))
+        chunk_sample_starts(1, self.sample_rate, self.chunk_seconds, self.hop_seconds)  # checks
+        self.class_names = tuple(getattr(self.model, "class_names", None)
+                                 or [f"class_{i}" for i in range(self.model.num_classes)])
+        self.class_mids = tuple(getattr(self.model, "class_mids", None)
+                                or [""] * self.model.num_classes)
+        self.stream_names = tuple(self.model.stream_names)
+        self.outputs = ("fused", *self.stream_names)
+        self.embedding_size = int(self.model.output["embedding"].shape[-1])
+        self._forward = _forward_function(self.model)
+
+    # -- the model on chunks ---------------------------------------------------------------
+    def forward(self, chunks: np.ndarray) -> dict[str, np.ndarray]:
+        """Model outputs for `(n, chunk_samples)` chunks, in batches of at most `batch_size`.
+
+        Returns `{output: (n, ...)}`: `"fused"` and each stream `(n, num_classes)`,
+        `"embedding"` `(n, embedding_size)`.
+        """
+        chunks = np.asarray(chunks, np.float32)
+        parts = collections.defaultdict(list)
+        for begin in range(0, len(chunks), self.batch_size):
+            for name, value in self._run_batch(chunks[begin:begin + self.batch_size]).items():
+                parts[name].append(value)
+        if not parts:
+            return {name: np.zeros((0, self.model.num_classes), np.float32)
+                    for name in self.outputs} | {
+                        "embedding": np.zeros((0, self.embedding_size), np.float32)}
+        return {name: np.concatenate(value) for name, value in parts.items()}
+
+    def _run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(batch)
+        padded = min(self.batch_size, _SMALL_BATCH) if n <= _SMALL_BATCH else self.batch_size
+        if padded > n:
+            batch = np.concatenate([batch, np.zeros((padded - n, batch.shape[1]), batch.dtype)])
+        outputs = self._forward(np.ascontiguousarray(batch, np.float32))
+        return {name: np.asarray(value[:n], np.float32) for name, value in outputs.items()}
+
+    # -- clips -----------------------------------------------------------------------------
+    def _open(self, item, sample_rate) -> _Clip:
+        from keras_dae.audio import AudioDecodeError, load_audio
+
+        if isinstance(item, (str, os.PathLike)):
+            source = str(item)
+            try:
+                waveform = load_audio(item, self.sample_rate)
+            except AudioDecodeError as error:
+                return _Clip(source, reason=str(error))
+            except (OSError, ValueError, RuntimeError) as error:
+                return _Clip(source, reason=f"{source}: {error}")
+        else:
+            source = "<array>"
+            try:
+                waveform = _as_waveform(item, self.sample_rate if sample_rate is None
+                                        else sample_rate, self.sample_rate)
+            except ValueError as error:
+                return _Clip(source, reason=f"{source}: {error}")
+        starts = chunk_sample_starts(len(waveform), self.sample_rate, self.chunk_seconds,
+                                     self.hop_seconds)
+        return _Clip(source, waveform, starts)
+
+    def _cut(self, clip: _Clip, count: int) -> np.ndarray:
+        """The clip's next `count` chunks (a copy of just those rows)."""
+        begin, end = clip.cut, clip.cut + count
+        clip.cut = end
+        if clip.n_samples <= self.chunk_samples:  # one chunk: tiled, as in training
+            return chunk_waveform(clip.waveform, self.sample_rate, self.chunk_seconds,
+                                  self.hop_seconds, short="tile")
+        windows = np.lib.stride_tricks.sliding_window_view(clip.waveform, self.chunk_samples)
+        return windows[clip.starts[begin:end]].astype(np.float32, copy=True)
+
+    def _scored_clips(self, items: Iterable, sample_rate) -> Iterator[_Clip]:
+        """Every item as a `_Clip` with all its chunk outputs, in input order.
+
+        Chunks from consecutive clips share batches; a clip is yielded (and its waveform
+        released) as soon as its last chunk is scored and every clip before it is out.
+        """
+        queue: collections.deque[_Clip] = collections.deque()
+        rows: list[np.ndarray] = []
+        owners: list[tuple[_Clip, int]] = []
+
+        def run():
+            outputs = self._run_batch(np.concatenate(rows))
+            offset = 0
+            for clip, count in owners:
+                for name, value in outputs.items():
+                    clip.parts[name].append(value[offset:offset + count])
+                clip.scored += count
+                offset += count
+            rows.clear()
+            owners.clear()
+
+        def finished():
+            while queue and queue[0].done:
+                clip = queue.popleft()
+                clip.waveform = None
+                yield clip
+
+        for item in items:
+            clip = self._open(item, sample_rate)
+            queue.append(clip)
+            if clip.reason is None:
+                while clip.cut < len(clip.starts):
+                    free = self.batch_size - sum(count for _, count in owners)
+                    count = min(free, len(clip.starts) - clip.cut)
+                    rows.append(self._cut(clip, count))
+                    owners.append((clip, count))
+                    if count == free:
+                        run()
+                        yield from finished()
+            yield from finished()
+        if rows:
+            run()
+        yield from finished()
+
+    def _result(self, clip: _Clip, top_k: int, timestamps: bool) -> TagResult:
+        from keras_dae import metrics
+
+        chunk = {name: np.concatenate(parts) for name, parts in clip.parts.items()}
+        ids = np.zeros(len(clip.starts), np.int64)
+        scores = {name: metrics.aggregate_chunks(chunk[name], ids, self.aggregate)[1][0]
+                  for name in self.outputs}
+        embedding = chunk["embedding"].mean(axis=0).astype(np.float32)
+        duration = clip.n_samples / self.sample_rate
+        per_second = ()
+        if timestamps:
+            per_second = self._per_second(clip, chunk["fused"], top_k)
+        return TagResult(
+            source=clip.source, duration=duration,
+            labels=self._top(scores["fused"], top_k), scores=scores, embedding=embedding,
+            stream_names=self.stream_names, per_second=per_second,
+            chunk_starts=clip.starts / self.sample_rate,
+            chunk_scores={name: chunk[name] for name in self.outputs},
+            chunk_embeddings=chunk["embedding"],
+        )
+
+    def _per_second(self, clip: _Clip, fused: np.ndarray, top_k: int) -> tuple[Segment, ...]:
+        """One segment per second, scored by the chunk whose centre is nearest its centre
+        (with 1 s chunks every 0.5 s: exactly the chunk over that second; a last, partial
+        second gets the end-aligned chunk). A remainder under 0.25 s joins the second before
+        it, so no segment is a sliver."""
+        sr = self.sample_rate
+        duration = clip.n_samples / sr
+        whole, remainder = divmod(clip.n_samples, sr)
+        edges = [float(s) for s in range(whole + 1)]
+        if remainder and whole >= 1 and remainder < sr / 4:
+            edges[-1] = duration
+        elif remainder:
+            edges.append(duration)
+        centres = (clip.starts + min(self.chunk_samples, clip.n_samples) / 2) / sr
+        segments = []
+        for start, end in zip(edges[:-1], edges[1:], strict=True):
+            nearest = int(np.argmin(np.abs(centres - (start + end) / 2)))
+            segments.append(Segment(start, end, self._top(fused[nearest], top_k)))
+        return tuple(segments)
+
+    def _top(self, scores: np.ndarray, top_k: int) -> tuple[LabelScore, ...]:
+        order = np.argsort(-np.asarray(scores), kind="stable")[:max(0, int(top_k))]
+        return tuple(LabelScore(self.class_names[i], self.class_mids[i], float(scores[i]))
+                     for i in order)
+
+    # -- public ----------------------------------------------------------------------------
+    def tag_many(self, items: Iterable, sample_rate: int | None = None, top_k: int = 5,
+                 timestamps: bool = False) -> Iterator[TagResult | TagFailure]:
+        """Tags files and/or arrays, yielding one `TagResult` or `TagFailure` per item, in
+        order. A file that cannot be decoded (or a bad array) is a `TagFailure` with a one-line
+        reason naming it; the others are unaffected. `sample_rate` applies to arrays (default:
+        the model's rate); files are resampled from their own rate."""
+        for clip in self._scored_clips(items, sample_rate):
+            if clip.reason is not None:
+                yield TagFailure(clip.source, clip.reason)
+            else:
+                yield self._result(clip, top_k, timestamps)
+
+    def tag(self, audio, sample_rate: int | None = None, top_k: int = 5,
+            timestamps: bool = False) -> TagResult:
+        """Tags one file (a path) or array (`(samples,)`, at `sample_rate`, default the
+        model's). Raises `AudioDecodeError` for a file that cannot be decoded and
+        `ValueError` for a bad array, with a one-line message naming it."""
+        from keras_dae.audio import AudioDecodeError
+
+        result = next(self.tag_many([audio], sample_rate, top_k, timestamps))
+        if isinstance(result, TagFailure):
+            if isinstance(audio, (str, os.PathLike)):
+                raise AudioDecodeError(result.reason)
+            raise ValueError(result.reason)
+        return result
+
+    def embed(self, audio, sample_rate: int | None = None) -> np.ndarray:
+        """The clip's `(embedding_size,)` float32 embedding: the mean over its chunks of the
+        concatenated stream embeddings (see `TagResult.embedding`)."""
+        return self.tag(audio, sample_rate, top_k=0).embedding
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_tagger(model) -> Tagger:
+    return Tagger(model)
+
+
+def tag(audio, model=DEFAULT_MODEL, sample_rate: int | None = None, top_k: int = 5,
+        timestamps: bool = False) -> TagResult:
+    """One call from a file or an array to labels and embeddings (see `Tagger.tag`). The
+    model is loaded on the first call and kept for the next ones."""
+    return _cached_tagger(_model_key(model)).tag(audio, sample_rate, top_k, timestamps)
+
+
+def embed(audio, model=DEFAULT_MODEL, sample_rate: int | None = None) -> np.ndarray:
+    """One call from a file or an array to its `(256,)` embedding (see `Tagger.embed`)."""
+    return _cached_tagger(_model_key(model)).embed(audio, sample_rate)
+
+
+def _model_key(model):
+    if isinstance(model, (str, os.PathLike)):
+        return str(Path(model).expanduser().resolve()) if Path(model).exists() else str(model)
+    return model
+
