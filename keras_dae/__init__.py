@@ -9,7 +9,9 @@ import importlib
 
 from keras_dae.version import __version__
 
-_SUBMODULES = ("audio", "data", "export", "layers", "metrics", "models", "training", "zoo")
+_SUBMODULES = (
+    "audio", "concurrency", "data", "export", "layers", "metrics", "models", "training", "zoo",
+)
 # Tagging and embeddings: `keras_dae.tag("dog.wav")`, `keras_dae.embed(waveform)`.
 _INFERENCE = ("tag", "embed", "Tagger", "inference", "hear", "demo")
 __all__ = [*_SUBMODULES, *_INFERENCE, "__version__"]

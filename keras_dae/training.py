@@ -32,7 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_dae import metrics
+from keras_dae import concurrency, metrics
 from keras_dae.audio import AudioDecodeError, summarize_problems
 from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader, clip_chunks
@@ -148,7 +148,7 @@ def predict_clips(model, dataset, sample_rate, chunk_seconds=1.0, hop_seconds=0.
     """Clip-level scores: `{output: (n_clips, n_classes)}` for the fused and stream heads.
 
     Each clip is cut into chunks, every chunk is scored, and a clip's score is the mean (or
-    max) of its chunks' scores. Chunks are streamed (`clip_chunks`): an hour-long file needs
+    max) of its chunks' scores. Safe to call from several threads with one model. Chunks are streamed (`clip_chunks`): an hour-long file needs
     no more memory than `max_chunks` chunks. Clips that cannot be decoded (even after some
     of their chunks were scored) are left out: returns the scores, the indices of the clips
     kept, and `skipped` (path -> reason; pass a dict to collect into it, and files already
@@ -168,7 +168,7 @@ def predict_clips(model, dataset, sample_rate, chunk_seconds=1.0, hop_seconds=0.
             return
         batch = np.concatenate(pending)
         ids = np.concatenate(owners)
-        out = model.predict(batch, batch_size=batch_size, verbose=0)
+        out = concurrency.predict(model, batch, batch_size=batch_size)  # thread-safe
         for clip in np.unique(ids):
             rows = ids == clip
             acc = pooled.setdefault(int(clip), {})

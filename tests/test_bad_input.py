@@ -590,8 +590,11 @@ result = {{"kept": kept.tolist(), "finite": bool(np.isfinite(scores["fused"]).al
     print(f"evaluated: peak RSS growth {growth['six minutes']:.1f} MiB for six minutes, "
           f"{growth['hour']:.1f} MiB for the hour (decoded whole, the hour is 220 MiB and its "
           "chunks 440 MiB)")
-    # Bounded: ten times the audio, no more memory (the model's working set dominates).
-    assert growth["hour"] < growth["six minutes"] + 32, growth
+    # Bounded: ten times the audio does not mean ten times the memory. The peak wobbles with
+    # the allocator (JAX's more than the others': up to ~90 MiB apart, flat in between), far
+    # below the 660 MiB that holding the hour and its chunks would add.
+    assert growth["hour"] < growth["six minutes"] + 128, growth
+    assert growth["hour"] < 440, growth
 
 
 def test_rss_helper_sees_allocations():

@@ -19,7 +19,8 @@ draws from Python's global random state.
 
 Bad files never end an epoch: a file that cannot be read at indexing time is left out of the
 index, one that fails to decode later is left out from then on, and its chunks are replaced by
-other chunks (chosen deterministically). Each is logged once with the reason and recorded in
+other chunks (chosen deterministically, whatever the order in which threads find bad files).
+Each is logged once with the reason and recorded in
 `loader.skipped` (path -> reason); `loader.skip_summary()` says how many and why in one line.
 With `use_multiprocessing=True`, files that fail inside worker processes are skipped there but
 not recorded in the parent's `skipped`.
@@ -357,17 +358,20 @@ class ChunkLoader(keras.utils.PyDataset):
         replacement_rng = None
         for pos in range(items.size):
             chunk = self.chunk(items[pos])
-            while chunk is None:  # a bad file: draw another chunk from the files still good
+            # A bad file: draw other chunks, from a sequence fixed by (seed, epoch, batch),
+            # until one decodes. Draws are over every item, bad or not, so that the result
+            # does not depend on when (or by which thread) a file was found bad.
+            while chunk is None:
                 if replacement_rng is None:
                     replacement_rng = np.random.default_rng([self.seed, self.epoch, index, 2])
                 with self._lock:
-                    good = np.flatnonzero(~self._bad[self.clip_index])
-                if good.size == 0:
+                    all_bad = bool(self._bad.all())
+                if all_bad:
                     raise RuntimeError(
                         "every file of the dataset failed to decode; see loader.skipped: "
                         f"{dict(list(self.skipped.items())[:3])}"
                     )
-                items[pos] = good[replacement_rng.integers(good.size)]
+                items[pos] = replacement_rng.integers(self.n_items)
                 chunk = self.chunk(items[pos])
             waveforms[pos] = chunk
         targets = self.dataset.targets[self.clip_index[items]].astype(np.float32)
