@@ -9,7 +9,7 @@ import importlib
 
 from keras_dae.version import __version__
 
-_SUBMODULES = ("audio", "data", "layers", "metrics", "models", "training", "zoo")
+_SUBMODULES = ("audio", "data", "layers", "metrics", "models", "scale", "training", "zoo")
 # Tagging and embeddings: `keras_dae.tag("dog.wav")`, `keras_dae.embed(waveform)`.
 _INFERENCE = ("tag", "embed", "Tagger", "inference", "hear", "demo")
 __all__ = [*_SUBMODULES, *_INFERENCE, "__version__"]
