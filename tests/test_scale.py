@@ -97,10 +97,16 @@ def test_trainer_refuses_a_mismatched_setup(tmp_path):
             pass
 
 
-# Runs in a fresh JAX process with two host (CPU) devices: XLA_FLAGS must be set before JAX
-# starts, so this cannot run in the test process.
+# Runs in a fresh process with two host (CPU) devices: JAX reads XLA_FLAGS when it starts, and
+# TensorFlow's logical devices must be set before it initialises, so this cannot run in the
+# test process.
 _DATA_PARALLEL = textwrap.dedent("""
-    import contextlib, json, sys
+    import contextlib, json, os, sys
+    if os.environ["KERAS_BACKEND"] == "tensorflow":
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
     from keras_dae import scale, training
     from keras_dae.data import read_fsd50k
@@ -125,13 +131,29 @@ _DATA_PARALLEL = textwrap.dedent("""
             devices = scale.device_count()
             # Clip-level evaluation pads its batches to whole ones: 5 clips, 9 chunks here.
             report = training.evaluate(model, read_fsd50k(sys.argv[1], "val").subset(range(5)))
-            sharding = model.trainable_variables[0].value.sharding
+            if keras.backend.backend() == "jax":
+                copies = len(model.trainable_variables[0].value.sharding.device_set)
+            else:  # a MirroredVariable: one copy per replica
+                copies = len(getattr(model.trainable_variables[0].value, "values", [0]))
         return {"loss": history.history["loss"], "devices": devices, "mAP": report["mAP"],
-                "variable_devices": len(sharding.device_set)}
+                "variable_devices": copies}
 
     print(json.dumps({"single": run(False), "parallel": run(True),
                       "local_devices": scale.local_devices()}))
 """)
+
+
+def _two_device_run(tmp_path, backend):
+    from fsd50k_fixture import write_small_fsd50k
+
+    data = write_small_fsd50k(tmp_path / "data", per_class=(1, 2, 0))
+    env = dict(os.environ, KERAS_BACKEND=backend,
+               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(data)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_data_parallel_on_two_host_devices_matches_one_device(tmp_path):
@@ -140,20 +162,27 @@ def test_data_parallel_on_two_host_devices_matches_one_device(tmp_path):
     differs), and clip-level evaluation runs under it."""
     if keras.backend.backend() != "jax":
         pytest.skip("keras.distribution's DataParallel is JAX's (TensorFlow: MirroredStrategy)")
-    from fsd50k_fixture import write_small_fsd50k
-
-    data = write_small_fsd50k(tmp_path / "data", per_class=(1, 2, 0))
-    env = dict(os.environ, KERAS_BACKEND="jax",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(data)], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _two_device_run(tmp_path, "jax")
     assert len(result["local_devices"]) == 2
     single, parallel = result["single"], result["parallel"]
     assert single["devices"] is None and parallel["devices"] == 2
     assert parallel["variable_devices"] == 2 and single["variable_devices"] == 1
+    np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-3)
+    assert 0 <= parallel["mAP"] <= 1
+
+
+@pytest.mark.slow
+def test_tensorflow_route_mirrored_strategy_on_two_cpus(tmp_path):
+    """On TensorFlow the same `scale.data_parallel` opens a MirroredStrategy (here over two
+    logical CPUs): one copy of each variable per replica, the single-device losses within
+    1e-3, and clip-level evaluation under it."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.distribute route needs TensorFlow")
+    result = _two_device_run(tmp_path, "tensorflow")
+    single, parallel = result["single"], result["parallel"]
+    assert len(result["local_devices"]) == 2
+    assert single["devices"] is None and parallel["devices"] == 2
+    assert parallel["variable_devices"] == 2
     np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-3)
     assert 0 <= parallel["mAP"] <= 1
 
