@@ -95,10 +95,41 @@ def main() -> None:
         "data": args.data, "tower": SMALL_TOWER, "tower_epochs": args.epochs,
         "fusion_epochs": args.fusion_epochs, "machine_cpus": os.cpu_count(), "runs": runs,
     }
+    # Runs of other seeds with the same settings, from an earlier invocation, are kept.
+    if args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        same = all(earlier.get(k) == result[k] for k in ("data", "tower", "tower_epochs",
+                                                          "fusion_epochs"))
+        done = {(r["precision"], r["seed"]) for r in runs}
+        if same:
+            kept = [r for r in earlier["runs"] if (r["precision"], r["seed"]) not in done]
+            result["runs"] = sorted(kept + runs, key=lambda r: (r["seed"], r["precision"]))
+            result["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str)
+                                   else earlier["command"]), result["command"]]
+    result["summary"] = summary(result["runs"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(markdown_table(result))
     print(f"wrote {args.out}")
+
+
+def summary(runs: list[dict]) -> dict:
+    """Per precision: mean val and eval mAP over seeds; and bfloat16 minus float32 per seed."""
+    import numpy as np
+
+    out = {}
+    for precision in sorted({r["precision"] for r in runs}):
+        sel = [r for r in runs if r["precision"] == precision]
+        out[precision] = {split: float(np.mean([r[split]["mAP"] for r in sel]))
+                          for split in ("val", "eval")} | {"seeds": len(sel)}
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], {})[r["precision"]] = r
+    out["bfloat16_minus_float32"] = {
+        str(seed): {split: pair["bfloat16"][split]["mAP"] - pair["float32"][split]["mAP"]
+                    for split in ("val", "eval")}
+        for seed, pair in sorted(by_seed.items()) if {"float32", "bfloat16"} <= set(pair)}
+    return out
 
 
 def markdown_table(result: dict) -> str:
