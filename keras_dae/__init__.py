@@ -10,7 +10,8 @@ import importlib
 from keras_dae.version import __version__
 
 _SUBMODULES = (
-    "audio", "concurrency", "data", "export", "layers", "metrics", "models", "training", "zoo",
+    "audio", "concurrency", "data", "export", "layers", "metrics", "models", "scale", "training",
+    "zoo",
 )
 # Tagging and embeddings: `keras_dae.tag("dog.wav")`, `keras_dae.embed(waveform)`.
 _INFERENCE = ("tag", "embed", "Tagger", "inference", "hear", "demo")

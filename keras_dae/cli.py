@@ -93,21 +93,43 @@ def _with_labels(dataset, labels):
 
 
 def _train_command(args) -> int:
-    from keras_dae import training
-    from keras_dae.models import build_diverse_classifier
-    from keras_dae.zoo.presets import PRESETS
+    from keras_dae import scale
 
     data = Path(args.data)
-    train = load_split(data, args.format, "train")
+    if args.shards:
+        from keras_dae.data import ShardSet
+
+        train = ShardSet(args.shards)
+    else:
+        train = load_split(data, args.format, "train")
     val = load_split(data, args.format, "val")
     if train is None or val is None:
         print(f"error: {data}: needs a train and a val split for --format {args.format}",
               file=sys.stderr)
         return 2
     val = _with_labels(val, train.labels)
+    if args.data_parallel:
+        try:
+            scale.check_data_parallel(args.batch_size)
+        except ValueError as error:
+            print(f"error: --data-parallel: {error}", file=sys.stderr)
+            return 2
+    parallel = scale.data_parallel(args.batch_size) if args.data_parallel else (
+        contextlib.nullcontext())
+    # The model and its optimizer are built inside both contexts.
+    with scale.precision(args.mixed_precision), parallel:
+        return _train(args, data, train, val)
+
+
+def _train(args, data: Path, train, val) -> int:
+    import keras
+
+    from keras_dae import scale, training
+    from keras_dae.models import build_diverse_classifier
+    from keras_dae.zoo.presets import PRESETS
+
     spec = PRESETS[args.preset]
     tower = dict(spec["tower"])
-    import keras
 
     keras.utils.set_random_seed(args.seed)  # the initial weights too: same seed, same run
     model = build_diverse_classifier(len(train.labels), spec["sample_rate"], tower=tower)
@@ -119,10 +141,16 @@ def _train_command(args) -> int:
         feature_masking={"on": True, "off": False, "preset": None}[args.feature_masking],
         feature_cache=(str(Path(args.out) / "feature_cache") if args.feature_cache == "run"
                        else args.feature_cache),
+        mixed_precision=args.mixed_precision, data_parallel=args.data_parallel,
+        jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
     )
-    print(f"train: {len(train)} clips, val: {len(val)} clips, {len(train.labels)} classes; "
+    source = (f"{len(train)} chunks of {train.n_clips} clips from {args.shards}" if args.shards
+              else f"{len(train)} clips")
+    devices = scale.device_count()
+    print(f"train: {source}, val: {len(val)} clips, {len(train.labels)} classes; "
           f"preset {args.preset} ({model.count_params():,} parameters); "
-          f"backend {__import__('keras').backend.backend()}", flush=True)
+          f"backend {keras.backend.backend()}, {keras.config.dtype_policy().name}"
+          + (f", data parallel over {devices} devices" if devices else ""), flush=True)
     trainer = training.Trainer(model, train, val, args.out, config)
     trainer.run(resume=args.resume)
     eval_sets = {"val": val}
@@ -151,6 +179,10 @@ def _evaluate_command(args) -> int:
     if (model_path / "preset").is_dir():
         model_path = model_path / "preset"
     model = zoo.load(model_path if model_path.exists() else args.model)
+    if args.mixed_precision:
+        from keras_dae import scale
+
+        model = scale.with_precision(model, args.mixed_precision)
     dataset = load_split(Path(args.data), args.format, args.split)
     if dataset is None:
         print(f"error: {args.data}: no {args.split} split", file=sys.stderr)
@@ -196,11 +228,17 @@ def _native_stderr_silenced(enabled: bool = True):
 
 
 def _load_tagger(args, **kwargs):
-    """The `Tagger` of `--model`, loaded with the libraries' start-up noise silenced."""
-    from keras_dae.inference import Tagger
+    """The `Tagger` of `--model` (in `--mixed-precision`), loaded with the libraries'
+    start-up noise silenced."""
+    from keras_dae.inference import Tagger, load_model
 
     with _native_stderr_silenced(not args.debug):
-        return Tagger(args.model, **kwargs)
+        model = args.model
+        if getattr(args, "mixed_precision", None):
+            from keras_dae import scale
+
+            model = scale.with_precision(load_model(model), args.mixed_precision)
+        return Tagger(model, **kwargs)
 
 
 def _audio_inputs(arguments) -> tuple[list[str], list]:
@@ -384,6 +422,22 @@ def _embed_command(args) -> int:
           f"{fused.shape[0]}x{size} each")
     return 0
 
+def _shard_command(args) -> int:
+    from keras_dae.data import write_shards
+
+    dataset = load_split(Path(args.data), args.format, args.split)
+    if dataset is None:
+        raise ValueError(f"{args.data}: no {args.split} split for --format {args.format}")
+    print(f"shard: {len(dataset)} clips of {args.data} ({args.split}) -> {args.out}, "
+          f"{args.sample_rate} Hz, 1 s chunks every 0.5 s, {args.workers} workers", flush=True)
+    shards = write_shards(dataset, args.out, sample_rate=args.sample_rate,
+                          shard_size=args.shard_size, workers=args.workers,
+                          overwrite=args.overwrite, verbose=True)
+    for path, reason in shards.skipped.items():
+        print(f"  skipped {path}: {reason}")
+    print(f"wrote {shards}")
+    return 0
+
 
 def _demo_command(args) -> int:
     from keras_dae import demo
@@ -493,6 +547,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
                        help="compute the handcrafted streams' features once and keep them in "
                             "DIR (default RUN_DIR/feature_cache)")
+    train.add_argument("--shards", metavar="DIR",
+                       help="read the training chunks from shards written by `keras-dae shard` "
+                            "(val and eval still come from --data)")
+    train.add_argument("--mixed-precision", choices=("bfloat16",), default=None,
+                       help="train in mixed precision (front ends, normalisation and heads "
+                            "stay float32); the preset is saved in float32")
+    train.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                       help="compile the train step (auto: XLA on TensorFlow and JAX, eager "
+                            "on PyTorch; on: also torch.compile)")
+    train.add_argument("--data-parallel", action="store_true",
+                       help="split every batch over all local devices (JAX: "
+                            "keras.distribution.DataParallel; TensorFlow: MirroredStrategy); "
+                            "the batch size must divide by the device count")
     train.add_argument("--patience", type=int, default=3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
@@ -505,6 +572,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("eval", "val"), default="eval")
     evaluate.add_argument("--json", help="also write the report as JSON here")
     evaluate.set_defaults(func=_evaluate_command)
+
+    shard = sub.add_parser(
+        "shard", help="decode, resample and chunk a split once into ArrayRecord shards")
+    shard.add_argument("--data", required=True, help="dataset directory")
+    shard.add_argument("--out", required=True, help="shard directory")
+    shard.add_argument("--format", choices=formats, default="fsd50k")
+    shard.add_argument("--split", choices=("train", "val", "eval"), default="train")
+    shard.add_argument("--sample-rate", type=int, default=16000)
+    shard.add_argument("--shard-size", type=int, default=4096, help="1 s chunks per file")
+    shard.add_argument("--workers", type=int, default=1, help="decoding processes")
+    shard.add_argument("--overwrite", action="store_true", help="replace existing shards")
+    shard.set_defaults(func=_shard_command)
 
     from keras_dae.inference import DEFAULT_MODEL
 
@@ -541,6 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write the picture ('' for none; default demo.png)")
     demo.set_defaults(func=_demo_command)
 
+    for command in (predict, embed, demo, evaluate):
+        command.add_argument("--mixed-precision", choices=("bfloat16",), default=None,
+                             help="run the model in mixed precision (front ends and heads "
+                                  "stay float32)")
     # keras_dae.export.FORMATS and QUANTIZATIONS (not imported here: they import Keras, and
     # the backend is chosen after parsing).
     export_formats = ("savedmodel", "tflite", "onnx")
@@ -567,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                           default="tensorflow", help="Keras backend (default tensorflow)")
     exporter.set_defaults(func=_export_command)
 
-    for command in (frontends, train, evaluate, predict, embed, demo, exporter):
+    for command in (frontends, train, evaluate, predict, embed, demo, shard, exporter):
         if command is not exporter:  # export has its own default (TensorFlow)
             command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
                                  help="Keras backend (default: KERAS_BACKEND or keras.json)")

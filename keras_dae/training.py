@@ -32,10 +32,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_dae import concurrency, metrics
+from keras_dae import concurrency, metrics, scale
 from keras_dae.audio import AudioDecodeError, summarize_problems
 from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader, clip_chunks
+from keras_dae.data.shards import ShardSet
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,13 @@ class TrainConfig:
     patience: int = 3
     normalization_chunks: int = 512
     seed: int = 0
+    # Scale (keras_dae.scale): None (float32) or "bfloat16" (Keras' mixed_bfloat16 policy; build
+    # the model after `scale.set_mixed_precision("bfloat16")`); `compile(jit_compile=...)`
+    # ("auto": XLA on TensorFlow and JAX, eager on PyTorch); data parallelism over every local
+    # device (build the model and train inside `scale.data_parallel(batch_size)`).
+    mixed_precision: str | None = None
+    jit_compile: bool | str = "auto"
+    data_parallel: bool = False
 
     def epochs(self, stage: str) -> int:
         return {"towers": self.tower_epochs, "fusion": self.fusion_epochs,
@@ -168,12 +176,15 @@ def predict_clips(model, dataset, sample_rate, chunk_seconds=1.0, hop_seconds=0.
             return
         batch = np.concatenate(pending)
         ids = np.concatenate(owners)
-        out = concurrency.predict(model, batch, batch_size=batch_size)  # thread-safe
+        n = len(batch)
+        # thread-safe; whole batches: one compiled shape, and an even split over devices
+        out = concurrency.predict(model, _whole_batches(batch, batch_size),
+                                  batch_size=batch_size)
         for clip in np.unique(ids):
             rows = ids == clip
             acc = pooled.setdefault(int(clip), {})
             for name in outputs:
-                part = np.asarray(out[name], np.float64)[rows]
+                part = np.asarray(out[name][:n], np.float64)[rows]
                 value = part.sum(axis=0) if aggregate == "mean" else part.max(axis=0)
                 if name not in acc:
                     acc[name] = value
@@ -213,6 +224,16 @@ def predict_clips(model, dataset, sample_rate, chunk_seconds=1.0, hop_seconds=0.
         rows = [pooled[i][name] / (counts[i] if aggregate == "mean" else 1) for i in kept]
         scores[name] = np.stack(rows) if rows else np.zeros((0, model.num_classes))
     return scores, np.asarray(kept, dtype=int), skipped
+
+
+def _whole_batches(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """`batch` padded with silence to a multiple of `batch_size` rows: one compiled shape on
+    JAX and TensorFlow instead of one per remainder, and batches that split evenly over the
+    devices of a data-parallel run."""
+    padded = -(-len(batch) // batch_size) * batch_size
+    if padded == len(batch):
+        return batch
+    return np.concatenate([batch, np.zeros((padded - len(batch), *batch.shape[1:]), batch.dtype)])
 
 
 def evaluate(model, dataset, sample_rate=None, chunk_seconds=1.0, hop_seconds=0.5,
@@ -257,6 +278,41 @@ def init_fusion_from_streams(model) -> None:
     model.fusion_head.bias.assign(bias)
 
 
+def _check_scale(model, config: TrainConfig) -> None:
+    """Refuses a model built in another precision than `config.mixed_precision`, and data
+    parallelism outside `scale.data_parallel` or with a batch that does not split evenly."""
+    wanted = scale.dtype_policy_name(config.mixed_precision)
+    built = scale.dtype_policy_name(scale.model_precision(model))
+    if wanted != built:
+        raise ValueError(
+            f"TrainConfig.mixed_precision={config.mixed_precision!r} but the model was built "
+            f"under the {built} policy: call keras_dae.scale.set_mixed_precision("
+            f"{config.mixed_precision!r}) before building it")
+    if config.data_parallel:
+        devices = scale.device_count()
+        if devices is None:
+            raise ValueError("TrainConfig.data_parallel=True: build the model and train inside "
+                             "`with keras_dae.scale.data_parallel(batch_size):`")
+        if config.batch_size % devices:
+            raise ValueError(f"batch size {config.batch_size} does not divide by the {devices} "
+                             f"devices; use a multiple of {devices}")
+
+
+def _check_shards(shards: ShardSet, model, config: TrainConfig) -> None:
+    """Refuses shards cut otherwise than the model and the recipe expect."""
+    wanted = (model.sample_rate, config.chunk_seconds, config.hop_seconds)
+    cut = (shards.sample_rate, shards.chunk_seconds, shards.hop_seconds)
+    if wanted != cut:
+        raise ValueError(f"{shards.directory}: shards hold (sample rate, chunk s, hop s) = {cut}, "
+                         f"the model and the config want {wanted}; write them again")
+    if len(shards.labels) != model.num_classes:
+        raise ValueError(f"{shards.directory}: {len(shards.labels)} classes, the model has "
+                         f"{model.num_classes}")
+    if config.feature_cache:
+        raise ValueError("the feature cache is built from audio files, not from shards: "
+                         "use one or the other")
+
+
 class _EpochEnd(keras.callbacks.Callback):
     """Validation mAP, best-epoch selection, early stopping and the atomic checkpoint."""
 
@@ -272,6 +328,9 @@ class _EpochEnd(keras.callbacks.Callback):
 
 class Trainer:
     """Runs the recipe for one model and one dataset into `run_dir`.
+
+    `train` is a `ClipDataset` (chunks decoded from the audio files every epoch) or a
+    `ShardSet` (chunks decoded once, `keras_dae.data.write_shards`); `val` a `ClipDataset`.
 
     `run_dir` gets `checkpoint/` (the latest epoch: `state.json` and the weights, optimizer
     state and best weights of the current stage that it names), `logs/` (CSV, TensorBoard),
@@ -296,6 +355,9 @@ class Trainer:
                       "files": {}, "config": dataclasses.asdict(self.config)}
         self.feature_cache: FeatureCache | None = None
         self.fit_model = model  # what `fit` trains: the model, or its feature-input twin
+        _check_scale(model, self.config)
+        if isinstance(train, ShardSet):
+            _check_shards(train, model, self.config)
 
     # -- before training -----------------------------------------------------------------
     def checkpoint_bytes(self) -> int:
@@ -348,6 +410,11 @@ class Trainer:
                 " MiB, kept with the best weights, the optimizer state and the previous "
                 "checkpoint); free some space or choose another output directory")
         for split, dataset in (("training", self.train), ("validation", self.val)):
+            if isinstance(dataset, ShardSet):  # decoded when it was written
+                self.skipped.update(dataset.skipped)
+                if len(dataset) == 0:
+                    raise PreflightError(f"the {split} shards hold no chunks")
+                continue
             readable = 0
             for path in dataset.paths:
                 if str(path) in self.skipped:
@@ -364,11 +431,18 @@ class Trainer:
                     + summarize_problems(self._reasons(dataset), total=len(dataset)) + ")")
 
     def _reasons(self, dataset) -> dict[str, str]:
+        if isinstance(dataset, ShardSet):
+            return dict(dataset.skipped)
         return {str(p): self.skipped[str(p)] for p in dataset.paths if str(p) in self.skipped}
 
     def skip_summary(self) -> dict[str, str]:
         """`{"train": ..., "val": ...}`: one line each, how many files were skipped and why."""
-        return {name: summarize_problems(self._reasons(data), total=len(data))
+        def files(data):  # clips, for shards: those written plus those skipped
+            if isinstance(data, ShardSet):
+                return data.n_clips + len(data.skipped)
+            return len(data)
+
+        return {name: summarize_problems(self._reasons(data), total=files(data))
                 for name, data in (("train", self.train), ("val", self.val))}
 
     # -- checkpointing -------------------------------------------------------------------
@@ -481,6 +555,15 @@ class Trainer:
 
     def _loader(self, shuffle=True, mixup=None, balanced=None):
         c = self.config
+        if isinstance(self.train, ShardSet):  # chunks decoded once (keras-dae shard)
+            from keras_dae.data.shard_loader import ShardLoader
+
+            return ShardLoader(
+                self.train, batch_size=c.batch_size, shuffle=shuffle, seed=c.seed,
+                target_names=("fused", *self.model.stream_names),
+                mixup=c.mixup if mixup is None else mixup,
+                balanced=c.balanced if balanced is None else balanced,
+                drop_last=c.data_parallel)
         return ChunkLoader(
             self.train, sample_rate=self.model.sample_rate, batch_size=c.batch_size,
             chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds, shuffle=shuffle,
@@ -490,6 +573,7 @@ class Trainer:
             skipped=self.skipped,
             feature_cache=self.feature_cache,
             include_waveform=self.fit_model is self.model or "waveform" in self.fit_model.input,
+            drop_last=c.data_parallel,  # every batch must split evenly over the devices
         )
 
     def _use_feature_cache(self) -> None:
@@ -517,6 +601,7 @@ class Trainer:
             optimizer=keras.optimizers.Adam(lr),
             loss={name: "binary_crossentropy" for name in ("fused", *streams)},
             loss_weights=weights,
+            jit_compile=c.jit_compile,
         )
 
     def _end_of_epoch(self, stage, epoch, logs) -> None:
@@ -607,6 +692,9 @@ class Trainer:
             self._save_checkpoint()
         self.model.featurizer.trainable = True
         self.model.backbone.trainable = True
+        # The trainable set changed since the last compile: a data-parallel JAX predict
+        # function compiled before holds the old set's shardings, so build it afresh.
+        self.model.predict_function = None
         return self.state
 
 
@@ -675,7 +763,11 @@ def finish_run(trainer: Trainer, eval_sets: dict, training_data: str) -> dict:
                for split, data in eval_sets.items()}
     summary = {split: {"mAP": r["mAP"], "streams": r["streams"], "n_clips": r["n_clips"]}
                for split, r in reports.items()}
-    zoo.save(model, run_dir / "preset", labels=trainer.train.labels, mids=trainer.train.mids,
+    # A preset is float32 whatever the training precision (variables are float32 either
+    # way); `scale.with_precision` runs it in bfloat16 again.
+    preset_model = model if scale.model_precision(model) is None else scale.with_precision(
+        model, None)
+    zoo.save(preset_model, run_dir / "preset", labels=trainer.train.labels, mids=trainer.train.mids,
              metadata={"training_data": training_data, "metrics": summary,
                        "labels_source": training_data,
                        "train_config": dataclasses.asdict(trainer.config)})

@@ -10,6 +10,9 @@
     for i, chunks in data.iterate_clips(data.read_fsd50k("/data/FSD50K", "eval")):
         ...                                               # chunks: (n_chunks, 16000)
 
+    shards = data.write_shards(train, "/data/fsd50k_shards")  # decode once: ArrayRecord
+    loader = data.ShardLoader(shards, batch_size=32, seed=0)  # then stream (grain)
+
 No TensorFlow: decoding is soundfile (libsndfile) and soxr, batching is numpy, and the loader
 is a `keras.utils.PyDataset`, which every backend's `fit` accepts. The loader (hence Keras and
 its backend) is imported on first use, so the readers and chunking load without Keras.
@@ -42,6 +45,8 @@ __all__ = [
     "ClipDataset",
     "FeatureCache",
     "chunk_blocks",
+    "ShardLoader",
+    "ShardSet",
     "chunk_count",
     "chunk_sample_starts",
     "chunk_starts",
@@ -53,6 +58,7 @@ __all__ = [
     "read_fsd50k",
     "read_fsd50k_vocabulary",
     "write_fsd50k_layout",
+    "write_shards",
 ]
 
 _LAZY = {
@@ -60,6 +66,9 @@ _LAZY = {
     "FeatureCache": "keras_dae.data.feature_cache",
     "clip_chunks": "keras_dae.data.loader",
     "iterate_clips": "keras_dae.data.loader",
+    "ShardLoader": "keras_dae.data.shard_loader",
+    "ShardSet": "keras_dae.data.shards",
+    "write_shards": "keras_dae.data.shards",
 }
 
 

@@ -18,7 +18,8 @@ class AudioFrontend(keras.layers.Layer):
     (`keras.mixed_precision`), because squared magnitudes overflow float16 and bfloat16 loses
     the resolution that dB and pitch need. They do so by defaulting their own `dtype` to
     `"float32"`; the next layer of a mixed-precision model casts their output down as usual.
-    Pass `dtype=` explicitly to override this.
+    Pass `dtype=` explicitly to override this. Every front end (the Neuralogram too, whose
+    window network follows the policy) takes its waveform in float32 (`input_dtype`).
 
     Args:
         sample_rate: sampling rate of the input waveform in Hz (librosa's `sr`).
@@ -34,6 +35,12 @@ class AudioFrontend(keras.layers.Layer):
         signal.check_positive_int("sample_rate", sample_rate)
         self.sample_rate = int(sample_rate)
         self.input_spec = keras.layers.InputSpec(ndim=2)
+
+    @property
+    def input_dtype(self):
+        """float32 whatever the policy: Keras would otherwise round the waveform to a mixed
+        policy's bfloat16 (8 significant bits) before `call` sees it."""
+        return "float32"
 
     def frontend_call(self, waveform):
         raise NotImplementedError

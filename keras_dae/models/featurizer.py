@@ -85,6 +85,12 @@ class DiverseFeaturizer(keras.layers.Layer):
     def stream_names(self) -> list[str]:
         return list(self.streams)
 
+    @property
+    def input_dtype(self):
+        # The waveform reaches the front ends in float32 under any dtype policy (a mixed
+        # policy would round it to bfloat16 first).
+        return "float32"
+
     def feature_dims(self) -> dict[str, int]:
         return {name: sum(f.num_features for f in fs) for name, fs in self.streams.items()}
 

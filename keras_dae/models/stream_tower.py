@@ -81,6 +81,13 @@ class StreamTower(keras.layers.Layer):
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm",
                                                           dtype=policy)
 
+    @property
+    def input_dtype(self):
+        # Features enter in float32 under any dtype policy: normalisation (float32) comes
+        # first, and raw features (Hz, dB) rounded to bfloat16 would lose up to 1/256 of
+        # their value before it. The projection casts the normalised features down.
+        return "float32"
+
     def set_feature_masking(self, feature_masking: dict | None) -> None:
         """Changes the training-time masking (None: off); takes effect at the next compile."""
         self.feature_masking = dict(feature_masking) if feature_masking else None
