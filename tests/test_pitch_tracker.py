@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from conftest import harmonic_tone
 
+from keras_dae.layers import signal
 from keras_dae.layers.pitch_tracker import PitchTracker, _plan
 
 SR = 16000
 BACKEND = keras.backend.backend()
 # Shared by the tests that only call it (on JAX, one jit cache for all of them).
 DEFAULT = PitchTracker(sample_rate=SR)
+DEFAULT_FFT = PitchTracker(sample_rate=SR, dft_mode="fft")
+LAYERS = {"matmul": DEFAULT, "fft": DEFAULT_FFT}
 
 # The defaults (blocks of 256 = hop, whole frames split into 4), hop 160 (blocks of 160 plus a
 # partial block of 64 samples: 1024 = 6 * 160 + 64), a long frame with several lags per block,
@@ -138,6 +141,20 @@ def test_plans_cover_both_computations():
     assert plans["hop160"] == (True, 160, 480, 2)
     assert plans["2048-50-1000"][:2] == (True, 256) and plans["2048-50-1000"][3] >= 2
     assert plans["frames-whole"][0] is False
+    # dft_mode="fft" follows the same plan with a power-of-two transform (TFLite's RFFT2D
+    # needs one) that holds the plan's and the inverse's lags, and builds no DFT matrix.
+    for name, config in CONFIGS.items():
+        layer = PitchTracker(sample_rate=SR, dft_mode="fft", **config)
+        blocked, block, n_fft, n_lag_blocks = plans[name]
+        assert (layer._blocked, layer._block, layer._n_lag_blocks) == (
+            blocked,
+            block,
+            n_lag_blocks,
+        )
+        assert layer._n_fft & (layer._n_fft - 1) == 0, name
+        assert layer._n_fft >= max(n_fft, 2 * layer.max_period), name
+        assert layer._forward_kernel is None and layer._inverse_kernel is None
+    assert PitchTracker(sample_rate=SR, dft_mode="fft", **CONFIGS["hop160"])._n_fft == 512
 
 
 def _plan_args(config):
@@ -147,13 +164,14 @@ def _plan_args(config):
     )
 
 
+@pytest.mark.parametrize("dft_mode", signal.DFT_MODES)
 @pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
-def test_f0_matches_librosa_yin(yin_batch, config):
+def test_f0_matches_librosa_yin(yin_batch, config, dft_mode):
     """Guide: f0 within 1% of librosa.yin on >= 95% of frames. We reproduce the algorithm, so
     we ask it of all frames of every signal but 2% (tones at 80-1000 Hz, chirp, speech,
-    shutter, noise, silence; measured: 100% on every signal, config and backend, the largest
-    relative difference 1.2e-4), and a median relative difference below 1e-5."""
-    layer = PitchTracker(sample_rate=SR, **CONFIGS[config])
+    shutter, noise, silence; measured: 100% on every signal, config, backend and DFT mode, the
+    largest relative difference 1.2e-4), and a median relative difference below 1e-5."""
+    layer = PitchTracker(sample_rate=SR, dft_mode=dft_mode, **CONFIGS[config])
     out = forward(layer, yin_batch)
     assert np.all(np.isfinite(out))
     for name, y, ours in zip(YIN_SIGNALS, yin_batch, out, strict=True):
@@ -162,11 +180,30 @@ def test_f0_matches_librosa_yin(yin_batch, config):
         assert np.median(np.abs(ours[:, 0] / ref - 1.0)) < 1e-5, name
 
 
-def test_f0_matches_librosa_yin_on_whole_speech(signals):
+@pytest.mark.parametrize("dft_mode", signal.DFT_MODES)
+def test_f0_matches_librosa_yin_on_whole_speech(signals, dft_mode):
     y = signals["speech"]
-    layer = DEFAULT
+    layer = LAYERS[dft_mode]
     out = run(layer, y)
     assert_matches_yin(out[:, 0], librosa_yin(y, layer))
+
+
+@pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
+def test_fft_mode_agrees_with_matmul_mode(signals, config):
+    """The two DFT modes compute the same autocorrelation up to float32 rounding: on speech,
+    the shutter and noise, f0 within 1e-4 (relative) and confidence within 1e-4 on all
+    frames but 1% (a rounding flip of a near-tie between troughs; measured: none, largest
+    differences 4e-6 in f0 and 3e-6 in confidence on every config and backend)."""
+    clips = [np.resize(signals[name], 2 * SR) for name in ("speech", "shutter", "noise")]
+    y = np.stack(clips).astype(np.float32)
+    out = {
+        mode: forward(PitchTracker(sample_rate=SR, dft_mode=mode, **CONFIGS[config]), y)
+        for mode in signal.DFT_MODES
+    }
+    f0_close = np.abs(out["fft"][..., 0] / out["matmul"][..., 0] - 1.0) <= 1e-4
+    confidence_close = np.abs(out["fft"][..., 1] - out["matmul"][..., 1]) <= 1e-4
+    assert np.mean(f0_close) >= 0.99, np.mean(f0_close)
+    assert np.mean(confidence_close) >= 0.99, np.mean(confidence_close)
 
 
 @pytest.mark.parametrize("f0", [80.0, 220.0, 440.0, 1000.0])
@@ -300,6 +337,17 @@ def test_layer_contract(tmp_path):
     checks.check_all(PitchTracker(sample_rate=SR), tones_batch(), tmp_path)
 
 
+def test_layer_contract_fft_mode(tmp_path):
+    """dft_mode="fft": shapes, config and `.keras` round trips, and (not on PyTorch, see
+    below) XLA compilation."""
+    layer = PitchTracker(sample_rate=SR, dft_mode="fft")
+    checks.check_output_shape(layer, tones_batch())
+    checks.check_config_round_trip(layer, tones_batch())
+    checks.check_keras_file_round_trip(layer, tones_batch(), tmp_path)
+    if BACKEND != "torch":
+        checks.check_compiled(layer, tones_batch())
+
+
 def test_layer_contract_partial_blocks(tmp_path):
     """hop 160: the plan with a partial block per frame. Compiled only with XLA: on PyTorch,
     torch.compile of a second plan would cost ~30 s on 2 cores for code paths already checked
@@ -330,10 +378,11 @@ def test_compiled_on_speech_agrees_on_almost_all_frames(signals):
     assert np.abs(compiled[..., 1] - eager[..., 1]).mean() < 1e-3
 
 
-def test_dynamic_length_under_jit(signals):
+@pytest.mark.parametrize("dft_mode", signal.DFT_MODES)
+def test_dynamic_length_under_jit(signals, dft_mode):
     """One compiled function serves inputs of different lengths (unknown at trace time on TF,
     retraced per shape by jax.jit), matching librosa.yin on each."""
-    layer = DEFAULT
+    layer = LAYERS[dft_mode]
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -368,12 +417,18 @@ def test_config_round_trip_keeps_arguments():
         center=False,
         pad_mode="constant",
         voicing_threshold=0.7,
+        dft_mode="fft",
     )
     config = PitchTracker(**arguments, name="pitch").get_config()
     for key, value in arguments.items():
         assert config[key] == value, key
     clone = PitchTracker.from_config(config)
     assert clone.hop_length == 512 and clone.get_config() == config
+    assert clone.dft_mode == "fft" and clone._forward_kernel is None
+    # The default is the matrix product, and configs saved before dft_mode existed load.
+    del config["dft_mode"]
+    assert PitchTracker.from_config(config).dft_mode == "matmul"
+    assert PitchTracker().get_config()["dft_mode"] == "matmul"
 
 
 @pytest.mark.parametrize(
@@ -390,6 +445,8 @@ def test_config_round_trip_keeps_arguments():
         (dict(trough_threshold=0.0), "trough_threshold"),
         (dict(voicing_threshold=1.5), "voicing_threshold"),
         (dict(pad_mode="wrap"), "pad_mode"),
+        (dict(dft_mode="rfft"), "dft_mode"),
+        (dict(dft_mode=None), "dft_mode"),
         (dict(sample_rate=-1), "sample_rate"),
     ],
 )
@@ -406,3 +463,54 @@ def test_warns_like_librosa_when_two_periods_do_not_fit():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="batch, samples"):
         PitchTracker().compute_output_shape((2, 16000, 1))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TFLite conversion needs the TF backend")
+def test_fft_mode_converts_to_builtin_tflite_without_dft_matrices(signals):
+    """A model holding PitchTracker(dft_mode="fft") converts with builtin ops only (RFFT2D,
+    no matrix product, no Flex or custom op), its file is a fraction of the size of the
+    layer's DFT matrices in matmul mode, and LiteRT's output matches Keras: f0 within 1e-5
+    (relative) and confidence within 1e-5 on speech, a tone, the shutter, noise and silence
+    (measured: 2.4e-7 and 2.4e-7)."""
+    pytest.importorskip("ai_edge_litert")
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_dae.export.tflite import op_names
+
+    layer = PitchTracker(sample_rate=SR, dft_mode="fft")
+    inputs = keras.Input((SR,))
+    model = keras.Model(inputs, layer(inputs))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    flat = converter.convert()
+
+    ops = op_names(flat)
+    assert "RFFT2D" in ops, ops
+    assert not {"FULLY_CONNECTED", "BATCH_MATMUL"} & set(ops), ops
+    assert not [op for op in ops if op.startswith("CUSTOM") or "FLEX" in op.upper()], ops
+    matmul = PitchTracker(sample_rate=SR)
+    kernel_bytes = matmul._forward_kernel.nbytes + matmul._inverse_kernel.nbytes  # 1.03 MB
+    assert len(flat) < 0.1 * kernel_bytes, (len(flat), kernel_bytes)  # measured 45 kB
+
+    x = np.stack(
+        [
+            np.resize(signals["speech"], SR),
+            signals["speech"][-SR:],
+            harmonic_tone(220.0),
+            np.resize(signals["shutter"], SR),
+            np.resize(signals["noise"], SR),
+            np.resize(signals["silence"], SR),
+        ]
+    ).astype(np.float32)
+    interpreter = Interpreter(model_content=flat)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = checks.to_numpy(model(x))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got[..., 0], expected[..., 0], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(got[..., 1], expected[..., 1], rtol=0, atol=1e-5)

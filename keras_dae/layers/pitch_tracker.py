@@ -47,14 +47,20 @@ class PitchTracker(AudioFrontend):
     rule without pYIN's HMM smoothing, it agreed with `librosa.pyin`'s `voiced_flag` on 91% of
     the frames of the test speech recording and on 98-100% of tones between silences.
 
-    Computation: the autocorrelation is a real DFT written as products with precomputed
-    kernels (no FFT, no complex tensors), so the layer runs under XLA with dynamic lengths and
-    exports to TFLite/ONNX. When a block size divides `hop_length` (e.g. 256 for the defaults,
-    160 for `hop_length=160`), each block of the signal is transformed once and the frames'
-    autocorrelations are summed from the cross-spectra of their blocks, several times fewer
-    operations than transforming every overlapping frame; otherwise each frame is transformed
-    whole. The trough search and the minima are masked minimum reductions, and the parabolic
-    interpolation gathers with `take_along_axis`.
+    Computation: the autocorrelation is a real DFT of each frame (or of each block of the
+    signal), its squared magnitude, and an inverse real DFT. With `dft_mode="matmul"` (the
+    default) both transforms are products with precomputed kernels (no FFT, no complex
+    tensors), so the layer runs under XLA with dynamic lengths and exports to TFLite and ONNX.
+    With `dft_mode="fft"` both are `keras.ops.rfft` (TFLite's RFFT2D builtin; there is no
+    inverse FFT builtin, so the inverse is the forward real FFT of the spectrum extended to its
+    full Hermitian length) at a power-of-two size, and no DFT matrix is built: this saves the
+    two kernels (~1 MB in a float32 TFLite file for the defaults) but does not export to ONNX.
+    The two modes agree to float32 rounding. When a block size divides `hop_length` (e.g. 256
+    for the defaults, 160 for `hop_length=160`), each block of the signal is transformed once
+    and the frames' autocorrelations are summed from the cross-spectra of their blocks,
+    several times fewer operations than transforming every overlapping frame; otherwise each
+    frame is transformed whole. The trough search and the minima are masked minimum
+    reductions, and the parabolic interpolation gathers with `take_along_axis`.
 
     Args:
         sample_rate: sampling rate of the waveform in Hz (librosa's `sr`).
@@ -74,6 +80,11 @@ class PitchTracker(AudioFrontend):
             `[0, 1]`. The default 0.55 (deepest trough of `d'` below 0.45) gave the fewest
             disagreements with pYIN over the test signals (speech, tones in silence, chirp,
             noise, a shutter and a phone ring).
+        dft_mode: how the autocorrelation's DFTs are computed: `"matmul"` (default), products
+            with precomputed real kernels that every export format runs, or `"fft"`,
+            `keras.ops.rfft` only (forward real FFTs, no complex tensors), which converts to
+            TFLite builtins without storing the kernels. keras-dae's export picks the mode per
+            format (`"fft"` for TFLite, `"matmul"` for ONNX).
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Example:
@@ -96,12 +107,14 @@ class PitchTracker(AudioFrontend):
         center: bool = True,
         pad_mode: str = "constant",
         voicing_threshold: float = 0.55,
+        dft_mode: str = "matmul",
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)
         signal.check_positive_int("frame_length", frame_length)
         signal.check_positive_int("hop_length", hop_length, allow_none=True)
         signal.check_choice("pad_mode", pad_mode, signal.PAD_MODES)
+        signal.check_choice("dft_mode", dft_mode, signal.DFT_MODES)
         sr = self.sample_rate
         if not fmin > 0:
             raise ValueError(f"`fmin` must be strictly positive, got fmin={fmin!r}.")
@@ -141,6 +154,7 @@ class PitchTracker(AudioFrontend):
         self.center = bool(center)
         self.pad_mode = pad_mode
         self.voicing_threshold = float(voicing_threshold)
+        self.dft_mode = dft_mode
 
         # Periods searched, in samples, exactly as librosa.yin.
         self.min_period = int(np.floor(sr / self.fmax))
@@ -150,8 +164,17 @@ class PitchTracker(AudioFrontend):
         # Constants built from the config (never weights).
         plan = _plan(self.frame_length, self.hop_length, self.max_period)
         self._blocked, self._block, self._n_fft, self._n_lag_blocks = plan
+        if dft_mode == "fft":
+            # A larger transform changes nothing (the zero padding only grows), so take the
+            # power of two that TFLite's RFFT2D needs, with the lags up to max_period among the
+            # n_fft // 2 + 1 outputs of the inverse's forward FFT.
+            self._n_fft = _power_of_two(max(self._n_fft, 2 * self.max_period))
         self._forward_kernel, self._phases, self._inverse_kernel = _autocorrelation_kernels(
-            self._block, self._n_fft, self._n_lag_blocks, self.max_period
+            self._block,
+            self._n_fft,
+            self._n_lag_blocks,
+            self.max_period,
+            matrices=dft_mode == "matmul",
         )
 
     # ------------------------------------------------------------------ shapes
@@ -172,9 +195,7 @@ class PitchTracker(AudioFrontend):
         `x[t * hop : t * hop + frame_length]` (at least one must exist).
         """
         n, hop, k_max = self.frame_length, self.hop_length, self.max_period
-        block, n_fft = self._block, self._n_fft
-        n_freq = n_fft // 2 + 1
-        forward = self._forward_kernel
+        block = self._block
         batch = ops.shape(x)[0]
         num_samples = ops.shape(x)[1]
         n_frames = 1 + (num_samples - n) // hop
@@ -206,13 +227,9 @@ class PitchTracker(AudioFrontend):
             def frames_of(t, p):
                 return t
 
-        spec = ops.matmul(blocks, ops.convert_to_tensor(forward))
-        re, im = spec[..., :n_freq], spec[..., n_freq:]
+        re, im = self._spectrum(blocks)
         if rest:
-            part = ops.matmul(
-                frames_of(blocks, q)[..., :rest], ops.convert_to_tensor(forward[:rest])
-            )
-            part_re, part_im = part[..., :n_freq], part[..., n_freq:]
+            part_re, part_im = self._spectrum(frames_of(blocks, q)[..., :rest])
 
         def frame_sum(t, n_terms):  # sum of t over the first n_terms full blocks of each frame
             total = frames_of(t, 0)
@@ -244,12 +261,61 @@ class PitchTracker(AudioFrontend):
             s_re = s_re + w_re * cos + w_im * sin
             term_im = w_im * cos - w_re * sin
             s_im = term_im if s_im is None else s_im + term_im
-        # 2 * (r(0) - r(k)) for k = 1..max_period: the inverse real DFT, in one product.
-        if s_im is not None:
-            s_re = ops.concatenate([s_re, s_im], axis=-1)
-        diff = ops.matmul(s_re, ops.convert_to_tensor(self._inverse_kernel))
+        diff = self._lag_differences(s_re, s_im)
         energy = ops.cumsum(head * head, axis=-1)  # sum_{m < k} y(m)^2 at index k - 1
         return diff - energy
+
+    def _spectrum(self, t):
+        """Real DFT `(re, im)`, each `(..., n_freq)`, of `t` `(..., rows)` zero-padded to n_fft.
+
+        Unwindowed and unscaled, in `numpy.fft.rfft`'s convention: `re + 1j * im ==
+        np.fft.rfft(t, n_fft)` (the matmul kernel is cosines, then minus sines).
+        """
+        n_fft, rows = self._n_fft, t.shape[-1]
+        if self.dft_mode == "fft":
+            t = ops.pad(t, [[0, 0]] * (len(t.shape) - 1) + [[0, n_fft - rows]])
+            return ops.rfft(t, fft_length=n_fft)
+        forward = self._forward_kernel
+        spec = ops.matmul(
+            t, ops.convert_to_tensor(forward if rows == len(forward) else forward[:rows])
+        )
+        n_freq = n_fft // 2 + 1
+        return spec[..., :n_freq], spec[..., n_freq:]
+
+    def _lag_differences(self, s_re, s_im):
+        """`2 * (r(0) - r(k))` for `k = 1..max_period`, `(..., max_period)`, where `r =
+        irfft(S, n_fft)` and `S = s_re + i s_im` (`s_im` None: a real spectrum).
+
+        matmul: one product with the inverse kernel. fft: with `N = n_fft`, `r(k) = (1/N) Re
+        sum_f S_f e^{+2 pi i f k / N}` over all `N` bins, where `S_{N-f} = conj(S_f)`: the
+        real part `A` of the full spectrum is even and the imaginary part `B` odd, so
+        `r(k) = (1/N) (Re DFT(A)(k) + Im DFT(B)(k))`. `DFT(A)` is real and `DFT(B)` purely
+        imaginary, hence one forward real FFT of `C = A + B` gives both: `r(k) = (1/N)
+        (Re + Im) DFT(C)(k)`, with `C_f = S_re(f) + S_im(f)` and `C_{N-f} = S_re(f) -
+        S_im(f)` for `0 < f < N/2`, `C_0 = S_re(0)`, `C_{N/2} = S_re(N/2)` (the imaginary
+        parts of the DC and Nyquist bins are dropped, as irfft does). `N >= 2 * max_period`
+        keeps every lag among the FFT's outputs.
+        """
+        if self.dft_mode == "matmul":
+            if s_im is not None:
+                s_re = ops.concatenate([s_re, s_im], axis=-1)
+            return ops.matmul(s_re, ops.convert_to_tensor(self._inverse_kernel))
+        n_fft, k_max = self._n_fft, self.max_period
+        half = n_fft // 2
+        if s_im is None:  # an even sequence: its DFT is real
+            inner = s_re[..., 1:half]
+            full = ops.concatenate([s_re, ops.flip(inner, axis=-1)], axis=-1)
+            r, _ = ops.rfft(full, fft_length=n_fft)
+        else:
+            re_in, im_in = s_re[..., 1:half], s_im[..., 1:half]
+            full = ops.concatenate(
+                [s_re[..., :1], re_in + im_in, s_re[..., half:], ops.flip(re_in - im_in, axis=-1)],
+                axis=-1,
+            )
+            c_re, c_im = ops.rfft(full, fft_length=n_fft)
+            r = c_re + c_im
+        r = r[..., : k_max + 1]
+        return (2.0 / n_fft) * (r[..., :1] - r[..., 1:])
 
     def _yin(self, x):
         """f0 and confidence `(batch, frames, 2)` for the padded signal `x`."""
@@ -325,6 +391,7 @@ class PitchTracker(AudioFrontend):
                 "center": self.center,
                 "pad_mode": self.pad_mode,
                 "voicing_threshold": self.voicing_threshold,
+                "dft_mode": self.dft_mode,
             }
         )
         return config
@@ -378,8 +445,16 @@ def _plan(frame_length: int, hop_length: int, max_period: int):
     return best
 
 
-def _autocorrelation_kernels(block: int, n_fft: int, n_lag_blocks: int, max_period: int):
-    """Constants of the autocorrelation, in float32.
+def _power_of_two(n: int) -> int:
+    """The smallest power of two `>= n`."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _autocorrelation_kernels(
+    block: int, n_fft: int, n_lag_blocks: int, max_period: int, matrices: bool = True
+):
+    """Constants of the autocorrelation, in float32 (forward and inverse None unless
+    `matrices`: the FFT mode needs only the phases).
 
     - forward `(block, 2 * n_freq)`: the real DFT of a block zero-padded to `n_fft` (real parts
       then imaginary parts, as `signal.dft_kernel`);
@@ -389,7 +464,6 @@ def _autocorrelation_kernels(block: int, n_fft: int, n_lag_blocks: int, max_peri
       for `k = 1..max_period`, where `r = irfft(S, n_fft)` (`Im S` is zero without lags).
     """
     n_freq = n_fft // 2 + 1
-    forward = signal.dft_kernel(n_fft, np.ones(n_fft))[:block]
     f = np.arange(n_freq)[:, None]
 
     def angle(m):  # 2 pi f m / n_fft, reduced exactly in integers
@@ -404,7 +478,10 @@ def _autocorrelation_kernels(block: int, n_fft: int, n_lag_blocks: int, max_peri
         )
         if n_lag_blocks
         else np.zeros((0, 2, n_freq))
-    )
+    ).astype(np.float32)
+    if not matrices:
+        return None, phases, None
+    forward = signal.dft_kernel(n_fft, np.ones(n_fft))[:block]
     weight = np.full((n_freq, 1), 2.0)  # irfft: bins other than DC and Nyquist count twice
     weight[0] = 1.0
     if n_fft % 2 == 0:
@@ -415,4 +492,4 @@ def _autocorrelation_kernels(block: int, n_fft: int, n_lag_blocks: int, max_peri
     if n_lag_blocks:
         rows.append(weight * np.sin(angle(k)))
     inverse = np.concatenate(rows, axis=0)
-    return forward.astype(np.float32), phases.astype(np.float32), inverse.astype(np.float32)
+    return forward.astype(np.float32), phases, inverse.astype(np.float32)
