@@ -500,7 +500,9 @@ def _export_command(args) -> int:
         result = export.export(model, args.out, args.format, quantize=args.quantize,
                                calibration=calibration,
                                calibration_windows=args.calibration_windows,
-                               dft_mode=args.dft_mode, check=not args.no_check)
+                               dft_mode=args.dft_mode, check=not args.no_check,
+                               batch_size="auto" if args.batch_size is None else
+                               (args.batch_size or None))
     except (ValueError, export.ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -642,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--dft-mode", choices=("fft", "matmul"),
                           help="spectra's DFT (default: fft for TFLite and SavedModel, matmul "
                           "for ONNX)")
+    exporter.add_argument("--batch-size", type=int, default=None,
+                          help="windows per call, fixed in the file; 0 for any (default: 1 "
+                          "for TFLite, any for SavedModel and ONNX)")
     exporter.add_argument("--no-check", action="store_true",
                           help="skip running the artifact next to the Keras model")
     # The converters are TensorFlow's: the preset is loaded under TensorFlow whatever backend

@@ -148,9 +148,38 @@ def test_float32_export_matches_the_keras_model_on_real_audio(exports, windows, 
     for name, diff in largest_difference(got, expected).items():
         assert diff <= 1e-4, (fmt, name, diff)
     np.testing.assert_allclose(got["embedding"], expected["embedding"], atol=1e-3)
-    # Any batch size: the batch dimension is dynamic in every format.
+    # TFLite files take one window per call by default (`load_exported` loops over the rows);
+    # the other formats any batch.
+    assert exported.batch_size == (1 if fmt == "tflite" else None)
     one = exported(windows[:1])
     np.testing.assert_allclose(one["fused"], got["fused"][:1], atol=1e-5)
+
+
+@subprocess_export
+def test_tflite_batch_is_fixed_or_dynamic_as_asked(model, windows, expected, tmp_path):
+    """`batch_size` sets the input's batch in the file: 1 by default (the converter folds the
+    shape arithmetic: fewer ops), a fixed 3 (5 windows run as two padded calls), or any."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_dae.export.tflite import op_names
+
+    ops = {}
+    for batch_size, name in ((3, "b3"), (None, "any")):
+        result = export.export(model, tmp_path / f"{name}.tflite", "tflite",
+                               batch_size=batch_size)
+        runner = Interpreter(model_path=str(result.path)).get_signature_runner()
+        (spec,) = runner.get_input_details().values()
+        assert list(spec["shape_signature"]) == [batch_size or -1, SR]
+        exported = export.load_exported(result.path)
+        assert exported.batch_size == batch_size
+        got = exported(windows[:5])
+        for key, diff in largest_difference(got, {k: v[:5] for k, v in expected.items()}).items():
+            assert diff <= 1e-4, (batch_size, key, diff)
+        ops[name] = op_names(result.path.read_bytes())
+    # A dynamic batch leaves shape arithmetic (SHAPE ops) that a fixed one folds away.
+    assert "SHAPE" in ops["any"] and "SHAPE" not in ops["b3"], ops
+    with pytest.raises(ValueError, match="batch_size"):
+        export.export(model, tmp_path / "bad.tflite", "tflite", batch_size=0)
 
 
 @slow_off_tensorflow
@@ -161,7 +190,8 @@ def test_labels_travel_with_the_artifact(model, exports, fmt):
     assert result.labels_path.read_text().splitlines() == model.class_names
     description = json.loads(result.description_path.read_text())
     assert description["labels"] == model.class_names
-    assert description["sample_rate"] == SR and description["input"]["shape"] == [None, SR]
+    batch = 1 if fmt == "tflite" else None
+    assert description["sample_rate"] == SR and description["input"]["shape"] == [batch, SR]
     assert description["output_order"] == ["fused", *model.stream_names, "embedding"]
     if fmt == "tflite":
         # Which interpreter output is which, for runtimes without signature runners.

@@ -142,7 +142,12 @@ def main(argv=None) -> int:
 
     audio = load_mono(args.audio, sample_rate)
     windows, starts = windows_of(audio, window, window // 2)
-    scores = np.concatenate([runner(**{input_name: w[None]})[args.output] for w in windows])
+    # The input's batch: fixed in the file (1 by default) or -1 (any); run that many windows
+    # per call, the last group padded with silence.
+    batch = max(int(spec["shape_signature"][0]), 1)
+    padded = np.concatenate([windows, np.zeros((-len(windows) % batch, window), np.float32)])
+    scores = np.concatenate([runner(**{input_name: padded[i : i + batch]})[args.output]
+                             for i in range(0, len(padded), batch)])[: len(windows)]
     clip = scores.mean(axis=0)
     if args.json:
         print(json.dumps({"labels": labels, "starts_s": (starts / sample_rate).tolist(),

@@ -26,7 +26,7 @@ def output_names(stream_names) -> list[str]:
 
 
 def describe(model, fmt: str, quantize: str, window: int, dft_mode: str,
-             float_parts: list[str] | None = None) -> dict:
+             float_parts: list[str] | None = None, batch_size: int | None = None) -> dict:
     """The JSON description of an export of `model` (a `DiverseClassifier`)."""
     streams = list(model.stream_names)
     outputs = {"fused": f"(batch, {model.num_classes}) fused sigmoid probabilities"}
@@ -41,8 +41,10 @@ def describe(model, fmt: str, quantize: str, window: int, dft_mode: str,
         "quantize": quantize,
         "dft_mode": dft_mode,
         "sample_rate": int(model.sample_rate),
-        "input": {"name": INPUT_NAME, "shape": [None, int(window)], "dtype": "float32",
-                  "description": "mono waveform in [-1, 1] at sample_rate; one window per row"},
+        "input": {"name": INPUT_NAME, "shape": [batch_size, int(window)], "dtype": "float32",
+                  "description": "mono waveform in [-1, 1] at sample_rate; one window per row"
+                                 + ("" if batch_size is None else
+                                    f"; exactly {batch_size} row(s) per call")},
         "window_seconds": window / model.sample_rate,
         "hop_seconds": window / model.sample_rate / 2,
         "clip_score": "mean of the window scores (windows every hop_seconds)",

@@ -36,7 +36,8 @@ def _erfc_handler(ctx, node, name, args):
                                   name=utils.make_name(f"{node.name}_erfc"))
 
 
-def write_onnx(model, path, window: int, description: dict, opset: int = OPSET) -> Path:
+def write_onnx(model, path, window: int, description: dict, opset: int = OPSET,
+               batch_size: int | None = None) -> Path:
     """Converts `model` (TensorFlow backend) to ONNX at `path` and loads it in onnxruntime.
 
     The graph input is `waveform` float32 `(batch, window)`; outputs carry the model's output
@@ -48,7 +49,7 @@ def write_onnx(model, path, window: int, description: dict, opset: int = OPSET) 
 
     from keras_dae.export.export_ready import ExportError
 
-    signature = [tf.TensorSpec((None, window), tf.float32, name=INPUT_NAME)]
+    signature = [tf.TensorSpec((batch_size, window), tf.float32, name=INPUT_NAME)]
     function = tf.function(functools.partial(model.__call__, training=False),
                            input_signature=signature)
     concrete = function.get_concrete_function()
@@ -74,18 +75,18 @@ def write_onnx(model, path, window: int, description: dict, opset: int = OPSET) 
     onnx.checker.check_model(proto)
     path = Path(path)
     path.write_bytes(proto.SerializeToString())
-    _check_onnxruntime_runs(path, window)
+    _check_onnxruntime_runs(path, window, batch_size)
     return path
 
 
-def _check_onnxruntime_runs(path: Path, window: int) -> None:
+def _check_onnxruntime_runs(path: Path, window: int, batch_size: int | None = None) -> None:
     import onnxruntime
 
     from keras_dae.export.export_ready import ExportError
 
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outputs = session.run(None, {INPUT_NAME: np.zeros((2, window), np.float32)})
+        outputs = session.run(None, {INPUT_NAME: np.zeros((batch_size or 2, window), np.float32)})
     except Exception as error:  # onnxruntime raises its own exception types
         raise ExportError(f"{path}: onnxruntime cannot run the exported model ({error})") from None
     for meta, value in zip(session.get_outputs(), outputs, strict=True):

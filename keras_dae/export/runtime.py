@@ -47,7 +47,8 @@ class ExportedModel:
     """An exported keras-dae model loaded in its own runtime.
 
     Calling it with float32 `(batch, window)` waveforms returns `{output_name: array}`, the
-    same names as the Keras model's outputs. `labels`, `sample_rate` and `window` come from
+    same names as the Keras model's outputs; an artifact with a fixed batch (`batch_size`) is
+    run that many rows at a time. `labels`, `sample_rate` and `window` come from
     the description the export embedded (or wrote beside the artifact).
     """
 
@@ -67,6 +68,8 @@ class ExportedModel:
         self.labels = list(self.description["labels"])
         self.sample_rate = int(self.description["sample_rate"])
         self.window = int(self.description["input"]["shape"][1])
+        # A fixed batch (TFLite's default, 1), or None: any number of rows per call.
+        self.batch_size = self.description["input"]["shape"][0]
         self._load(num_threads)
 
     def _embedded_description(self):
@@ -103,6 +106,8 @@ class ExportedModel:
         x = np.asarray(waveform, np.float32)
         if x.ndim != 2 or x.shape[1] != self.window:
             raise ValueError(f"expected waveform of shape (batch, {self.window}), got {x.shape}")
+        if self.batch_size is not None and len(x) != self.batch_size:
+            return self._in_batches(x)
         if self.format == "tflite":
             out = self._runner(**{INPUT_NAME: x})
         elif self.format == "onnx":
@@ -112,6 +117,16 @@ class ExportedModel:
 
             out = {k: v.numpy() for k, v in self._function(**{INPUT_NAME: tf.constant(x)}).items()}
         return {k: np.asarray(v) for k, v in out.items()}
+
+
+    def _in_batches(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows of `x` run `batch_size` at a time (the last group padded with zeros)."""
+        b = self.batch_size
+        if len(x) == 0:
+            raise ValueError(f"expected at least one window of {self.window} samples")
+        padded = np.concatenate([x, np.zeros((-len(x) % b, x.shape[1]), np.float32)])
+        parts = [self(padded[i : i + b]) for i in range(0, len(padded), b)]
+        return {k: np.concatenate([p[k] for p in parts])[: len(x)] for k in parts[0]}
 
 
 def load_exported(path, num_threads: int | None = None) -> ExportedModel:

@@ -42,12 +42,13 @@ from keras_dae.export.savedmodel import SIGNATURE, write_savedmodel
 QUANTIZATIONS = ("none", "float16", "dynamic-int8", "int8")
 
 
-def convert_float(model, window: int) -> bytes:
-    """`model` (TensorFlow backend) as a float32 TFLite flatbuffer, builtin ops only."""
+def convert_float(model, window: int, batch_size: int | None = 1) -> bytes:
+    """`model` (TensorFlow backend) as a float32 TFLite flatbuffer, builtin ops only, whose
+    input is `(batch_size, window)` (any batch when `batch_size` is None)."""
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_savedmodel(model, tmp, window)
+        write_savedmodel(model, tmp, window, batch_size)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return bytes(converter.convert())
@@ -160,9 +161,23 @@ def quantize_tflite(float_model: bytes, model, quantize: str,
         if calibration is None or len(calibration) == 0:
             raise ValueError("int8 quantization needs representative audio to calibrate on "
                              "(calibration=...)")
-        data = {SIGNATURE: [{INPUT_NAME: np.asarray(w, np.float32)[None]} for w in calibration]}
+        windows = np.asarray(calibration, np.float32)
+        batch = _input_batch(float_model)
+        if batch > 1:  # a fixed batch: windows in groups of it (the last group cycled)
+            windows = np.resize(windows, (-(-len(windows) // batch) * batch, windows.shape[1]))
+        windows = windows.reshape(-1, max(batch, 1), windows.shape[1])
+        data = {SIGNATURE: [{INPUT_NAME: w} for w in windows]}
         result = quantizer.calibrate(data, num_threads=1)
     return bytes(quantizer.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _input_batch(model_bytes: bytes) -> int:
+    """The fixed batch of the signature's input, or -1 when any batch is accepted."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=model_bytes).get_signature_runner(SIGNATURE)
+    (spec,) = runner.get_input_details().values()
+    return int(spec["shape_signature"][0])
 
 
 def with_metadata(model_bytes: bytes, description: dict) -> bytes:
@@ -220,11 +235,12 @@ def op_names(model_bytes: bytes) -> list[str]:
 
 
 def write_tflite(model, path, window: int, quantize: str, description: dict,
-                 calibration: np.ndarray | None = None) -> Path:
+                 calibration: np.ndarray | None = None, batch_size: int | None = 1) -> Path:
     """Converts, quantizes, embeds the description and writes `path`. Returns `path`."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
-    flat = quantize_tflite(convert_float(model, window), model, quantize, calibration)
+    flat = quantize_tflite(convert_float(model, window, batch_size), model, quantize,
+                           calibration)
     # For runtimes without signature runners: which of the interpreter's outputs is which.
     description["output_index"] = output_positions(flat)
     flat = with_metadata(flat, description)

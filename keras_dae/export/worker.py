@@ -30,6 +30,7 @@ def main(argv=None) -> int:
                     quantize=request["quantize"], calibration=calibration,
                     calibration_windows=request["calibration_windows"],
                     dft_mode=request["dft_mode"], window_seconds=request["window_seconds"],
+                    batch_size=request["batch_size"],
                     check=True)
     Path(request["result"]).write_text(json.dumps(result.to_json()))
     return 0
