@@ -105,10 +105,14 @@ def largest_difference(got: dict, expected: dict) -> dict[str, float]:
 
 @pytest.mark.parametrize("dft_mode", ["matmul", "fft"])
 def test_export_ready_copy_computes_what_the_model_computes(model, windows, expected, dft_mode):
-    ready = export.export_ready_model(model, dft_mode=dft_mode)
-    modes = {f.dft_mode for fs in ready.featurizer.streams.values() for f in fs
-             if hasattr(f, "dft_mode")}
-    assert modes == {dft_mode}
+    ready = export.export_ready_model(model, dft_mode=dft_mode, pitch_dft_mode=dft_mode)
+    frontends = [f for fs in ready.featurizer.streams.values() for f in fs]
+    assert {f.dft_mode for f in frontends if hasattr(f, "dft_mode")} == {dft_mode}
+    # By default YIN keeps the model's matrix product (its trough choice is discontinuous).
+    default = export.export_ready_model(model, dft_mode=dft_mode, check=False)
+    modes = {type(f).__name__: f.dft_mode for fs in default.featurizer.streams.values()
+             for f in fs if hasattr(f, "dft_mode")}
+    assert modes.pop("PitchTracker") == "matmul" and set(modes.values()) == {dft_mode}
     assert ready.class_names == model.class_names
     got = ready.predict(windows, verbose=0)
     for name, diff in largest_difference(got, expected).items():

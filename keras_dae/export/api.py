@@ -26,6 +26,16 @@ DEFAULT_DFT_MODE = {"savedmodel": "fft", "tflite": "fft", "onnx": "matmul"}
 # a dynamic batch leaves in the graph (about 600 fewer ops, and faster on one thread).
 # SavedModel and ONNX take any batch.
 DEFAULT_BATCH_SIZE = {"savedmodel": None, "tflite": 1, "onnx": None}
+
+
+def pitch_dft_mode(fmt: str, quantize: str, dft_mode: str) -> str:
+    """YIN's DFT in an export: the matrix product the Keras model uses, so that its
+    discontinuous trough choice is made on the same numbers (see `export_ready_model`), except
+    in int8 TFLite files, where an FFT saves the two DFT matrices (0.5 MB as float16) and
+    the parity asked of them is top labels and mAP, not 1e-4."""
+    if fmt == "tflite" and quantize in ("dynamic-int8", "int8") and dft_mode == "fft":
+        return "fft"
+    return "matmul"
 # Largest difference in probabilities on the probe audio that `export` accepts, per
 # quantization. Float32 allows for the ~1e-3 that float32 rounding in another runtime's FFT
 # can make in a trained model (export_ready.EXPORT_READY_ATOL); a broken conversion is off
@@ -172,9 +182,11 @@ def _export_tensorflow(model, path, fmt, quantize, calibration, calibration_wind
     from keras_dae.export.onnx import write_onnx
     from keras_dae.export.savedmodel import write_savedmodel
 
-    ready = export_ready_model(model, dft_mode=dft_mode)
+    pitch_mode = pitch_dft_mode(fmt, quantize, dft_mode)
+    ready = export_ready_model(model, dft_mode=dft_mode, pitch_dft_mode=pitch_mode)
     parts = tflite.float_parts(quantize) if fmt == "tflite" else ["everything"]
     description = describe(ready, fmt, quantize, window, dft_mode, parts, batch_size)
+    description["pitch_dft_mode"] = pitch_mode
     if fmt == "savedmodel":
         write_savedmodel(ready, path, window, batch_size)
     elif fmt == "onnx":

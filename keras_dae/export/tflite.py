@@ -2,8 +2,9 @@
 
 The float model comes from `tf.lite.TFLiteConverter.from_saved_model` with
 `supported_ops=[TFLITE_BUILTINS]`: no Flex (SELECT_TF_OPS) kernels, so any LiteRT runtime
-runs it. Its spectra use `keras.ops.rfft` (the RFFT2D builtin) by default: no 640 x 514 DFT
-matrix in the file, and faster than the matrix product on CPU.
+runs it. Its spectra and YIN's autocorrelation use `keras.ops.rfft` (the RFFT2D builtin) by
+default: no DFT matrices in the file (1.5 MB of them in float32). The input's batch is fixed
+(1 by default), so the converter folds the shape arithmetic a dynamic batch leaves behind.
 
 Quantization is done on that float file by Google's AI Edge Quantizer, whose recipes choose
 per op (by the op's output tensor name) what is quantized and how. TensorFlow's converter
@@ -15,16 +16,17 @@ measured on the trained 15-class model: probabilities off by up to 0.5, top-5 la
 for 73% of clips). The recipes here (`float_parts` says what stays float, and why):
 
 - `float16`: weights stored as float16 and expanded to float32 once at load; all arithmetic
-  stays float32. The CQT's and YIN's kernels stay float32 (as float16 they moved the pitch
-  stream's probabilities by 0.08 and 0.01).
+  stays float32. The CQT's kernels (and YIN's, in a matmul-DFT file) stay float32 (as
+  float16 they moved the pitch stream's probabilities by 0.08 and 0.01).
 - `dynamic-int8`: the Transformer towers' dense layers (not their input projections) get
   int8 weights and int8 arithmetic on activations quantized per row at run time. Front
   ends, normalization, attention products, softmax, layer norms, GELU and heads compute in
   float32; front-end kernels other than the CQT's are stored as float16.
 - `int8`: as `dynamic-int8`, and the feed-forward layers (nine tenths of the towers' dense
-  weights) run fully in int8 on activation ranges calibrated on representative audio.
-  Calibrated ranges in the attention projections cost up to 0.4 in probability, so those
-  keep run-time activation quantization.
+  weights) run fully in int8 on activation ranges calibrated on representative audio, the
+  64 -> 1024 expansions with one weight scale per tensor (per-channel scales would add
+  ~0.6 MB). Calibrated ranges in the attention projections cost up to 0.4 in probability, so
+  those keep run-time activation quantization.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def float_parts(quantize: str) -> list[str]:
         return ["everything"]
     if quantize == "float16":
         return ["all arithmetic: float16 is only how weights are stored (expanded to float32 "
-                "at load); the CQT and YIN kernels are stored as float32 even so (as float16 "
-                "they moved the pitch stream's probabilities by up to 0.08 and 0.01)"]
+                "at load); the CQT kernels (and YIN's DFT matrices, where the file has them) "
+                "are stored as float32 even so (as float16 they moved the pitch stream's "
+                "probabilities by up to 0.08 and 0.01)"]
     parts = [
         "front ends (CQT, YIN pitch, MFCC, spectral descriptors, learned filterbank, "
         "Neuralogram): power spectra span 80 dB and pitch needs sub-sample lags; their "
@@ -138,9 +141,14 @@ def _recipe(quantizer, model, quantize: str) -> None:
     towers = r"^(?!.*/projection(_\d+)?/).*" + backbone
     quantizer.add_dynamic_config(regex=towers, operation_name=op.FULLY_CONNECTED, num_bits=8)
     if quantize == "int8":
-        feedforward = backbone + r".*/feedforward_(intermediate|output)_dense"
-        quantizer.add_static_config(regex=feedforward, operation_name=op.FULLY_CONNECTED,
-                                    activation_num_bits=8, weight_num_bits=8)
+        # One weight scale per tensor for the 64 -> 1024 expansions: per-channel scales (and
+        # their int64 zero points) for 1,024 channels x 24 blocks cost ~0.6 MB of the file.
+        granularity = {"intermediate": qtyping.QuantGranularity.TENSORWISE,
+                       "output": qtyping.QuantGranularity.CHANNELWISE}
+        for part, weights in granularity.items():
+            quantizer.add_static_config(
+                regex=backbone + rf".*/feedforward_{part}_dense", weight_granularity=weights,
+                operation_name=op.FULLY_CONNECTED, activation_num_bits=8, weight_num_bits=8)
 
 
 def quantize_tflite(float_model: bytes, model, quantize: str,
