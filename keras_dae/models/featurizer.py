@@ -19,7 +19,7 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
     - pitch: constant-Q spectrum in dB (84 bins from C1, 12 per octave) and YIN pitch
       (f0 and periodicity), both at a 256-sample hop (16 ms at 16 kHz);
     - timbre: 20 MFCCs (64 mel bands) and the spectral descriptors (centroid, bandwidth,
-      rolloff, flatness, contrast), at a 160-sample hop (10 ms);
+      rolloff, flatness, contrast with `contrast_floor=1e-5`), at a 160-sample hop (10 ms);
     - neuralogram: a window-embedding network's 64-d embeddings of 25 ms windows every 10 ms;
     - end_to_end: a learned, Gabor-initialised filterbank of 64 filters on 25 ms windows.
     """
@@ -31,7 +31,11 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
         ],
         "timbre": [
             layers.MFCC(sample_rate=sr, n_mfcc=20, n_mels=64, n_fft=512, hop_length=160),
-            layers.SpectralDescriptors(sample_rate=sr, n_fft=512, hop_length=160),
+            # Contrast floored 100 dB below each frame's peak (the layer's default is 120):
+            # resampled audio has no energy in its top octave, whose valleys then sit at the
+            # DFT's rounding noise, which differs between runtimes (TFLite's RFFT vs Keras').
+            layers.SpectralDescriptors(sample_rate=sr, n_fft=512, hop_length=160,
+                                       contrast_floor=1e-5),
         ],
         "neuralogram": [layers.Neuralogram(sample_rate=sr, win_length=400, hop_length=160)],
         "end_to_end": [
