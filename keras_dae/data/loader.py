@@ -83,6 +83,18 @@ class _EpochSync(keras.callbacks.Callback):
         self._loader.set_epoch(epoch)
 
 
+def check_sampling(batch_size, seed, mixup, mixup_probability) -> None:
+    """Raises `ValueError` naming the first bad one of a loader's sampling arguments."""
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not (mixup >= 0 and math.isfinite(mixup)):
+        raise ValueError(f"mixup (a Beta alpha) must be >= 0, got {mixup!r}")
+    if not 0 <= mixup_probability <= 1:
+        raise ValueError(f"mixup_probability must be in [0, 1], got {mixup_probability!r}")
+
+
 class ChunkLoader(keras.utils.PyDataset):
     """Batches of fixed-length chunks of a `ClipDataset`'s clips, for `model.fit`.
 
@@ -158,16 +170,9 @@ class ChunkLoader(keras.utils.PyDataset):
             raise TypeError(f"dataset must be a ClipDataset, got {type(dataset).__name__}")
         if len(dataset) == 0:
             raise ValueError("dataset has no clips")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        check_sampling(batch_size, seed, mixup, mixup_probability)
         if short not in ("tile", "pad"):
             raise ValueError(f"short must be 'tile' or 'pad', got {short!r}")
-        if not (mixup >= 0 and math.isfinite(mixup)):
-            raise ValueError(f"mixup (a Beta alpha) must be >= 0, got {mixup!r}")
-        if not 0 <= mixup_probability <= 1:
-            raise ValueError(f"mixup_probability must be in [0, 1], got {mixup_probability!r}")
         self.chunk_samples, self._hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
         if isinstance(target_names, str):
             target_names = (target_names,)

@@ -19,13 +19,12 @@ list of them (balanced sampling draws an epoch's indices up front, 8 bytes per c
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 
-from keras_dae.data.loader import ChunkLoader, _EpochSync
+from keras_dae.data.loader import ChunkLoader, _EpochSync, check_sampling
 from keras_dae.data.shards import ShardSet, decode_chunk
 
 __all__ = ["ShardLoader"]
@@ -79,14 +78,7 @@ class ShardLoader(keras.utils.PyDataset):
                  epoch: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if not (mixup >= 0 and math.isfinite(mixup)):
-            raise ValueError(f"mixup (a Beta alpha) must be >= 0, got {mixup!r}")
-        if not 0 <= mixup_probability <= 1:
-            raise ValueError(f"mixup_probability must be in [0, 1], got {mixup_probability!r}")
+        check_sampling(batch_size, seed, mixup, mixup_probability)
         if isinstance(target_names, str):
             target_names = (target_names,)
         self.target_names = None if target_names is None else tuple(target_names)

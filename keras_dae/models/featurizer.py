@@ -34,6 +34,8 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
             # Contrast floored 100 dB below each frame's peak (the layer's default is 120):
             # resampled audio has no energy in its top octave, whose valleys then sit at the
             # DFT's rounding noise, which differs between runtimes (TFLite's RFFT vs Keras').
+            # At 80 dB exports agreed 8x closer, but the timbre stream lost 0.06 eval mAP
+            # (benchmarks/results/sampled_run_contrast_floor_1e-4.json).
             layers.SpectralDescriptors(sample_rate=sr, n_fft=512, hop_length=160,
                                        contrast_floor=1e-5),
         ],
