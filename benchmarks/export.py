@@ -210,7 +210,7 @@ def table(results: dict) -> str:
         lines.append(
             f"| {name} | {row['size_bytes'] / 1e6:.2f} MB | {row['latency_ms']:.1f} ms | "
             f"{keras_ms / row['latency_ms']:.1f}x | {row['max_abs_diff']:.1e} | "
-            f"{100 * row['windows_within_1e-4']:.0f}% | {100 * row['top5_kept']:.1f}% | "
+            f"{100 * row['windows_within_1e-4']:.1f}% | {100 * row['top5_kept']:.1f}% | "
             f"{row['mAP']:.4f} ({row['mAP_loss']:+.4f}) |")
     return "\n".join(lines)
 
