@@ -83,8 +83,9 @@ class PitchTracker(AudioFrontend):
         dft_mode: how the autocorrelation's DFTs are computed: `"matmul"` (default), products
             with precomputed real kernels that every export format runs, or `"fft"`,
             `keras.ops.rfft` only (forward real FFTs, no complex tensors), which converts to
-            TFLite builtins without storing the kernels. keras-dae's export picks the mode per
-            format (`"fft"` for TFLite, `"matmul"` for ONNX).
+            TFLite builtins without storing the kernels. keras-dae's export uses `"fft"` in
+            int8 TFLite files only: YIN's trough choice is discontinuous, so float32 exports
+            keep the Keras model's own mode (see `keras_dae.export.export_ready_model`).
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Example:
