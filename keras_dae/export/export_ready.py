@@ -115,6 +115,7 @@ def export_ready_model(model, dft_mode: str = "matmul", check: bool = True,
     to the original on `probe_audio` and an `ExportError` is raised when any probability
     differs by more than `atol` (or `PITCH_MODE_ATOL`, where the pitch mode changes).
     """
+    from keras_dae.layers import PitchTracker
     from keras_dae.models import DiverseClassifier
 
     if not isinstance(model, DiverseClassifier):
@@ -123,7 +124,7 @@ def export_ready_model(model, dft_mode: str = "matmul", check: bool = True,
     config = with_dft_mode(keras.saving.serialize_keras_object(model), dft_mode,
                            pitch_dft_mode)
     pitch_modes = {f.dft_mode for fs in model.featurizer.streams.values() for f in fs
-                   if type(f).__name__ == "PitchTracker"}
+                   if isinstance(f, PitchTracker)}
     if pitch_modes - {pitch_dft_mode}:
         atol = max(atol, PITCH_MODE_ATOL)
     ready = keras.saving.deserialize_keras_object(config, safe_mode=True)
