@@ -259,6 +259,59 @@ def test_bandwidth_p_and_roll_percent(signals):
     assert range_relative_error(ours, ref).max() <= TOLERANCE
 
 
+def interpolated_rolloff(y, stft, roll_percent=0.85):
+    """The interpolated roll-off in float64 from librosa's own STFT magnitudes: the crossing
+    of `roll_percent` of each frame's total, placed linearly inside the crossing bin."""
+    mag = np.abs(librosa.stft(y, **stft)).astype(np.float64).T  # (frames, bins)
+    cumulative = np.cumsum(mag, axis=1)
+    threshold = roll_percent * cumulative[:, -1:]
+    k = np.argmax(cumulative >= threshold, axis=1)
+    rows = np.arange(len(mag))
+    before = np.where(k > 0, cumulative[rows, np.maximum(k - 1, 0)], 0.0)
+    width = mag[rows, k]
+    fraction = np.where(width > 0, (threshold[:, 0] - before) / np.where(width > 0, width, 1), 1)
+    return np.maximum(k - 1 + fraction, 0.0) * SR / stft["n_fft"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interpolated_rolloff_stays_inside_librosas_bin(signals, name):
+    """`interpolate_rolloff=True`: within one bin below librosa's roll-off, never above it,
+    and equal to the float64 interpolation of librosa's STFT (to 1% of a bin on 99% of the
+    frames; near-empty crossing bins amplify float32 rounding, so all frames get one bin)."""
+    y, stft = signals[name], STFTS["512-160"]
+    bin_hz = SR / stft["n_fft"]
+    ref = librosa_descriptor("rolloff", y, stft)[:, 0]
+    ours = run_layer(y, descriptors=["rolloff"], interpolate_rolloff=True)[: len(ref), 0]
+    assert np.all(ours <= ref + 1e-3) and np.all(ours > ref - bin_hz - 1e-3)
+    error = np.abs(ours - interpolated_rolloff(y, stft))
+    assert np.quantile(error, 0.99) <= 0.01 * bin_hz, np.quantile(error, 0.99)
+    assert error.max() <= bin_hz
+
+
+def test_interpolated_rolloff_is_continuous_where_librosas_jumps():
+    """Four equal bins and roll_percent 0.5: the cumulative sum meets the threshold exactly at
+    bin 1. Lowering bin 1 by 1e-4 moves librosa's roll-off a whole bin (1 -> 2) and the
+    interpolated one by 5e-5 of a bin."""
+    import keras
+
+    def positions(mag):
+        mag = keras.ops.convert_to_tensor(np.asarray(mag, "float32")[None, None])
+        cumulative = keras.ops.cumsum(mag, axis=-1)
+        threshold = 0.5 * cumulative[..., -1:]
+        index = keras.ops.sum(keras.ops.cast(cumulative < threshold, "float32"), axis=-1,
+                              keepdims=True)
+        interpolated = SpectralDescriptors._rolloff_position(cumulative, threshold, index)
+        return float(checks.to_numpy(index).ravel()[0]), float(
+            checks.to_numpy(interpolated).ravel()[0])
+
+    assert positions([1, 1, 1, 1]) == (1.0, 1.0)
+    index, interpolated = positions([1, 1 - 1e-4, 1, 1])
+    assert index == 2.0
+    assert interpolated == pytest.approx(1.0 + 5e-5, abs=1e-5)
+    assert positions([0, 0, 0, 0]) == (0.0, 0.0)  # silence: bin 0, as in librosa
+    assert positions([4, 1, 1, 1])[1] == 0.0  # the first bin crosses: clipped at 0
+
+
 @pytest.mark.parametrize("num_samples", [1, 100, 511, 16000, 16001])
 def test_any_length(num_samples, signals):
     y = np.resize(signals["speech"], num_samples)[None]
@@ -275,9 +328,11 @@ def test_any_length(num_samples, signals):
     np.testing.assert_allclose(out[0, :, 4:], ref[:, 4:], atol=0.05)
 
 
-def test_layer_contract(signals, tmp_path):
+@pytest.mark.parametrize("interpolate_rolloff", [False, True])
+def test_layer_contract(signals, tmp_path, interpolate_rolloff):
     y = np.stack([signals["speech"][:16000], signals["noise"]])
-    checks.check_all(SpectralDescriptors(sample_rate=SR), y, tmp_path, atol=1e-4)
+    layer = SpectralDescriptors(sample_rate=SR, interpolate_rolloff=interpolate_rolloff)
+    checks.check_all(layer, y, tmp_path, atol=1e-4)
 
 
 def test_mixed_precision(signals):

@@ -86,6 +86,14 @@ class SpectralDescriptors(SpectrogramFrontend):
     above it (the deepest in the test speech clip, near Nyquist after resampling, are ~110 dB
     down, and match librosa to 0.002 dB). `contrast_floor=None` disables the floor.
 
+    Interpolated roll-off (a deviation, off by default: `interpolate_rolloff=True`): librosa's
+    roll-off is the centre of the first bin at which the cumulative magnitude reaches
+    `roll_percent` of the total, so where that sum nearly ties with the threshold, float32
+    rounding in another runtime moves it by a whole bin (sample_rate / n_fft Hz). The
+    interpolated roll-off places the crossing linearly inside that bin, between the previous
+    bin's centre and its own: continuous in the magnitudes, never above librosa's value and
+    less than one bin below it.
+
     Silent frames (an all-zero spectrum) have no defined centroid; like librosa, the layer
     returns finite values for them: centroid 0, bandwidth 0, roll-off 0, flatness 1, and for
     contrast the difference between the peak and valley dB floors (0 for an all-silent clip).
@@ -107,6 +115,8 @@ class SpectralDescriptors(SpectrogramFrontend):
         linear: contrast as a linear difference `peak - valley` instead of dB.
         contrast_floor: floor of the magnitudes entering contrast, relative to each frame's
             largest magnitude (see above), in [0, 1); None (or 0) disables it.
+        interpolate_rolloff: place the roll-off inside its bin (see above) instead of at
+            librosa's bin centre.
         p: exponent of the bandwidth's deviation (librosa's `p`).
         flatness_power: exponent of the magnitude in flatness (librosa's `power`, 2 = power).
         amin: floor of `|X| ** flatness_power` in flatness (librosa's `amin`).
@@ -131,6 +141,7 @@ class SpectralDescriptors(SpectrogramFrontend):
         quantile: float = 0.02,
         linear: bool = False,
         contrast_floor: float | None = 1e-6,
+        interpolate_rolloff: bool = False,
         p: float = 2.0,
         flatness_power: float = 2.0,
         amin: float = 1e-10,
@@ -177,6 +188,7 @@ class SpectralDescriptors(SpectrogramFrontend):
         self.quantile = float(quantile)
         self.linear = bool(linear)
         self.contrast_floor = None if contrast_floor is None else float(contrast_floor)
+        self.interpolate_rolloff = bool(interpolate_rolloff)
         self.p = float(p)
         self.flatness_power = float(flatness_power)
         self.amin = float(amin)
@@ -235,6 +247,8 @@ class SpectralDescriptors(SpectrogramFrontend):
             # the number of bins below it. An all-zero frame gives bin 0, as in librosa.
             below = ops.sum(ops.cast(cumulative < threshold, "float32"), axis=-1, keepdims=True)
             below = ops.minimum(below, float(self.n_freq - 1))
+            if self.interpolate_rolloff:
+                below = self._rolloff_position(cumulative, threshold, below)
             outputs["rolloff"] = below * (self.sample_rate / self.n_fft)
         if "flatness" in wanted:
             if self.flatness_power == 2.0:
@@ -250,6 +264,23 @@ class SpectralDescriptors(SpectrogramFrontend):
         if "contrast" in wanted:
             outputs["contrast"] = self._contrast(mag)
         return ops.concatenate([outputs[name] for name in self.descriptors], axis=-1)
+
+    @staticmethod
+    def _rolloff_position(cumulative, threshold, bin_index):
+        """The threshold's crossing in bins, interpolated inside the crossing bin `k`:
+        `k - 1 + deficit / (deficit + excess)`, where `excess` is how far the cumulative sum
+        at `k` passes the threshold and `deficit` how far the sum before `k` falls short
+        (their sum is bin `k`'s magnitude). Clipped at 0; an all-zero frame gives 0."""
+        reached = cumulative >= threshold
+        excess = ops.min(ops.where(reached, cumulative - threshold, cumulative[..., -1:]),
+                         axis=-1, keepdims=True)
+        before = ops.max(ops.where(reached, ops.zeros_like(cumulative), cumulative),
+                         axis=-1, keepdims=True)
+        deficit = threshold - before
+        width = excess + deficit
+        safe = ops.where(width > 0, width, ops.ones_like(width))
+        fraction = ops.where(width > 0, deficit / safe, ops.ones_like(width))
+        return ops.maximum(bin_index - 1.0 + fraction, 0.0)
 
     def _contrast(self, mag):
         if self.contrast_floor:
@@ -285,6 +316,7 @@ class SpectralDescriptors(SpectrogramFrontend):
                 "quantile": self.quantile,
                 "linear": self.linear,
                 "contrast_floor": self.contrast_floor,
+                "interpolate_rolloff": self.interpolate_rolloff,
                 "p": self.p,
                 "flatness_power": self.flatness_power,
                 "amin": self.amin,
