@@ -1,0 +1,214 @@
+"""What the spectral-contrast floor costs and buys: timbre accuracy over seeds, export parity.
+
+    python benchmarks/contrast_floor.py --data /tmp/sampled_fsd50k --floors 1e-5,1e-4 --seeds 0,1,2,3
+    python benchmarks/contrast_floor.py --parity --model diverse_sampled15 --data /tmp/sampled_fsd50k \
+        --floors 1e-5,3e-5,5e-5,1e-4
+
+`SpectralDescriptors` raises the magnitudes entering spectral contrast to `contrast_floor`
+times each frame's peak. Below the floor sit valleys that only float32 rounding of the DFT
+decides, and that rounding differs between runtimes (TFLite's RFFT, onnxruntime's matrix
+product, Keras' FFT): the lower the floor, the more an export's probabilities differ from the
+Keras model's. A higher floor removes information from the timbre stream. Both are measured:
+
+- accuracy (default): the timbre stream alone (MFCC + spectral descriptors, the preset's
+  tower, with the featurizer's roll-off setting, recorded) trained from scratch for 8
+  epochs per floor and seed on the dataset's train split,
+  its best-on-val epoch scored on val and eval (clip mAP). Seeds vary the initial weights
+  and the batch order; the spread over seeds is the noise the floors are compared against.
+  The timbre features are cached per floor under `--cache`, so a run takes ~3 min on 2 cores.
+- `--parity`: a trained model run with every floor in `--floors` (its weights unchanged),
+  once with spectra by FFT and once by the matrix-product DFT that ONNX uses, over every 1 s
+  window of the eval split: the largest difference in probabilities between the two, and
+  how many windows exceed 1e-4. (This emulates, inside Keras, the runtime differences that
+  `benchmarks/export.py` measures on the real files.)
+
+Results are merged into benchmarks/results/contrast_floor.json (`--table` prints them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+RESULTS = Path(__file__).parent / "results" / "contrast_floor.json"
+
+
+def timbre_streams(floor: float, sample_rate: int) -> dict:
+    """The default featurizer's timbre stream with the contrast floor at `floor`."""
+    from keras_dae import layers
+    from keras_dae.models.featurizer import default_stream_frontends
+
+    timbre = default_stream_frontends(sample_rate)["timbre"]
+    configs = []
+    for layer in timbre:
+        config = layer.get_config()
+        if isinstance(layer, layers.SpectralDescriptors):
+            config["contrast_floor"] = floor
+        configs.append(type(layer).from_config(config))
+    return {"timbre": configs}
+
+
+def train_timbre(data: Path, floor: float, seed: int, epochs: int, cache: Path) -> dict:
+    """Trains the timbre tower alone; returns its val and eval mAP."""
+    import keras
+
+    from keras_dae import training
+    from keras_dae.cli import _with_labels, load_split
+    from keras_dae.models import build_diverse_classifier
+    from keras_dae.zoo.presets import PRESETS
+
+    train = load_split(data, "fsd50k", "train")
+    val = _with_labels(load_split(data, "fsd50k", "val"), train.labels)
+    test = _with_labels(load_split(data, "fsd50k", "eval"), train.labels)
+    spec = PRESETS["diverse_fsd50k"]
+    keras.utils.set_random_seed(seed)
+    model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
+                                     tower=dict(spec["tower"]),
+                                     streams=timbre_streams(floor, spec["sample_rate"]))
+    config = training.TrainConfig(tower_epochs=epochs, fusion_epochs=0, batch_size=32,
+                                  seed=seed, feature_cache=str(cache / f"floor_{floor:g}"))
+    run = Path(tempfile.mkdtemp(prefix="contrast_floor_"))
+    try:
+        start = time.time()
+        training.Trainer(model, train, val, run, config, verbose=0).run()
+        seconds = time.time() - start
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    descriptors = [f for f in model.featurizer.streams["timbre"]
+                   if type(f).__name__ == "SpectralDescriptors"][0]
+    return {"floor": floor, "seed": seed, "epochs": epochs, "train_seconds": round(seconds),
+            "interpolate_rolloff": descriptors.interpolate_rolloff,
+            "val_map": training.evaluate(model, val)["streams"]["timbre"],
+            "eval_map": training.evaluate(model, test)["streams"]["timbre"]}
+
+
+def with_floor(model, floor: float, dft_mode: str):
+    """A copy of `model` whose spectral contrast is floored at `floor` and whose spectra use
+    `dft_mode` (YIN keeps its matrix product, as in float32 exports)."""
+    import keras
+
+    from keras_dae.export.export_ready import copy_weights, with_dft_mode
+
+    config = with_dft_mode(keras.saving.serialize_keras_object(model), dft_mode, "matmul")
+
+    def visit(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "SpectralDescriptors":
+                node["config"]["contrast_floor"] = floor
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    copy = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    copy_weights(model, copy)
+    return copy
+
+
+def parity(model_source: str, data: Path, floors) -> list[dict]:
+    """FFT vs matrix-product DFT, per floor, over every eval window."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export import eval_windows
+
+    from keras_dae import zoo
+
+    model = zoo.load(model_source)
+    descriptors = [f for fs in model.featurizer.streams.values() for f in fs
+                   if type(f).__name__ == "SpectralDescriptors"][0]
+    windows = eval_windows(data, "eval", model.sample_rate, model.class_names)[0]
+    rows = []
+    for floor in floors:
+        out = {mode: with_floor(model, floor, mode).predict(windows, batch_size=64, verbose=0)
+               for mode in ("fft", "matmul")}
+        keys = [k for k in out["fft"] if k != "embedding"]
+        per_window = np.max([np.max(np.abs(out["fft"][k] - out["matmul"][k]), axis=-1)
+                             for k in keys], axis=0)
+        rows.append({"floor": floor, "model": model_source,
+                     "trained_floor": descriptors.contrast_floor,
+                     "interpolate_rolloff": descriptors.interpolate_rolloff,
+                     "windows": int(len(windows)),
+                     "max_abs_diff": float(per_window.max()),
+                     "windows_over_1e-4": int((per_window > 1e-4).sum())})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def merge(results: dict, key: str, rows: list[dict], identity) -> None:
+    kept = {identity(r): r for r in results.get(key, [])}
+    kept.update({identity(r): r for r in rows})
+    results[key] = sorted(kept.values(), key=lambda r: tuple(str(v) for v in identity(r)))
+
+
+def table(results: dict) -> str:
+    import numpy as np
+
+    lines = ["| contrast floor | timbre eval mAP per seed | mean ± sd | val mean |",
+             "|---|---|---|---|"]
+    by_floor = {}
+    for r in results.get("accuracy", []):
+        by_floor.setdefault(r["floor"], []).append(r)
+    for floor in sorted(by_floor):
+        rows = sorted(by_floor[floor], key=lambda r: r["seed"])
+        ev = np.array([r["eval_map"] for r in rows])
+        va = np.array([r["val_map"] for r in rows])
+        seeds = ", ".join(f"{r['eval_map']:.3f}" for r in rows)
+        lines.append(f"| {floor:g} ({-20 * np.log10(floor):.0f} dB) | {seeds} | "
+                     f"{ev.mean():.3f} ± {ev.std(ddof=1) if len(ev) > 1 else 0:.3f} | "
+                     f"{va.mean():.3f} |")
+    if results.get("parity"):
+        lines += ["", "| model trained with floor, roll-off | run with floor | FFT vs "
+                  "matrix-product DFT, max abs diff | windows over 1e-4 |", "|---|---|---|---|"]
+        for r in sorted(results["parity"], key=lambda r: (r["trained_floor"],
+                                                          r["interpolate_rolloff"], r["floor"])):
+            rolloff = "interpolated" if r["interpolate_rolloff"] else "bin centre"
+            lines.append(f"| {r['trained_floor']:g}, {rolloff} | {r['floor']:g} | "
+                         f"{r['max_abs_diff']:.2g} | {r['windows_over_1e-4']} of {r['windows']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/sampled_fsd50k"))
+    parser.add_argument("--floors", default="1e-5,1e-4")
+    parser.add_argument("--seeds", default="0,1,2,3")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir())
+                        / "keras_dae_contrast_floor")
+    parser.add_argument("--parity", action="store_true", help="measure export parity instead")
+    parser.add_argument("--model", default="diverse_sampled15", help="model for --parity")
+    parser.add_argument("--table", action="store_true", help="print the results as tables")
+    args = parser.parse_args(argv)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.table:
+        print(table(results))
+        return 0
+    floors = [float(f) for f in args.floors.split(",")]
+    if args.parity:
+        merge(results, "parity", parity(args.model, args.data, floors),
+              lambda r: (r["trained_floor"], r["interpolate_rolloff"], r["floor"]))
+    else:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for floor in floors:
+                row = train_timbre(args.data, floor, seed, args.epochs, args.cache)
+                print(json.dumps(row), flush=True)
+                merge(results, "accuracy", [row], lambda r: (r["floor"], r["seed"], r["epochs"]))
+                RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
