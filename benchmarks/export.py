@@ -145,6 +145,7 @@ def run_benchmark(args) -> dict:
                 result = export.api.ExportResult(
                     path=out_dir / name, format=fmt, quantize=quantize,
                     dft_mode=export.DEFAULT_DFT_MODE[fmt],
+                    batch_size=export.api.DEFAULT_BATCH_SIZE[fmt],
                     size_bytes=export.api.artifact_size(out_dir / name), labels_path=None,
                     description_path=None, max_abs_diff={}, model_backend="tensorflow")
             else:
