@@ -19,7 +19,8 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
     - pitch: constant-Q spectrum in dB (84 bins from C1, 12 per octave) and YIN pitch
       (f0 and periodicity), both at a 256-sample hop (16 ms at 16 kHz);
     - timbre: 20 MFCCs (64 mel bands) and the spectral descriptors (centroid, bandwidth,
-      rolloff, flatness, contrast with `contrast_floor=1e-5`), at a 160-sample hop (10 ms);
+      roll-off interpolated inside its bin, flatness, contrast with `contrast_floor=1e-4`),
+      at a 160-sample hop (10 ms);
     - neuralogram: a window-embedding network's 64-d embeddings of 25 ms windows every 10 ms;
     - end_to_end: a learned, Gabor-initialised filterbank of 64 filters on 25 ms windows.
     """
@@ -31,13 +32,18 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
         ],
         "timbre": [
             layers.MFCC(sample_rate=sr, n_mfcc=20, n_mels=64, n_fft=512, hop_length=160),
-            # Contrast floored 100 dB below each frame's peak (the layer's default is 120):
-            # resampled audio has no energy in its top octave, whose valleys then sit at the
-            # DFT's rounding noise, which differs between runtimes (TFLite's RFFT vs Keras').
-            # At 80 dB exports agreed 8x closer, but the timbre stream lost 0.06 eval mAP
-            # (benchmarks/results/sampled_run_contrast_floor_1e-4.json).
+            # Contrast floored 80 dB below each frame's peak (the layer's default is 120):
+            # resampled audio has no energy in its top octave, and valleys near the DFT's
+            # float32 rounding noise differ between runtimes (TFLite's RFFT, ONNX's matrix
+            # product, Keras' FFT). The timbre stream trained alone showed no difference
+            # beyond seed noise between 100 and 80 dB: eval mAP 0.422 +- 0.036 and 0.436 +-
+            # 0.018, val 0.528 and 0.506 (4 seeds; benchmarks/results/contrast_floor.json).
+            # The roll-off is interpolated inside its bin: librosa's bin-centre roll-off jumps
+            # a whole bin (31 Hz) where float32 rounding tips the cumulative sum across the
+            # threshold. With both, the float32 TFLite file of the shipped model is within
+            # 3.6e-5 of it on every eval window (1.5e-4 before; benchmarks/results/export.json).
             layers.SpectralDescriptors(sample_rate=sr, n_fft=512, hop_length=160,
-                                       contrast_floor=1e-5),
+                                       contrast_floor=1e-4, interpolate_rolloff=True),
         ],
         "neuralogram": [layers.Neuralogram(sample_rate=sr, win_length=400, hop_length=160)],
         "end_to_end": [
