@@ -47,13 +47,21 @@ def timbre_streams(floor: float, sample_rate: int) -> dict:
     from keras_dae.models.featurizer import default_stream_frontends
 
     timbre = default_stream_frontends(sample_rate)["timbre"]
-    configs = []
+    frontends = []
     for layer in timbre:
         config = layer.get_config()
         if isinstance(layer, layers.SpectralDescriptors):
             config["contrast_floor"] = floor
-        configs.append(type(layer).from_config(config))
-    return {"timbre": configs}
+        frontends.append(type(layer).from_config(config))
+    return {"timbre": frontends}
+
+
+def spectral_descriptors(model):
+    """The model's (first) `SpectralDescriptors` front end."""
+    from keras_dae import layers
+
+    return next(f for fs in model.featurizer.streams.values() for f in fs
+                if isinstance(f, layers.SpectralDescriptors))
 
 
 def train_timbre(data: Path, floor: float, seed: int, epochs: int, cache: Path) -> dict:
@@ -82,8 +90,7 @@ def train_timbre(data: Path, floor: float, seed: int, epochs: int, cache: Path) 
         seconds = time.time() - start
     finally:
         shutil.rmtree(run, ignore_errors=True)
-    descriptors = [f for f in model.featurizer.streams["timbre"]
-                   if type(f).__name__ == "SpectralDescriptors"][0]
+    descriptors = spectral_descriptors(model)
     return {"floor": floor, "seed": seed, "epochs": epochs, "train_seconds": round(seconds),
             "interpolate_rolloff": descriptors.interpolate_rolloff,
             "val_map": training.evaluate(model, val)["streams"]["timbre"],
@@ -125,8 +132,7 @@ def parity(model_source: str, data: Path, floors) -> list[dict]:
     from keras_dae import zoo
 
     model = zoo.load(model_source)
-    descriptors = [f for fs in model.featurizer.streams.values() for f in fs
-                   if type(f).__name__ == "SpectralDescriptors"][0]
+    descriptors = spectral_descriptors(model)
     windows = eval_windows(data, "eval", model.sample_rate, model.class_names)[0]
     rows = []
     for floor in floors:
