@@ -30,30 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+sys.path.insert(0, str(Path(__file__).parent))
+import one_stream  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "contrast_floor.json"
-
-
-def timbre_streams(floor: float, sample_rate: int) -> dict:
-    """The default featurizer's timbre stream with the contrast floor at `floor`."""
-    from keras_dae import layers
-    from keras_dae.models.featurizer import default_stream_frontends
-
-    timbre = default_stream_frontends(sample_rate)["timbre"]
-    frontends = []
-    for layer in timbre:
-        config = layer.get_config()
-        if isinstance(layer, layers.SpectralDescriptors):
-            config["contrast_floor"] = floor
-        frontends.append(type(layer).from_config(config))
-    return {"timbre": frontends}
 
 
 def spectral_descriptors(model):
@@ -65,36 +51,13 @@ def spectral_descriptors(model):
 
 
 def train_timbre(data: Path, floor: float, seed: int, epochs: int, cache: Path) -> dict:
-    """Trains the timbre tower alone; returns its val and eval mAP."""
-    import keras
-
-    from keras_dae import training
-    from keras_dae.cli import _with_labels, load_split
-    from keras_dae.models import build_diverse_classifier
-    from keras_dae.zoo.presets import PRESETS
-
-    train = load_split(data, "fsd50k", "train")
-    val = _with_labels(load_split(data, "fsd50k", "val"), train.labels)
-    test = _with_labels(load_split(data, "fsd50k", "eval"), train.labels)
-    spec = PRESETS["diverse_fsd50k"]
-    keras.utils.set_random_seed(seed)
-    model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
-                                     tower=dict(spec["tower"]),
-                                     streams=timbre_streams(floor, spec["sample_rate"]))
-    config = training.TrainConfig(tower_epochs=epochs, fusion_epochs=0, batch_size=32,
-                                  seed=seed, feature_cache=str(cache / f"floor_{floor:g}"))
-    run = Path(tempfile.mkdtemp(prefix="contrast_floor_"))
-    try:
-        start = time.time()
-        training.Trainer(model, train, val, run, config, verbose=0).run()
-        seconds = time.time() - start
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
-    descriptors = spectral_descriptors(model)
-    return {"floor": floor, "seed": seed, "epochs": epochs, "train_seconds": round(seconds),
-            "interpolate_rolloff": descriptors.interpolate_rolloff,
-            "val_map": training.evaluate(model, val)["streams"]["timbre"],
-            "eval_map": training.evaluate(model, test)["streams"]["timbre"]}
+    """Trains the timbre tower alone with the contrast floor at `floor`; returns its val and
+    eval mAP."""
+    scores, model = one_stream.train_stream(
+        data, "timbre", {"SpectralDescriptors": {"contrast_floor": floor}}, seed, epochs,
+        cache / f"floor_{floor:g}")
+    return {"floor": floor, **scores,
+            "interpolate_rolloff": spectral_descriptors(model).interpolate_rolloff}
 
 
 def with_floor(model, floor: float, dft_mode: str):
@@ -102,31 +65,16 @@ def with_floor(model, floor: float, dft_mode: str):
     `dft_mode` (YIN keeps its matrix product, as in float32 exports)."""
     import keras
 
-    from keras_dae.export.export_ready import copy_weights, with_dft_mode
+    from keras_dae.export.export_ready import with_dft_mode
 
     config = with_dft_mode(keras.saving.serialize_keras_object(model), dft_mode, "matmul")
-
-    def visit(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "SpectralDescriptors":
-                node["config"]["contrast_floor"] = floor
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(config)
-    copy = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    copy_weights(model, copy)
-    return copy
+    return one_stream.with_frontend_config(
+        model, {"SpectralDescriptors": {"contrast_floor": floor}}, config)
 
 
 def parity(model_source: str, data: Path, floors) -> list[dict]:
     """FFT vs matrix-product DFT, per floor, over every eval window."""
     import numpy as np
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from export import eval_windows
 
     from keras_dae import zoo
@@ -151,12 +99,6 @@ def parity(model_source: str, data: Path, floors) -> list[dict]:
     return rows
 
 
-def merge(results: dict, key: str, rows: list[dict], identity) -> None:
-    kept = {identity(r): r for r in results.get(key, [])}
-    kept.update({identity(r): r for r in rows})
-    results[key] = sorted(kept.values(), key=lambda r: tuple(str(v) for v in identity(r)))
-
-
 def table(results: dict) -> str:
     import numpy as np
 
@@ -171,8 +113,7 @@ def table(results: dict) -> str:
         va = np.array([r["val_map"] for r in rows])
         seeds = ", ".join(f"{r['eval_map']:.3f}" for r in rows)
         lines.append(f"| {floor:g} ({-20 * np.log10(floor):.0f} dB) | {seeds} | "
-                     f"{ev.mean():.3f} ± {ev.std(ddof=1) if len(ev) > 1 else 0:.3f} | "
-                     f"{va.mean():.3f} |")
+                     f"{one_stream.mean_sd(ev)} | {va.mean():.3f} |")
     if results.get("parity"):
         lines += ["", "| model trained with floor, roll-off | run with floor | FFT vs "
                   "matrix-product DFT, max abs diff | windows over 1e-4 |", "|---|---|---|---|"]
@@ -202,14 +143,14 @@ def main(argv=None) -> int:
         return 0
     floors = [float(f) for f in args.floors.split(",")]
     if args.parity:
-        merge(results, "parity", parity(args.model, args.data, floors),
+        one_stream.merge(results, "parity", parity(args.model, args.data, floors),
               lambda r: (r["trained_floor"], r["interpolate_rolloff"], r["floor"]))
     else:
         for seed in (int(s) for s in args.seeds.split(",")):
             for floor in floors:
                 row = train_timbre(args.data, floor, seed, args.epochs, args.cache)
                 print(json.dumps(row), flush=True)
-                merge(results, "accuracy", [row], lambda r: (r["floor"], r["seed"], r["epochs"]))
+                one_stream.merge(results, "accuracy", [row], lambda r: (r["floor"], r["seed"], r["epochs"]))
                 RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

@@ -1,0 +1,106 @@
+"""Shared by the benchmarks that weigh one front-end setting: one stream trained alone.
+
+A setting that makes exports agree better with the Keras model (a floor, a narrower dB
+range) can cost accuracy. `train_stream` measures that cost: one stream of the default
+featurizer, with some of its front ends' config changed, trained from scratch with the
+preset's tower on the dataset's train split, its best-on-val epoch scored on val and eval
+(clip mAP). Seeds vary the initial weights and the batch order, and the spread over seeds is
+the noise a setting is compared against.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def stream_frontends(stream: str, sample_rate: int, changes: dict) -> list:
+    """The default featurizer's `stream` front ends, with `changes[class name]` (a dict of
+    config values) applied to the front ends of that class."""
+    from keras_dae.models.featurizer import default_stream_frontends
+
+    frontends = []
+    for layer in default_stream_frontends(sample_rate)[stream]:
+        config = layer.get_config()
+        config.update(changes.get(type(layer).__name__, {}))
+        frontends.append(type(layer).from_config(config))
+    return frontends
+
+
+def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
+                 cache: Path) -> tuple[dict, object]:
+    """Trains `stream` alone with `changes` (see `stream_frontends`); returns its scores
+    (`val_map`, `eval_map`, `train_seconds`) and the trained model. Features are cached
+    under `cache`, which must be specific to the changes."""
+    import keras
+
+    from keras_dae import training
+    from keras_dae.cli import _with_labels, load_split
+    from keras_dae.models import build_diverse_classifier
+    from keras_dae.zoo.presets import PRESETS
+
+    train = load_split(data, "fsd50k", "train")
+    val = _with_labels(load_split(data, "fsd50k", "val"), train.labels)
+    test = _with_labels(load_split(data, "fsd50k", "eval"), train.labels)
+    spec = PRESETS["diverse_fsd50k"]
+    keras.utils.set_random_seed(seed)
+    frontends = stream_frontends(stream, spec["sample_rate"], changes)
+    model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
+                                     tower=dict(spec["tower"]), streams={stream: frontends})
+    config = training.TrainConfig(tower_epochs=epochs, fusion_epochs=0, batch_size=32,
+                                  seed=seed, feature_cache=str(cache))
+    run = Path(tempfile.mkdtemp(prefix=f"{stream}_stream_"))
+    try:
+        start = time.time()
+        training.Trainer(model, train, val, run, config, verbose=0).run()
+        seconds = time.time() - start
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    scores = {"seed": seed, "epochs": epochs, "train_seconds": round(seconds),
+              "val_map": training.evaluate(model, val)["streams"][stream],
+              "eval_map": training.evaluate(model, test)["streams"][stream]}
+    return scores, model
+
+
+def with_frontend_config(model, changes: dict, config=None):
+    """A copy of `model`, with its weights, whose front ends of class `name` have the config
+    values `changes[name]`. `config` (default: the model's) is the serialized model to
+    change, for callers that changed it already."""
+    import keras
+
+    from keras_dae.export.export_ready import copy_weights
+
+    config = config if config is not None else keras.saving.serialize_keras_object(model)
+
+    def visit(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in changes:
+                node["config"].update(changes[node["class_name"]])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    copy = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    copy_weights(model, copy)
+    return copy
+
+
+def merge(results: dict, key: str, rows: list[dict], identity) -> None:
+    """Puts `rows` into `results[key]`, replacing rows with the same `identity(row)`."""
+    kept = {identity(r): r for r in results.get(key, [])}
+    kept.update({identity(r): r for r in rows})
+    results[key] = sorted(kept.values(), key=lambda r: tuple(str(v) for v in identity(r)))
+
+
+def mean_sd(values) -> str:
+    """`mean ± sd` (sample sd) to three decimals."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    sd = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.3f} ± {sd:.3f}"
