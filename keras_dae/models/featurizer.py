@@ -16,7 +16,7 @@ STREAMS = ("pitch", "timbre", "neuralogram", "end_to_end")
 def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
     """The paper's four streams, as lists of front ends whose outputs are concatenated.
 
-    - pitch: constant-Q spectrum in dB (84 bins from C1, 12 per octave) and YIN pitch
+    - pitch: constant-Q spectrum in dB, 60 dB deep (84 bins from C1, 12 per octave) and YIN pitch
       (f0 and periodicity), both at a 256-sample hop (16 ms at 16 kHz);
     - timbre: 20 MFCCs (64 mel bands) and the spectral descriptors (centroid, bandwidth,
       roll-off interpolated inside its bin, flatness, contrast with `contrast_floor=1e-4`),
@@ -27,7 +27,11 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
     sr = sample_rate
     return {
         "pitch": [
-            layers.ConstantQTransform(sample_rate=sr, hop_length=256, to_db=True),
+            # dB range 60 (the layer's default is librosa's 80): the quietest constant-Q bins
+            # are sums of large, cancelling products whose float32 rounding differs between
+            # runtimes (0.056 dB between onnxruntime and TensorFlow at 80 dB, 0.012 dB at 60);
+            # benchmarks/results/cqt_range.json weighs this against the pitch stream's mAP.
+            layers.ConstantQTransform(sample_rate=sr, hop_length=256, to_db=True, top_db=60.0),
             layers.PitchTracker(sample_rate=sr, frame_length=1024, hop_length=256),
         ],
         "timbre": [
