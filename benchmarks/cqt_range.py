@@ -109,7 +109,7 @@ def table(results: dict) -> str:
         for r in sorted(results["parity"], key=lambda r: (-r["trained_top_db"], -r["top_db"],
                                                           r["format"])):
             lines.append(f"| {r['trained_top_db']:g} dB | {r['top_db']:g} dB | {r['format']} | "
-                         f"{r['max_abs_diff']:.2g} | {r['windows_over_1e-4']} of "
+                         f"{r['max_abs_diff']:.1e} | {r['windows_over_1e-4']} of "
                          f"{r['windows']} |")
     return "\n".join(lines)
 
