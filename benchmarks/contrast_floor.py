@@ -27,11 +27,9 @@ Results are merged into benchmarks/results/contrast_floor.json (`--table` prints
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -126,35 +124,11 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/tmp/sampled_fsd50k"))
-    parser.add_argument("--floors", default="1e-5,1e-4")
-    parser.add_argument("--seeds", default="0,1,2,3")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir())
-                        / "keras_dae_contrast_floor")
-    parser.add_argument("--parity", action="store_true", help="measure export parity instead")
-    parser.add_argument("--model", default="diverse_sampled15", help="model for --parity")
-    parser.add_argument("--table", action="store_true", help="print the results as tables")
-    args = parser.parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if args.table:
-        print(table(results))
-        return 0
-    floors = [float(f) for f in args.floors.split(",")]
-    if args.parity:
-        one_stream.merge(results, "parity", parity(args.model, args.data, floors),
-              lambda r: (r["trained_floor"], r["interpolate_rolloff"], r["floor"]))
-    else:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for floor in floors:
-                row = train_timbre(args.data, floor, seed, args.epochs, args.cache)
-                print(json.dumps(row), flush=True)
-                one_stream.merge(results, "accuracy", [row], lambda r: (r["floor"], r["seed"], r["epochs"]))
-                RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    return 0
+    args = one_stream.parser(__doc__.split("\n")[0], "--floors", "1e-5,1e-4", "comma-separated contrast floors",
+                             "keras_dae_contrast_floor").parse_args(argv)
+    return one_stream.run(args, RESULTS, train_timbre, parity, table,
+                          accuracy_id=lambda r: (r["floor"], r["seed"], r["epochs"]),
+                          parity_id=lambda r: (r["trained_floor"], r["interpolate_rolloff"], r["floor"]))
 
 
 if __name__ == "__main__":

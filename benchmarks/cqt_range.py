@@ -25,7 +25,6 @@ Results are merged into benchmarks/results/cqt_range.json (`--table` prints them
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -115,36 +114,11 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/tmp/sampled_fsd50k"))
-    parser.add_argument("--top-db", default="80,60", help="comma-separated dB ranges")
-    parser.add_argument("--seeds", default="0,1,2,3")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir())
-                        / "keras_dae_cqt_range")
-    parser.add_argument("--parity", action="store_true", help="measure export parity instead")
-    parser.add_argument("--model", default="diverse_sampled15", help="model for --parity")
-    parser.add_argument("--table", action="store_true", help="print the results as tables")
-    args = parser.parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if args.table:
-        print(table(results))
-        return 0
-    ranges = [float(r) for r in args.top_db.split(",")]
-    if args.parity:
-        one_stream.merge(results, "parity", parity(args.model, args.data, ranges),
-                         lambda r: (r["model"], r["trained_top_db"], r["top_db"], r["format"]))
-    else:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for top_db in ranges:
-                row = train_pitch(args.data, top_db, seed, args.epochs, args.cache)
-                print(json.dumps(row), flush=True)
-                one_stream.merge(results, "accuracy", [row],
-                                 lambda r: (r["top_db"], r["seed"], r["epochs"]))
-                RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    return 0
+    args = one_stream.parser(__doc__.split("\n")[0], "--top-db", "80,60", "comma-separated dB ranges",
+                             "keras_dae_cqt_range").parse_args(argv)
+    return one_stream.run(args, RESULTS, train_pitch, parity, table,
+                          accuracy_id=lambda r: (r["top_db"], r["seed"], r["epochs"]),
+                          parity_id=lambda r: (r["model"], r["trained_top_db"], r["top_db"], r["format"]))
 
 
 if __name__ == "__main__":

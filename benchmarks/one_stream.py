@@ -10,6 +10,8 @@ the noise a setting is compared against.
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -104,3 +106,40 @@ def mean_sd(values) -> str:
     values = np.asarray(values, dtype=float)
     sd = values.std(ddof=1) if len(values) > 1 else 0.0
     return f"{values.mean():.3f} ± {sd:.3f}"
+
+
+def parser(description: str, settings_flag: str, default_settings: str, settings_help: str,
+           cache_name: str) -> argparse.ArgumentParser:
+    """The command line these benchmarks share; `settings_flag` names the setting's values."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/sampled_fsd50k"))
+    parser.add_argument(settings_flag, dest="settings", default=default_settings,
+                        help=settings_help)
+    parser.add_argument("--seeds", default="0,1,2,3")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / cache_name)
+    parser.add_argument("--parity", action="store_true", help="measure export parity instead")
+    parser.add_argument("--model", default="diverse_sampled15", help="model for --parity")
+    parser.add_argument("--table", action="store_true", help="print the results as tables")
+    return parser
+
+
+def run(args, results_path: Path, train, parity, table, accuracy_id, parity_id) -> int:
+    """Trains (`train(data, setting, seed, epochs, cache)`, one row per setting and seed) or
+    measures parity (`parity(model, data, settings)`, rows); merges the rows into
+    `results_path` by `accuracy_id` / `parity_id`, and prints `table(results)`."""
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if not args.table:
+        settings = [float(v) for v in args.settings.split(",")]
+        if args.parity:
+            merge(results, "parity", parity(args.model, args.data, settings), parity_id)
+        else:
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for setting in settings:
+                    row = train(args.data, setting, seed, args.epochs, args.cache)
+                    print(json.dumps(row), flush=True)
+                    merge(results, "accuracy", [row], accuracy_id)
+                    results_path.write_text(json.dumps(results, indent=2) + "\n")
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    return 0
