@@ -44,8 +44,7 @@ def spectral_descriptors(model):
     """The model's (first) `SpectralDescriptors` front end."""
     from keras_dae import layers
 
-    return next(f for fs in model.featurizer.streams.values() for f in fs
-                if isinstance(f, layers.SpectralDescriptors))
+    return one_stream.frontend_of(model, layers.SpectralDescriptors)
 
 
 def train_timbre(data: Path, floor: float, seed: int, epochs: int, cache: Path) -> dict:

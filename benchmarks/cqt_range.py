@@ -44,8 +44,7 @@ def constant_q(model):
     """The model's (first) `ConstantQTransform` front end."""
     from keras_dae import layers
 
-    return next(f for fs in model.featurizer.streams.values() for f in fs
-                if isinstance(f, layers.ConstantQTransform))
+    return one_stream.frontend_of(model, layers.ConstantQTransform)
 
 
 def train_pitch(data: Path, top_db: float, seed: int, epochs: int, cache: Path) -> dict:

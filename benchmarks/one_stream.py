@@ -18,6 +18,12 @@ import time
 from pathlib import Path
 
 
+def frontend_of(model, layer_class):
+    """The model's first front end that is a `layer_class`."""
+    return next(f for fs in model.featurizer.streams.values() for f in fs
+                if isinstance(f, layer_class))
+
+
 def stream_frontends(stream: str, sample_rate: int, changes: dict) -> list:
     """The default featurizer's `stream` front ends, with `changes[class name]` (a dict of
     config values) applied to the front ends of that class."""
