@@ -29,7 +29,7 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
         "pitch": [
             # dB range 60 (the layer's default is librosa's 80): the quietest constant-Q bins
             # are sums of large, cancelling products whose float32 rounding differs between
-            # runtimes (0.056 dB between onnxruntime and TensorFlow at 80 dB, 0.012 dB at 60).
+            # runtimes (0.056 dB between onnxruntime and TensorFlow at 80 dB, 0.011 dB at 60).
             # The shipped model's ONNX file is within 3.7e-5 of it at 60 dB, 1.9e-4 at 80. It
             # costs the pitch stream trained alone 0.038 eval mAP (0.380 +- 0.022 against
             # 0.418 +- 0.011, 4 seeds), not the fused model (benchmarks/results/cqt_range.json).
