@@ -15,14 +15,19 @@ The front ends' forward throughput is the featurizer alone (all four streams, no
 in audio-seconds per second, i.e. multiples of real time.
 
 Compilation is each backend's default in `fit` (`jit_compile="auto"`): XLA on JAX and
-TensorFlow, eager on PyTorch. Each backend runs in its own process (Keras fixes its backend at
+TensorFlow, eager on PyTorch; `--jit-compile true` asks for it everywhere (torch.compile on
+PyTorch), and its rows are labelled so. Each backend runs in its own process (Keras fixes its backend at
 import). Steps are timed after two warm-up steps (compilation), as the median over at least
 `--min-steps` steps and `--min-seconds` seconds, with `OMP_WAIT_POLICY=PASSIVE` (see
 `run_backend`). The FSD50K epoch time is projected from the
 whole model's throughput: about 300,000 1 s chunks (train split, 0.5 s hop) divided by
 chunks per second, with no data loading counted; it is a projection, not a measurement.
 Results go to `benchmarks/results/train_throughput.json` (`--out`), keyed by device, so a GPU
-run adds its rows beside the CPU's.
+run adds its rows beside the CPU's. The file is rewritten after each backend, and
+`--worker-timeout` bounds each backend's time, keeping the rows measured by then (for a lent
+GPU machine's time limits); a backend that fails or runs out of time is named under
+"failed". The GPU rows in the file come from three calls on one H200 (each row names its
+command): the whole run, the one row its JAX worker had no time left for, and torch.compile.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ def check_device(backend: str, device: str) -> None:
 
 
 def worker(args) -> None:
-    """Measures the backend in KERAS_BACKEND; prints one JSON line of rows."""
+    """Measures the backend in KERAS_BACKEND; prints each row as a JSON line."""
     import keras
 
     from keras_dae import scale
@@ -126,13 +131,16 @@ def worker(args) -> None:
     spec = PRESETS["diverse_fsd50k"]
     n_classes = spec["num_classes"]
     x, y = make_batch(args.batch_size, n_classes)
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     rows = []
 
     def record(what, precision, seconds, steps, **extra):
         row = {"device": args.device, "card": card, "backend": backend, "precision": precision,
                "what": what, "batch_size": args.batch_size, "step_ms": 1000 * seconds,
+               "jit_compile": args.jit_compile,
                "timed_steps": steps, "chunks_per_s": args.batch_size / seconds, **extra}
         rows.append(row)
+        print(json.dumps(row), flush=True)  # one line per row: a stopped worker keeps them
         print(f"{backend:<10} {precision:<8} {what:<22} {row['chunks_per_s']:9.1f} chunks/s "
               f"({1000 * seconds:.0f} ms/step)", file=sys.stderr, flush=True)
 
@@ -143,13 +151,14 @@ def worker(args) -> None:
         waveform = keras.Input((SR,), name="waveform")
         # Front ends alone, forward: multiples of real time.
         featurizer = keras.Model(waveform, model.featurizer(waveform))
-        featurizer.compile(jit_compile="auto")
+        featurizer.compile(jit_compile=jit)
         seconds, steps = timed(lambda f=featurizer: f.predict_on_batch(x), args.min_steps,
                                args.min_seconds)
         record("front ends (forward)", precision, seconds, steps,
                x_real_time=args.batch_size / seconds)
         targets = ["fused", *STREAMS] if "whole" in args.parts else []
-        parts = [s for s in STREAMS if s in args.parts] + (["whole model"] if targets else [])
+        # The whole model first: a run stopped by --worker-timeout keeps the row that matters.
+        parts = (["whole model"] if targets else []) + [s for s in STREAMS if s in args.parts]
         for part in parts:
             if part == "whole model":
                 net, names = model, ["fused", *STREAMS]
@@ -161,7 +170,7 @@ def worker(args) -> None:
                     waveform, part), name=f"{part}_frontends")
                 out = model.stream_heads[part](model.backbone.towers[part](frontends(waveform)))
                 net, names, weights = keras.Model(waveform, {part: out}), [part], None
-            net.compile(optimizer=keras.optimizers.Adam(1e-3),
+            net.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit,
                         loss={n: "binary_crossentropy" for n in names}, loss_weights=weights)
             batch_y = {n: y for n in names}
             seconds, steps = timed(lambda net=net, t=batch_y: net.train_on_batch(x, t),
@@ -170,7 +179,6 @@ def worker(args) -> None:
             if part == "whole model":
                 extra["projected_fsd50k_epoch_s"] = FSD50K_TRAIN_CHUNKS * seconds / args.batch_size
             record(part, precision, seconds, steps, **extra)
-    print(json.dumps(rows))
 
 
 def run_backend(backend: str, args) -> list[dict]:
@@ -182,15 +190,25 @@ def run_backend(backend: str, args) -> list[dict]:
         env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     command = [sys.executable, __file__, "--worker", "--device", args.device,
                "--batch-size", str(args.batch_size), "--precisions", args.precisions,
+               "--jit-compile", args.jit_compile,
                "--parts", args.parts, "--min-steps", str(args.min_steps),
                "--min-seconds", str(args.min_seconds)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stderr.splitlines() if "chunks/s" in line]
-    print("\n".join(lines), flush=True)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise RuntimeError(f"benchmark worker for {backend} failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=args.worker_timeout)
+        stdout, stderr, failure = proc.stdout, proc.stderr, proc.returncode and (
+            f"exit {proc.returncode}")
+    except subprocess.TimeoutExpired as stopped:
+        def text(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        stdout, stderr = text(stopped.stdout), text(stopped.stderr)
+        failure = f"stopped after --worker-timeout {args.worker_timeout:g} s"
+    print("\n".join(line for line in stderr.splitlines() if "chunks/s" in line), flush=True)
+    rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    if failure:
+        sys.stderr.write(stderr[-4000:])
+        raise RuntimeError(f"benchmark worker for {backend}: {failure}", rows)
+    return rows
 
 
 def installed_backends() -> list[str]:
@@ -209,6 +227,10 @@ def main() -> None:
                         help="chunks per step (default 32 on CPU, 256 on GPU)")
     parser.add_argument("--min-steps", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=5.0)
+    parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
+                        help="Keras' jit_compile; 'true' on PyTorch is torch.compile")
+    parser.add_argument("--worker-timeout", type=float, default=None,
+                        help="seconds each backend may take; rows measured by then are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print README's table and exit")
     args = parser.parse_args()
@@ -220,22 +242,33 @@ def main() -> None:
         return print(markdown_table(json.loads(args.out.read_text())))
     started = time.time()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    rows = [row for backend in args.backends.split(",") for row in run_backend(backend, args)]
+    backends = args.backends.split(",")
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
-    result["runs"][args.device] = {
+    run = result["runs"][args.device] = {
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "minutes": (time.time() - started) / 60,
-        "versions": versions(args.backends.split(",")),
-        "rows": rows,
+        "versions": versions(backends),
+        "rows": [],
+        "failed": {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    # Written after each backend, so a run stopped part-way (a time limit on a lent GPU
+    # machine) keeps what it measured; a backend that fails is named and the others go on.
+    for backend in backends:
+        try:
+            run["rows"] += run_backend(backend, args)
+        except RuntimeError as error:  # keep the rows it measured before it stopped
+            run["failed"][backend], rows = error.args
+            run["rows"] += rows
+        run["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        run["minutes"] = (time.time() - started) / 60
+        args.out.write_text(json.dumps(result, indent=1))
     print(markdown_table(result))
     print(f"wrote {args.out}")
+    if run["failed"]:
+        raise SystemExit(f"failed: {', '.join(run['failed'])}")
 
 
 def versions(backends) -> dict:
@@ -250,6 +283,15 @@ def versions(backends) -> dict:
     return out
 
 
+def backend_label(row: dict) -> str:
+    """The backend, and how it compiled where that is not its default."""
+    jit = row.get("jit_compile", "auto")
+    if jit == "auto":
+        return row["backend"]
+    return row["backend"] + (" (torch.compile)" if row["backend"] == "torch" and jit == "true"
+                             else f" (jit_compile={jit})")
+
+
 def markdown_table(result: dict) -> str:
     """One row per device, backend and precision: chunks/s of each stream alone and of the
     whole model, the front ends' multiple of real time, and the projected FSD50K epoch."""
@@ -259,12 +301,12 @@ def markdown_table(result: dict) -> str:
     for run in result["runs"].values():
         keys = []
         for row in run["rows"]:
-            key = (row["card"], row["backend"], row["precision"], row["batch_size"])
+            key = (row["card"], backend_label(row), row["precision"], row["batch_size"])
             if key not in keys:
                 keys.append(key)
         for card, backend, precision, batch in keys:
             sel = {r["what"]: r for r in run["rows"]
-                   if (r["card"], r["backend"], r["precision"], r["batch_size"]) ==
+                   if (r["card"], backend_label(r), r["precision"], r["batch_size"]) ==
                    (card, backend, precision, batch)}
 
             def cell(what, sel=sel):
