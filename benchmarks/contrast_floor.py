@@ -123,11 +123,13 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = one_stream.parser(__doc__.split("\n")[0], "--floors", "1e-5,1e-4", "comma-separated contrast floors",
+    args = one_stream.parser(__doc__.split("\n")[0], "--floors", "1e-5,1e-4",
+                             "comma-separated contrast floors",
                              "keras_dae_contrast_floor").parse_args(argv)
-    return one_stream.run(args, RESULTS, train_timbre, parity, table,
-                          accuracy_id=lambda r: (r["floor"], r["seed"], r["epochs"]),
-                          parity_id=lambda r: (r["trained_floor"], r["interpolate_rolloff"], r["floor"]))
+    return one_stream.run(
+        args, RESULTS, train_timbre, parity, table,
+        accuracy_id=lambda r: (r["floor"], r["seed"], r["epochs"]),
+        parity_id=lambda r: (r["trained_floor"], r["interpolate_rolloff"], r["floor"]))
 
 
 if __name__ == "__main__":

@@ -149,11 +149,12 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = one_stream.parser(__doc__.split("\n")[0], "--top-db", "80,60", "comma-separated dB ranges",
-                             "keras_dae_cqt_range").parse_args(argv)
-    return one_stream.run(args, RESULTS, train_pitch, parity, table,
-                          accuracy_id=lambda r: (r["top_db"], r["seed"], r["epochs"]),
-                          parity_id=lambda r: (r["model"], r["trained_top_db"], r["top_db"], r["format"]))
+    args = one_stream.parser(__doc__.split("\n")[0], "--top-db", "80,60",
+                             "comma-separated dB ranges", "keras_dae_cqt_range").parse_args(argv)
+    return one_stream.run(
+        args, RESULTS, train_pitch, parity, table,
+        accuracy_id=lambda r: (r["top_db"], r["seed"], r["epochs"]),
+        parity_id=lambda r: (r["model"], r["trained_top_db"], r["top_db"], r["format"]))
 
 
 if __name__ == "__main__":

@@ -139,13 +139,13 @@ def run(args, results_path: Path, train, parity, table, accuracy_id, parity_id) 
         settings = [float(v) for v in args.settings.split(",")]
         if args.parity:
             merge(results, "parity", parity(args.model, args.data, settings), parity_id)
-        else:
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+        else:  # written after every row, so a stopped run keeps the rows it trained
             for seed in (int(s) for s in args.seeds.split(",")):
                 for setting in settings:
                     row = train(args.data, setting, seed, args.epochs, args.cache)
                     print(json.dumps(row), flush=True)
                     merge(results, "accuracy", [row], accuracy_id)
                     results_path.write_text(json.dumps(results, indent=2) + "\n")
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0

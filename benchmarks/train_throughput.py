@@ -17,10 +17,9 @@ in audio-seconds per second, i.e. multiples of real time.
 Compilation is each backend's default in `fit` (`jit_compile="auto"`): XLA on JAX and
 TensorFlow, eager on PyTorch; `--jit-compile true` asks for it everywhere (torch.compile on
 PyTorch), and its rows are labelled so. Each backend runs in its own process (Keras fixes its
-backend at import). Steps are timed after two warm-up steps (compilation), as the median over at least
-`--min-steps` steps and `--min-seconds` seconds, with `OMP_WAIT_POLICY=PASSIVE` (see
-`run_backend`). The FSD50K epoch time is projected from the
-whole model's throughput: about 300,000 1 s chunks (train split, 0.5 s hop) divided by
+backend at import). Steps are timed after two warm-up steps (compilation), as the median over
+at least `--min-steps` steps and `--min-seconds` seconds, with `OMP_WAIT_POLICY=PASSIVE` (see
+`run_backend`). The FSD50K epoch time is projected from the whole model's throughput: about 300,000 1 s chunks (train split, 0.5 s hop) divided by
 chunks per second, with no data loading counted; it is a projection, not a measurement.
 Results go to `benchmarks/results/train_throughput.json` (`--out`), keyed by device, so a GPU
 run adds its rows beside the CPU's. The file is rewritten after each backend, and
