@@ -8,8 +8,10 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import tracemalloc
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -242,6 +244,141 @@ def test_folder_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"targets must have shape"):
         ClipDataset(dataset.paths, dataset.targets[:, :1], dataset.labels, dataset.mids,
                     dataset.clip_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed metadata and entries: one short line naming the file and the line
+
+GT = "FSD50K.ground_truth"
+DEV_HEADER = b"fname,labels,mids,split\n"
+GOOD_ROW = b"1001,Speech,/m/09x0r,train\n"
+METADATA = "FSD50K.metadata/dev_clips_info_FSD50K.json"
+
+
+def short_error(call, *args) -> str:
+    with pytest.raises(ValueError) as error:
+        call(*args)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("relative", "content", "line"),
+    [
+        (f"{GT}/vocabulary.csv", b"0,Speech,/m/09x0r\n1,Caf\xe9,/m/07cx4\n", 2),
+        (f"{GT}/vocabulary.csv", b'0,"Speech"x,/m/09x0r\n', 1),
+        (f"{GT}/vocabulary.csv", b"0,Speech,/m/09x0r\n1,Tele\x00phone,/m/07cx4\n", 2),
+        (f"{GT}/dev.csv", DEV_HEADER + GOOD_ROW + b"1002,Sp\xffeech,/m/09x0r,train\n", 3),
+        # An unclosed quote swallows the rest of the file: the error must not echo it.
+        (f"{GT}/dev.csv", DEV_HEADER + GOOD_ROW + b'1002,"Speech,/m/09x0r,train\n'
+         + GOOD_ROW * 5000, 3),
+        (METADATA, b'{"1001": {"uploader": "a"},\n "1002": {"uploader": }\n}', 2),
+        (METADATA, b'{"1001": {"uploader": "\xe9"}}', 1),
+        (METADATA, b"[1, 2]", 1),
+        ("clips.csv", b"path,labels\na.wav,dog\nb\xff.wav,cat\n", 3),
+        ("clips.csv", b'path,labels\na.wav,"dog\n' + b"x" * 200_000, 2),
+    ],
+    ids=["vocabulary-utf8", "vocabulary-quote", "vocabulary-nul", "dev-utf8", "dev-unclosed",
+         "metadata-json", "metadata-utf8", "metadata-array", "csv-utf8", "csv-unclosed"],
+)
+def test_malformed_text_inputs_name_the_file_and_line(fsd, tmp_path, relative, content, line):
+    root = tmp_path / "fsd"
+    shutil.copytree(fsd, root)
+    path = root / relative
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    if relative == "clips.csv":
+        message = short_error(read_csv_dataset, path)
+    else:
+        message = short_error(read_fsd50k, root, "train")
+    assert message.startswith(f"{path}, line {line}: "), message
+
+
+@pytest.mark.parametrize("fname", ["../1001", "/tmp/1001", "..", "sub\\1001", "1,2"])
+def test_entries_leading_outside_the_dataset_are_refused(fsd, tmp_path, fname):
+    root = tmp_path / "fsd"
+    shutil.copytree(fsd, root)
+    dev = root / GT / "dev.csv"
+    with dev.open("a", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerow([fname, "Speech", "/m/09x0r", "val"])
+    n = len(dev.read_text().splitlines())
+    message = short_error(read_fsd50k, root, "val")
+    assert message.startswith(f"{dev}, line {n}: bad fname"), message
+    # The writer refuses the same names, with the same check.
+    message = short_error(write_fsd50k_layout, tmp_path / "w", [row(fname, ["Speech"], "val")],
+                          [], VOCABULARY)
+    assert message.startswith("dev_rows[0]: bad fname"), message
+
+
+def test_folder_links_outside_the_root_are_left_out_and_reported(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(DATA_DIR / "camera_shutter.oga", outside / "shutter.oga")
+    root = tmp_path / "folders"
+    (root / "dog").mkdir(parents=True)
+    shutil.copy(DATA_DIR / "camera_shutter.oga", root / "dog" / "inside.oga")
+    (root / "dog" / "alias.oga").symlink_to("inside.oga")  # stays inside: kept
+    (root / "dog" / "escape.oga").symlink_to(outside / "shutter.oga")
+    (root / "dog" / "up.oga").symlink_to("../../elsewhere/shutter.oga")
+    (root / "cat").symlink_to(outside)  # a class folder that is a link to outside
+    with pytest.warns(UserWarning) as caught:
+        dataset = read_folder_dataset(root)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "3 files link to outside" in messages and "dog/escape.oga" in messages
+    assert "cat/shutter.oga" in messages and "dog/up.oga" in messages
+    assert dataset.clip_ids == ["dog/alias", "dog/inside"]
+    allowed = read_folder_dataset(root, allow_links_outside=True)
+    assert allowed.clip_ids == ["cat/shutter", "dog/alias", "dog/escape", "dog/inside", "dog/up"]
+
+
+def test_repeated_rows_and_contradicting_mids_are_reported(fsd, tmp_path):
+    shutil.copy(DATA_DIR / "camera_shutter.oga", tmp_path / "a.oga")
+    shutil.copy(DATA_DIR / "phone_incoming_call.oga", tmp_path / "b.oga")
+    (tmp_path / "clips.csv").write_text(
+        "path,labels\na.oga,camera\nb.oga,phone\n./a.oga,camera\na.oga,phone\n"
+    )
+    with pytest.warns(UserWarning, match=r"clips.csv: 2 rows repeating an earlier row's path "
+                                         r"were left out \(first: line 4 repeats line 2"):
+        dataset = read_csv_dataset(tmp_path / "clips.csv")
+    assert dataset.clip_ids == ["a.oga", "b.oga"]
+    assert dataset.targets.tolist() == [[1, 0], [0, 1]]
+
+    root = tmp_path / "fsd"
+    shutil.copytree(fsd, root)
+    dev = root / GT / "dev.csv"
+    text = dev.read_text()
+    # 1004 (val, line 8) carries Camera's mid for Speech; 1005 (line 9) has its mids reordered.
+    text = text.replace('1004,"Speech,Human_voice","/m/09x0r,', '1004,"Speech,Human_voice","/m/0dv5r,')
+    text = text.replace('"/m/0dv5r,/t/dd00077",val', '"/t/dd00077,/m/0dv5r",val')
+    dev.write_text(text)
+    with pytest.warns(UserWarning, match=r"dev.csv: 1 row whose mids contradict .*vocabulary.csv "
+                                         r"for their labels \(first: line 8, fname 1004\)"):
+        val = read_fsd50k(root, "val")
+    assert val.clip_ids == ["1004", "1005"] and val.clip_labels(0) == ["Speech", "Human_voice"]
+    dev.write_text(text + "1001,Speech,/m/09x0r,val\n")  # 1001 is a train clip already
+    message = short_error(read_fsd50k, root, "val")
+    assert message == f"{dev}, line 10: fname 1001 appears twice (first on line 2)"
+
+
+def test_entries_that_are_not_regular_files_are_counted_in_the_skip_summary(tmp_path):
+    folder = tmp_path / "folders" / "dog"
+    folder.mkdir(parents=True)
+    shutil.copy(DATA_DIR / "camera_shutter.oga", folder / "good.oga")
+    os.mkfifo(folder / "fifo.wav")
+    (folder / "broken.wav").symlink_to("nowhere.wav")
+    (folder / "loop_a.wav").symlink_to("loop_b.wav")
+    (folder / "loop_b.wav").symlink_to("loop_a.wav")
+    (folder / "notes.txt").symlink_to("nowhere.txt")  # not audio: not a clip
+    dataset = read_folder_dataset(tmp_path / "folders")
+    assert dataset.clip_ids == ["dog/broken", "dog/fifo", "dog/good", "dog/loop_a", "dog/loop_b"]
+    loader = ChunkLoader(dataset, SR, batch_size=2, shuffle=False)
+    assert sorted(Path(p).name for p in loader.skipped) == [
+        "broken.wav", "fifo.wav", "loop_a.wav", "loop_b.wav"]
+    summary = loader.skip_summary()
+    assert summary.startswith("skipped 4 of 5 files: ")
+    for kind in ("2 unreadable", "1 missing", "1 not a regular file"):
+        assert kind in summary, summary
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,17 +4,26 @@ Every reader returns a `ClipDataset`: audio paths, a `(n_clips, n_classes)` floa
 target matrix, the class vocabulary (`labels`, with AudioSet `mids` where known) and one id
 per clip. Nothing is decoded here; files named by the metadata that do not exist are left out
 of the dataset, listed in `dataset.missing` and reported with a warning. Paths that exist but
-are not audio (a directory, a FIFO, a broken file) are kept: the loader and the evaluation
-report, count and skip them with the reason.
+are not audio (a directory, a FIFO, a broken file) are kept, and so are a class folder's
+entries with an audio extension that are not regular files (FIFOs, broken or looping links):
+the loader and the evaluation report, count and skip them with the reason.
+
+Text inputs (CSVs, the vocabulary, metadata JSON) that are not valid UTF-8, CSV or JSON raise
+`ValueError` naming the file and the line; no error message echoes more than a short excerpt
+of a file. Entries that would lead outside the dataset's directory are refused: an FSD50K
+`fname` must be a plain file name (as `write_fsd50k_layout` requires), and a class folder's
+links to files outside its root are left out with a warning.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +52,60 @@ _DEV_AUDIO = "FSD50K.dev_audio"
 _EVAL_AUDIO = "FSD50K.eval_audio"
 _GROUND_TRUTH = "FSD50K.ground_truth"
 _METADATA = "FSD50K.metadata"
+
+
+def _shown(value, limit: int = 60) -> str:
+    """`repr(value)`, cut to about `limit` characters: errors never echo much of a file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _read_text(path: Path, what: str, encoding: str = "utf-8") -> str:
+    """The text of `path`; not valid UTF-8, or a NUL byte (a binary file), raises `ValueError`
+    naming the file and line."""
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ValueError(f"{path}, line {line}: {what} is not text (it holds a NUL byte)")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: {what} is not valid UTF-8 (byte 0x{data[error.start]:02x})"
+        ) from None
+
+
+def _csv_records(path: Path, reader) -> Iterator[tuple[int, object]]:
+    """`(line, record)` of each record of a `csv.reader` or `csv.DictReader`, `line` being
+    where the record starts; malformed CSV raises `ValueError` naming the file and line."""
+    lines = reader.reader if isinstance(reader, csv.DictReader) else reader
+    while True:
+        line = lines.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(f"{path}, line {line}: not valid CSV ({error})") from None
+        yield line, record
+
+
+def _read_csv(path: Path, what: str, encoding: str = "utf-8") -> Iterator[tuple[int, list[str]]]:
+    """`(line, fields)` of each record of a CSV file (strict quoting)."""
+    text = _read_text(path, what, encoding)
+    return _csv_records(path, csv.reader(io.StringIO(text, newline=""), strict=True))
+
+
+def _check_fname(fname: str, where: str) -> None:
+    """An FSD50K `fname` is a plain file name: no path separator (it would lead outside the
+    audio folder: `../x`, `/abs/x`), no comma, not `.` or `..`."""
+    if (not fname or fname in (".", "..")
+            or any(c in fname for c in ("/", "\\", ",", "\0"))):
+        raise ValueError(
+            f"{where}: bad fname {_shown(fname)} (a plain file name: no '/', '\\' or ',')"
+        )
 
 
 @dataclass
@@ -152,24 +215,22 @@ def read_fsd50k_vocabulary(path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FSD50K vocabulary file not found")
     rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) != 3:
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: expected 3 fields index,label,mid, "
-                    f"got {len(row)}: {row}"
-                )
-            try:
-                index = int(row[0])
-            except ValueError:
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: index {row[0]!r} is not an integer "
-                    "(vocabulary.csv has no header row)"
-                ) from None
-            rows.append((index, row[1].strip(), row[2].strip()))
+    for line, row in _read_csv(path, "the vocabulary"):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 3:
+            raise ValueError(
+                f"{path}, line {line}: expected 3 fields index,label,mid, "
+                f"got {len(row)}: {_shown(row)}"
+            )
+        try:
+            index = int(row[0])
+        except ValueError:
+            raise ValueError(
+                f"{path}, line {line}: index {_shown(row[0])} is not an integer "
+                "(vocabulary.csv has no header row)"
+            ) from None
+        rows.append((index, row[1].strip(), row[2].strip()))
     if not rows:
         raise ValueError(f"{path}: vocabulary is empty")
     rows.sort()
@@ -185,8 +246,15 @@ def read_fsd50k_vocabulary(path) -> tuple[list[str], list[str]]:
 def _read_uploaders(path: Path) -> dict[str, str] | None:
     if not path.is_file():
         return None
-    with path.open(encoding="utf-8") as f:
-        info = json.load(f)
+    try:
+        info = json.loads(_read_text(path, "clip metadata"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(info, dict):
+        raise ValueError(
+            f"{path}, line 1: expected a JSON object (fname -> clip info), "
+            f"got a {type(info).__name__}"
+        )
     return {str(k): str(v.get("uploader", "")) for k, v in info.items() if isinstance(v, dict)}
 
 
@@ -204,9 +272,11 @@ def read_fsd50k(root, split: str) -> ClipDataset:
 
     Targets are multi-hot over the vocabulary's order (200 classes for the real dataset).
     Groups are the Freesound uploaders when `FSD50K.metadata/<dev|eval>_clips_info_FSD50K.json`
-    is present, else None. A label missing from the vocabulary raises `ValueError` naming the
-    CSV file, its line and the label; audio files that do not exist are left out, listed in
-    `missing` and reported with a warning.
+    is present, else None. A label missing from the vocabulary, a repeated `fname` or one
+    that is not a plain file name (`../x`, `/abs/x`) raises `ValueError` naming the CSV file,
+    its line and the value; rows whose mids contradict the vocabulary's mids for their labels
+    are reported with a warning (the labels are used); audio files that do not exist are left
+    out, listed in `missing` and reported with a warning.
     """
     if split not in FSD50K_SPLITS:
         raise ValueError(f"split must be one of {FSD50K_SPLITS}, got {split!r}")
@@ -223,45 +293,60 @@ def read_fsd50k(root, split: str) -> ClipDataset:
         raise FileNotFoundError(f"{csv_path}: FSD50K ground-truth file not found")
     expected = ["fname", "labels", "mids"] + (["split"] if part == "dev" else [])
 
-    fnames, rows = [], []
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != expected:
-            raise ValueError(f"{csv_path}: header must be {','.join(expected)}, got {header}")
-        seen = set()
-        for row in reader:
-            if not row or not "".join(row).strip():
-                continue
-            line = reader.line_num
-            if len(row) != len(expected):
+    fnames, rows, contradicting = [], [], []
+    records = _read_csv(csv_path, "the ground truth")
+    line, header = next(records, (1, None))
+    if header is None or [h.strip() for h in header] != expected:
+        raise ValueError(
+            f"{csv_path}: header must be {','.join(expected)}, got {_shown(header)}"
+        )
+    seen: dict[str, int] = {}
+    for line, row in records:
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != len(expected):
+            raise ValueError(
+                f"{csv_path}, line {line}: expected {len(expected)} fields, got {len(row)}"
+            )
+        fname = row[0].strip()
+        if not fname:
+            raise ValueError(f"{csv_path}, line {line}: empty fname")
+        _check_fname(fname, f"{csv_path}, line {line}")
+        if fname in seen:
+            raise ValueError(
+                f"{csv_path}, line {line}: fname {fname} appears twice (first on line "
+                f"{seen[fname]})"
+            )
+        seen[fname] = line
+        if part == "dev":
+            row_split = row[3].strip()
+            if row_split not in ("train", "val"):
                 raise ValueError(
-                    f"{csv_path}, line {line}: expected {len(expected)} fields, got {len(row)}"
+                    f"{csv_path}, line {line} (fname {fname}): split must be train or "
+                    f"val, got {_shown(row_split)}"
                 )
-            fname = row[0].strip()
-            if not fname:
-                raise ValueError(f"{csv_path}, line {line}: empty fname")
-            if part == "dev":
-                row_split = row[3].strip()
-                if row_split not in ("train", "val"):
-                    raise ValueError(
-                        f"{csv_path}, line {line} (fname {fname}): split must be train or "
-                        f"val, got {row_split!r}"
-                    )
-                if row_split != split:
-                    continue
-            if fname in seen:
-                raise ValueError(f"{csv_path}, line {line}: fname {fname} appears twice")
-            seen.add(fname)
-            row_labels = _split_field(row[1])
-            for label in row_labels:
-                if label not in column:
-                    raise ValueError(
-                        f"{csv_path}, line {line} (fname {fname}): label {label!r} is not in "
-                        f"{truth / 'vocabulary.csv'}"
-                    )
-            fnames.append(fname)
-            rows.append([column[label] for label in row_labels])
+            if row_split != split:
+                continue
+        row_labels = _split_field(row[1])
+        for label in row_labels:
+            if label not in column:
+                raise ValueError(
+                    f"{csv_path}, line {line} (fname {fname}): label {_shown(label)} is not "
+                    f"in {truth / 'vocabulary.csv'}"
+                )
+        cols = [column[label] for label in row_labels]
+        if sorted(_split_field(row[2])) != sorted(mids[k] for k in cols):
+            contradicting.append((line, fname))
+        fnames.append(fname)
+        rows.append(cols)
+    if contradicting:
+        (line, fname), n = contradicting[0], len(contradicting)
+        warnings.warn(
+            f"{csv_path}: {n} row{'s' if n > 1 else ''} whose mids contradict "
+            f"{truth / 'vocabulary.csv'} for their labels (first: line {line}, fname {fname}); "
+            "the labels are used",
+            stacklevel=2,
+        )
 
     uploaders = _read_uploaders(root / _METADATA / f"{part}_clips_info_FSD50K.json")
     paths, ids, groups, keep_rows, missing = [], [], [], [], []
@@ -316,8 +401,7 @@ def write_fsd50k_layout(
 
     def check(fname, labels, mids, where):
         fname = str(fname)
-        if not fname or "/" in fname or "," in fname:
-            raise ValueError(f"{where}: bad fname {fname!r}")
+        _check_fname(fname, where)
         labels, mids = [str(x) for x in labels], [str(x) for x in mids]
         unknown = [x for x in labels if x not in known]
         if unknown:
@@ -381,32 +465,53 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
         csv_path: the CSV file.
         labels: the vocabulary, in target order; default: the sorted union of the CSV's labels.
             A label outside a given vocabulary raises `ValueError` naming file, line and label.
+
+    A row that repeats an earlier row's path is left out and reported with a warning (the
+    first row's labels are used).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: CSV file not found")
     base = csv_path.parent
-    entries = []
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [h.strip() for h in (reader.fieldnames or [])]
-        if "path" not in fields or "labels" not in fields:
-            raise ValueError(f"{csv_path}: header must name the columns path,labels; got {fields}")
-        reader.fieldnames = fields
-        for row in reader:
-            line = reader.line_num
-            if row.get(None):
-                raise ValueError(
-                    f"{csv_path}, line {line}: more fields than the header has; quote a labels "
-                    "field that holds commas, or separate labels with ';'"
-                )
-            raw_path = (row.get("path") or "").strip()
-            if not raw_path:
-                raise ValueError(f"{csv_path}, line {line}: empty path")
-            row_labels = [x.strip() for x in re.split(r"[,;]", row.get("labels") or "")]
-            row_labels = list(dict.fromkeys(x for x in row_labels if x))
-            group = (row.get("group") or "").strip() if "group" in fields else None
-            entries.append((line, raw_path, row_labels, group))
+    entries, first_line, repeated = [], {}, []
+    text = _read_text(csv_path, "the CSV", encoding="utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as error:
+        raise ValueError(f"{csv_path}, line 1: not valid CSV ({error})") from None
+    fields = [h.strip() for h in header]
+    if "path" not in fields or "labels" not in fields:
+        raise ValueError(
+            f"{csv_path}: header must name the columns path,labels; got {_shown(fields)}"
+        )
+    reader.fieldnames = fields
+    for line, row in _csv_records(csv_path, reader):
+        if row.get(None):
+            raise ValueError(
+                f"{csv_path}, line {line}: more fields than the header has; quote a labels "
+                "field that holds commas, or separate labels with ';'"
+            )
+        raw_path = (row.get("path") or "").strip()
+        if not raw_path:
+            raise ValueError(f"{csv_path}, line {line}: empty path")
+        key = os.path.normpath(base / raw_path)
+        if key in first_line:
+            repeated.append((line, first_line[key], raw_path))
+            continue
+        first_line[key] = line
+        row_labels = [x.strip() for x in re.split(r"[,;]", row.get("labels") or "")]
+        row_labels = list(dict.fromkeys(x for x in row_labels if x))
+        group = (row.get("group") or "").strip() if "group" in fields else None
+        entries.append((line, raw_path, row_labels, group))
+    if repeated:
+        (line, first, raw_path), n = repeated[0], len(repeated)
+        warnings.warn(
+            f"{csv_path}: {n} row{'s' if n > 1 else ''} repeating an earlier row's path "
+            f"{'were' if n > 1 else 'was'} left out (first: line {line} repeats line {first}, "
+            f"{_shown(raw_path)})",
+            stacklevel=2,
+        )
 
     if labels is None:
         vocabulary = sorted({x for _, _, row_labels, _ in entries for x in row_labels})
@@ -418,8 +523,8 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
         for label in row_labels:
             if label not in column:
                 raise ValueError(
-                    f"{csv_path}, line {line} ({raw_path}): label {label!r} is not in the "
-                    "given labels"
+                    f"{csv_path}, line {line} ({_shown(raw_path)}): label {_shown(label)} is "
+                    "not in the given labels"
                 )
         path = Path(raw_path)
         path = path if path.is_absolute() else base / path
@@ -442,29 +547,39 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
     )
 
 
-def read_folder_dataset(root, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> ClipDataset:
+def read_folder_dataset(
+    root, extensions: Sequence[str] = AUDIO_EXTENSIONS, allow_links_outside: bool = False
+) -> ClipDataset:
     """One sub-folder of `root` per class, its audio files (searched recursively) inside.
 
     Every clip gets the one label of its folder. Classes are the sorted folder names that hold
     at least one audio file (`extensions`, case-insensitive; hidden files are ignored); folders
     without audio, and files in audio formats keras-dae cannot read (M4A, AAC, WMA, ...), are
-    reported with a warning.
+    reported with a warning. Entries with an audio extension that are not regular files (a
+    FIFO, a broken or looping link) are kept, for the loader to count and skip with the
+    reason. Files that are links to outside `root` are left out with a warning, unless
+    `allow_links_outside`.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
     extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    classes, files, empty, unsupported = [], [], [], []
+    real_root = root.resolve()
+    classes, files, empty, unsupported, outside = [], [], [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         visible = [
             p
             for p in folder.rglob("*")
-            if p.is_file()
+            if not p.is_dir()
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         ]
         found = sorted(p for p in visible if p.suffix.lower() in extensions)
+        if not allow_links_outside:
+            escaping = {p for p in found if _links_outside(p, real_root)}
+            outside += sorted(escaping)
+            found = [p for p in found if p not in escaping]
         unsupported += sorted(p for p in visible
-                              if p.suffix.lower() in UNSUPPORTED_AUDIO_EXTENSIONS
+                              if p.is_file() and p.suffix.lower() in UNSUPPORTED_AUDIO_EXTENSIONS
                               and p.suffix.lower() not in extensions)
         if not found:
             empty.append(folder.name)
@@ -482,6 +597,13 @@ def read_folder_dataset(root, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> C
             f"{root}: {len(unsupported)} files in audio formats keras-dae cannot read were "
             f"ignored (convert them to WAV or FLAC): {shown}{more}", stacklevel=2
         )
+    if outside:
+        shown = ", ".join(str(p.relative_to(root)) for p in outside[:5])
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        warnings.warn(
+            f"{root}: {len(outside)} files link to outside {root} and were left out "
+            f"(allow_links_outside=True reads them): {shown}{more}", stacklevel=2
+        )
     if not classes:
         raise ValueError(f"{root}: no class folder holds audio files ({', '.join(extensions)})")
     paths = [p for found in files for p in found]
@@ -494,6 +616,15 @@ def read_folder_dataset(root, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> C
         clip_ids=[p.relative_to(root).with_suffix("").as_posix() for p in paths],
         groups=None,
     )
+
+
+def _links_outside(path: Path, real_root: Path) -> bool:
+    """Whether `path` is, or lies under, a link whose target is outside `real_root` (a
+    looping link is not: the loader reports it)."""
+    try:
+        return not path.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def _multi_hot(rows: list[list[int]], n_classes: int) -> np.ndarray:
