@@ -57,7 +57,7 @@ _METADATA = "FSD50K.metadata"
 def _shown(value, limit: int = 60) -> str:
     """`repr(value)`, cut to about `limit` characters: errors never echo much of a file."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_text(path: Path, what: str, encoding: str = "utf-8") -> str:
@@ -591,18 +591,15 @@ def read_folder_dataset(
             f"{root}: class folders without audio files were ignored: {empty}", stacklevel=2
         )
     if unsupported:
-        shown = ", ".join(str(p.relative_to(root)) for p in unsupported[:5])
-        more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
         warnings.warn(
             f"{root}: {len(unsupported)} files in audio formats keras-dae cannot read were "
-            f"ignored (convert them to WAV or FLAC): {shown}{more}", stacklevel=2
+            f"ignored (convert them to WAV or FLAC): {_first_five(unsupported, root)}",
+            stacklevel=2,
         )
     if outside:
-        shown = ", ".join(str(p.relative_to(root)) for p in outside[:5])
-        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
         warnings.warn(
             f"{root}: {len(outside)} files link to outside {root} and were left out "
-            f"(allow_links_outside=True reads them): {shown}{more}", stacklevel=2
+            f"(allow_links_outside=True reads them): {_first_five(outside, root)}", stacklevel=2
         )
     if not classes:
         raise ValueError(f"{root}: no class folder holds audio files ({', '.join(extensions)})")
@@ -636,10 +633,14 @@ def _multi_hot(rows: list[list[int]], n_classes: int) -> np.ndarray:
 
 def _warn_missing(missing: list[Path], source: Path) -> None:
     if missing:
-        shown = ", ".join(str(p) for p in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         warnings.warn(
             f"{source}: {len(missing)} audio files listed there do not exist and were left "
-            f"out: {shown}{more}",
+            f"out: {_first_five(missing)}",
             stacklevel=3,
         )
+
+
+def _first_five(paths: list[Path], root: Path | None = None) -> str:
+    """`"a, b, c, d, e and 7 more"`: paths (relative to `root` if given) for a warning."""
+    shown = ", ".join(str(p if root is None else p.relative_to(root)) for p in paths[:5])
+    return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
