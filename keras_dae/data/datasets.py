@@ -54,10 +54,14 @@ _GROUND_TRUTH = "FSD50K.ground_truth"
 _METADATA = "FSD50K.metadata"
 
 
-def _shown(value, limit: int = 60) -> str:
-    """`repr(value)`, cut to about `limit` characters: errors never echo much of a file."""
-    text = repr(value)
+def _cut(text: str, limit: int = 60) -> str:
+    """`text`, cut to `limit` characters: errors never echo much of a file."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters."""
+    return _cut(repr(value), limit)
 
 
 def _read_text(path: Path, what: str, encoding: str = "utf-8") -> str:
@@ -312,9 +316,10 @@ def read_fsd50k(root, split: str) -> ClipDataset:
         if not fname:
             raise ValueError(f"{csv_path}, line {line}: empty fname")
         _check_fname(fname, f"{csv_path}, line {line}")
+        fname_shown = _cut(fname)
         if fname in seen:
             raise ValueError(
-                f"{csv_path}, line {line}: fname {fname} appears twice (first on line "
+                f"{csv_path}, line {line}: fname {fname_shown} appears twice (first on line "
                 f"{seen[fname]})"
             )
         seen[fname] = line
@@ -322,7 +327,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
             row_split = row[3].strip()
             if row_split not in ("train", "val"):
                 raise ValueError(
-                    f"{csv_path}, line {line} (fname {fname}): split must be train or "
+                    f"{csv_path}, line {line} (fname {fname_shown}): split must be train or "
                     f"val, got {_shown(row_split)}"
                 )
             if row_split != split:
@@ -331,12 +336,12 @@ def read_fsd50k(root, split: str) -> ClipDataset:
         for label in row_labels:
             if label not in column:
                 raise ValueError(
-                    f"{csv_path}, line {line} (fname {fname}): label {_shown(label)} is not "
+                    f"{csv_path}, line {line} (fname {fname_shown}): label {_shown(label)} is not "
                     f"in {truth / 'vocabulary.csv'}"
                 )
         cols = [column[label] for label in row_labels]
         if sorted(_split_field(row[2])) != sorted(mids[k] for k in cols):
-            contradicting.append((line, fname))
+            contradicting.append((line, fname_shown))
         fnames.append(fname)
         rows.append(cols)
     if contradicting:
