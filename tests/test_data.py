@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import keras
@@ -356,6 +357,13 @@ def test_repeated_rows_and_contradicting_mids_are_reported(fsd, tmp_path):
                                          r"for their labels \(first: line 8, fname 1004\)"):
         val = read_fsd50k(root, "val")
     assert val.clip_ids == ["1004", "1005"] and val.clip_labels(0) == ["Speech", "Human_voice"]
+    # A class without an AudioSet id ("" in the vocabulary and in the row) contradicts nothing.
+    plain = write_fsd50k_layout(tmp_path / "plain", [("1", ["x"], [""], "train")], [],
+                                [("x", "")])
+    (plain["dev_audio"] / "1.wav").write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_fsd50k(tmp_path / "plain", "train").clip_ids == ["1"]
     dev.write_text(text + "1001,Speech,/m/09x0r,val\n")  # 1001 is a train clip already
     message = short_error(read_fsd50k, root, "val")
     assert message == f"{dev}, line 10: fname 1001 appears twice (first on line 2)"

@@ -340,7 +340,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
                     f"in {truth / 'vocabulary.csv'}"
                 )
         cols = [column[label] for label in row_labels]
-        if sorted(_split_field(row[2])) != sorted(mids[k] for k in cols):
+        if sorted(_split_field(row[2])) != sorted(mids[k] for k in cols if mids[k]):
             contradicting.append((line, fname_shown))
         fnames.append(fname)
         rows.append(cols)
