@@ -18,11 +18,37 @@ from importlib import resources
 from pathlib import Path
 
 BUNDLED_CLIP = "speech_front_center.wav"
+BACKENDS = ("tensorflow", "jax", "torch")
+PLOT_EXTRA = "pip install 'keras-dae[plot]'"
 
 
 def bundled_clip_path() -> Path:
     """A real recording shipped with the package (a man saying "front center", GPL-2)."""
     return Path(str(resources.files("keras_dae") / "data" / BUNDLED_CLIP))
+
+
+def _picture_path(requested: str | None, default: str) -> str | None:
+    """Where a command draws its picture (`--plot`), or None for no picture.
+
+    `requested` is None when --plot was not given: then `default`, if matplotlib is installed
+    (else no picture, and `_no_picture_note` says which extra draws it); '' means no picture.
+    A picture asked for by name without matplotlib is an error (exit 2), raised before any work.
+    """
+    from importlib.util import find_spec
+
+    if requested == "":
+        return None
+    if find_spec("matplotlib") is None:
+        if requested is None:
+            return None
+        raise ValueError(f"the picture {requested} needs matplotlib: {PLOT_EXTRA}")
+    return requested or default
+
+
+def _no_picture_note(requested: str | None) -> None:
+    """The one line that says no picture was drawn for want of matplotlib (--plot not given)."""
+    if requested is None:
+        print(f"no picture: matplotlib is not installed ({PLOT_EXTRA} draws it)")
 
 
 def _frontends_command(args) -> int:
@@ -31,6 +57,7 @@ def _frontends_command(args) -> int:
     from keras_dae.audio import load_audio
 
     path = Path(args.file) if args.file else bundled_clip_path()
+    picture = _picture_path(args.plot, "frontends.png")
     # Before Keras loads: a bad file is refused at once (AudioDecodeError: one line, exit 2).
     waveform = load_audio(path, args.sample_rate)
     import keras
@@ -43,14 +70,11 @@ def _frontends_command(args) -> int:
     print(f"{'front end':<22} {'output (frames, features)':<27} {'min':>9} {'max':>9}")
     for name, values in features.items():
         print(f"{name:<22} {str(values.shape):<27} {np.min(values):9.2f} {np.max(values):9.2f}")
-    if args.plot:
-        try:
-            out = plot_frontends(waveform, args.sample_rate, features, args.plot, title=path.name)
-        except ImportError:
-            print("error: the picture needs matplotlib: pip install 'keras-dae[plot]'",
-                  file=sys.stderr)
-            return 2
-        print(f"wrote {out}")
+    if picture:
+        plot_frontends(waveform, args.sample_rate, features, picture, title=path.name)
+        print(f"wrote {picture}")
+    else:
+        _no_picture_note(args.plot)
     return 0
 
 
@@ -443,6 +467,7 @@ def _demo_command(args) -> int:
     from keras_dae import demo
 
     paths = [Path(p) for p in args.files] if args.files else demo.demo_clips()
+    picture = _picture_path(args.plot, "demo.png")
     tagger = _load_tagger(args)
     import keras
 
@@ -452,17 +477,14 @@ def _demo_command(args) -> int:
     results = demo.run(tagger, paths)
     for result in results:
         print(demo.describe(result, tagger) + "\n")
-    if args.plot:
-        try:
-            title = f"keras-dae demo: {name} on {len(results)} real recordings"
-            demo.plot(results, args.plot, tagger.class_names, tagger.stream_names,
-                      tagger.sample_rate, title=title)
-        except ImportError:
-            print("error: the picture needs matplotlib: pip install 'keras-dae[plot]'",
-                  file=sys.stderr)
-            return 2
-        print(f"wrote {args.plot}: per-second labels, spectrograms, fused scores over time, "
+    if picture:
+        title = f"keras-dae demo: {name} on {len(results)} real recordings"
+        demo.plot(results, picture, tagger.class_names, tagger.stream_names,
+                  tagger.sample_rate, title=title)
+        print(f"wrote {picture}: per-second labels, spectrograms, fused scores over time, "
               "and each stream's scores beside the fused ones")
+    else:
+        _no_picture_note(args.plot)
     return 0
 
 
@@ -526,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     frontends.add_argument("file", nargs="?", help="audio file (WAV, FLAC, OGG, ...)")
     frontends.add_argument("--sample-rate", type=int, default=16000)
     frontends.add_argument(
-        "--plot", default="frontends.png", help="where to write the picture ('' for none)"
+        "--plot", help="where to write the picture ('' for none; default frontends.png, "
+        "drawn when matplotlib is installed)"
     )
     frontends.set_defaults(func=_frontends_command)
 
@@ -618,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("files", nargs="*", metavar="FILE",
                       help="audio files to show instead of the bundled clips")
     demo.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
-    demo.add_argument("--plot", default="demo.png",
-                      help="where to write the picture ('' for none; default demo.png)")
+    demo.add_argument("--plot", help="where to write the picture ('' for none; default "
+                      "demo.png, drawn when matplotlib is installed)")
     demo.set_defaults(func=_demo_command)
 
     for command in (predict, embed, demo, evaluate):
@@ -651,13 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="skip running the artifact next to the Keras model")
     # The converters are TensorFlow's: the preset is loaded under TensorFlow whatever backend
     # it was trained on (presets load on every backend).
-    exporter.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+    exporter.add_argument("--backend", choices=BACKENDS,
                           default="tensorflow", help="Keras backend (default tensorflow)")
     exporter.set_defaults(func=_export_command)
 
     for command in (frontends, train, evaluate, predict, embed, demo, shard, exporter):
         if command is not exporter:  # export has its own default (TensorFlow)
-            command.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+            command.add_argument("--backend", choices=BACKENDS,
                                  help="Keras backend (default: KERAS_BACKEND or keras.json)")
         command.add_argument("--debug", action="store_true",
                              help="show the full traceback of an error")
@@ -692,8 +715,9 @@ def error_line(error: BaseException) -> str:
 def run_guarded(func, args, debug: bool = False) -> int:
     """Runs a command; errors become one line on stderr and an exit status (see module doc).
 
-    2: bad input or environment (`user_error_types`); 1: anything else, which is a bug
-    (the line says so); 130: interrupted. With `debug`, the traceback is shown as well.
+    2: bad input or environment (`user_error_types`, or the Keras backend not installed);
+    1: anything else, which is a bug (the line says so); 130: interrupted. With `debug`, the
+    traceback is shown as well.
     """
     try:
         return func(args)
@@ -709,6 +733,14 @@ def run_guarded(func, args, debug: bool = False) -> int:
             traceback.print_exc()
         if isinstance(error, user_error_types()):
             print(error_line(error), file=sys.stderr)
+            return 2
+        missing = (getattr(error, "name", None) or "").split(".")[0]
+        if isinstance(error, ModuleNotFoundError) and missing in BACKENDS:
+            # Keras' backend (KERAS_BACKEND, else ~/.keras/keras.json, else tensorflow) is
+            # imported with Keras: an install with another extra, e.g. only [jax].
+            print(f"error: {missing} is not installed: choose an installed Keras backend "
+                  f"with --backend or KERAS_BACKEND, or pip install 'keras-dae[{missing}]'",
+                  file=sys.stderr)
             return 2
         print(f"{error_line(error)} (an internal error: {type(error).__name__}; please "
               "report it, with the output of --debug)", file=sys.stderr)

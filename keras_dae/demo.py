@@ -6,7 +6,7 @@
     tagger = Tagger()                                    # the shipped preset
     results = demo.run(tagger)                           # TagResults with per-second labels
     print(demo.describe(results[0], tagger))
-    demo.plot(results, "demo.png", title="...")
+    demo.plot(results, "demo.png", tagger.class_names, tagger.stream_names)  # matplotlib
 
 The clips (keras_dae/data/demo/, sources and licences in its README.md) come from recordings
 that the preset's training data kept out of training (its eval and val splits).

@@ -391,6 +391,20 @@ def test_no_traceback_unless_debug(tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
+def test_a_backend_that_is_not_installed_is_named_in_one_line():
+    """An install with another backend's extra only (e.g. `pip install "keras-dae[jax]"`) and
+    Keras' default backend: one line naming both ways out, exit 2, not an internal error."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    script = ("import sys; sys.modules['tensorflow'] = None; from keras_dae.cli import main; "
+              "sys.exit(main(['frontends', '--backend', 'tensorflow', '--plot', '']))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: tensorflow is not installed: choose an installed Keras "
+                           "backend with --backend or KERAS_BACKEND, or pip install "
+                           "'keras-dae[tensorflow]'\n")
+
+
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory):
     from keras_dae import zoo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,10 @@ def test_bundled_clips_are_small_short_documented_and_packaged():
     assert any(fnmatch.fnmatch(relative, pattern) for pattern in package_data)
 
 
-def test_demo_prints_labels_over_time_and_draws_them(tiny_preset, tmp_path, capsys):
-    picture = tmp_path / "demo.png"
-    assert cli.main(["demo", "--model", str(tiny_preset), "--plot", str(picture)]) == 0
+def test_demo_prints_labels_over_time_and_draws_them(tiny_preset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    picture = "demo.png"  # the default
+    assert cli.main(["demo", "--model", str(tiny_preset)]) == 0
     out = capsys.readouterr().out
     for name in demo.DEMO_CLIPS:
         assert re.search(rf"^{re.escape(name)}  \(\d\.\d\d s\)  \w", out, re.MULTILINE), name
@@ -49,7 +51,7 @@ def test_demo_prints_labels_over_time_and_draws_them(tiny_preset, tmp_path, caps
     assert f"wrote {picture}" in out
     import matplotlib.image
 
-    image = matplotlib.image.imread(picture)
+    image = matplotlib.image.imread(tmp_path / picture)
     assert image.shape[0] > image.shape[1] > 1000  # one row per clip, 14 in wide
     assert image[..., :3].std() > 0.1  # not blank
 
@@ -63,6 +65,30 @@ def test_demo_on_given_files(tiny_preset, tmp_path, capsys):
     assert "speech_front_center.wav  (1.43 s)" in out and "wrote" not in out
     assert cli.main(["demo", str(tmp_path / "missing.wav"), "--model", str(tiny_preset)]) == 2
     assert "missing.wav" in capsys.readouterr().err
+
+
+def test_demo_without_matplotlib_prints_the_tags_and_names_the_extra(tiny_preset, tmp_path,
+                                                                     monkeypatch, capsys):
+    """An install with a backend extra only: the tags, then one line naming the extra that
+    draws the picture, and exit 0. A picture asked for by name is refused before any work."""
+    from conftest import DATA_DIR
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    monkeypatch.chdir(tmp_path)
+    path = DATA_DIR / "speech_front_center.wav"
+    assert cli.main(["demo", str(path), "--model", str(tiny_preset)]) == 0
+    out = capsys.readouterr().out
+    assert "speech_front_center.wav  (1.43 s)" in out
+    assert out.count("keras-dae[plot]") == 1
+    assert out.rstrip().splitlines()[-1] == (
+        "no picture: matplotlib is not installed (pip install 'keras-dae[plot]' draws it)")
+    assert list(tmp_path.iterdir()) == []
+    for command in (["demo", str(path), "--model", str(tiny_preset)], ["frontends", str(path)]):
+        assert cli.main([*command, "--plot", "picture.png"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == ("error: the picture picture.png needs matplotlib: "
+                                "pip install 'keras-dae[plot]'\n")
 
 
 def _shipped_preset():
