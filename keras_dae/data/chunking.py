@@ -162,10 +162,11 @@ def chunk_blocks(
 ):
     """`chunk_waveform` of a clip that arrives in blocks, with bounded memory.
 
+    The arguments not listed here are those of `chunk_waveform`.
+
     Args:
         blocks: an iterable of 1-D arrays, the clip in order (e.g. `iter_audio_blocks`).
         max_chunks: the most chunks yielded at once.
-        (the others as for `chunk_waveform`)
 
     Yields float32 `(k, chunk_samples)` arrays, `1 <= k <= max_chunks`; stacked, they equal
     `chunk_waveform(np.concatenate(blocks), ...)` exactly. Memory: about one block, one

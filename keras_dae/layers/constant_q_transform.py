@@ -188,7 +188,7 @@ class ConstantQTransform(AudioFrontend):
         ref, amin, top_db: as in `librosa.amplitude_to_db` (used only when `to_db`).
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
-    Example:
+    Examples:
         >>> layer = ConstantQTransform(sample_rate=16000, hop_length=256, n_bins=84)
         >>> layer(np.zeros((2, 16000), "float32")).shape
         (2, 63, 84)

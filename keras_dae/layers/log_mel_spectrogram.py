@@ -36,7 +36,7 @@ class LogMelSpectrogram(SpectrogramFrontend):
         **kwargs: STFT arguments of `SpectrogramFrontend` (`n_fft`, `hop_length`,
             `win_length`, `window`, `center`, `pad_mode`, `dft_mode`) and `sample_rate`.
 
-    Example:
+    Examples:
         >>> layer = LogMelSpectrogram(sample_rate=16000, n_fft=512, hop_length=160, n_mels=64)
         >>> layer(np.zeros((2, 16000), "float32")).shape
         (2, 101, 64)

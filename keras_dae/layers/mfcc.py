@@ -59,7 +59,7 @@ class MFCC(LogMelSpectrogram):
             `ref`, `amin`, `top_db`) and of `SpectrogramFrontend` (`sample_rate`, `n_fft`,
             `hop_length`, `win_length`, `window`, `center`, `pad_mode`, `dft_mode`).
 
-    Example:
+    Examples:
         >>> layer = MFCC(sample_rate=16000, n_mfcc=13, n_mels=40)
         >>> layer(np.zeros((2, 16000), "float32")).shape
         (2, 101, 13)

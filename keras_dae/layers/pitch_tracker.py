@@ -88,7 +88,7 @@ class PitchTracker(AudioFrontend):
             keep the Keras model's own mode (see `keras_dae.export.export_ready_model`).
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
-    Example:
+    Examples:
         >>> layer = PitchTracker(sample_rate=16000)
         >>> out = layer(np.zeros((2, 16000), "float32"))
         >>> out.shape

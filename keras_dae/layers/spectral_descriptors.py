@@ -123,7 +123,7 @@ class SpectralDescriptors(SpectrogramFrontend):
         **kwargs: STFT arguments of `SpectrogramFrontend` (`sample_rate`, `n_fft`,
             `hop_length`, `win_length`, `window`, `center`, `pad_mode`, `dft_mode`).
 
-    Example:
+    Examples:
         >>> layer = SpectralDescriptors(sample_rate=16000)
         >>> layer(np.zeros((2, 16000), "float32")).shape
         (2, 101, 11)

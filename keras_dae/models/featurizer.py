@@ -27,27 +27,16 @@ def default_stream_frontends(sample_rate: int = 16000) -> dict[str, list]:
     sr = sample_rate
     return {
         "pitch": [
-            # dB range 60 (the layer's default is librosa's 80): the quietest constant-Q bins
-            # are sums of large, cancelling products whose float32 rounding differs between
-            # runtimes (0.056 dB between onnxruntime and TensorFlow at 80 dB, 0.011 dB at 60).
-            # The shipped model's ONNX file is within 3.7e-5 of it at 60 dB, 1.9e-4 at 80. It
-            # costs the pitch stream trained alone 0.038 eval mAP (0.380 +- 0.022 against
-            # 0.418 +- 0.011, 4 seeds), not the fused model (benchmarks/results/cqt_range.json).
+            # dB range 60, not librosa's 80, for float32 export parity; why and what it costs:
+            # docs/export.md, "Known limits of export".
             layers.ConstantQTransform(sample_rate=sr, hop_length=256, to_db=True, top_db=60.0),
             layers.PitchTracker(sample_rate=sr, frame_length=1024, hop_length=256),
         ],
         "timbre": [
             layers.MFCC(sample_rate=sr, n_mfcc=20, n_mels=64, n_fft=512, hop_length=160),
-            # Contrast floored 80 dB below each frame's peak (the layer's default is 120):
-            # resampled audio has no energy in its top octave, and valleys near the DFT's
-            # float32 rounding noise differ between runtimes (TFLite's RFFT, ONNX's matrix
-            # product, Keras' FFT). The timbre stream trained alone showed no difference
-            # beyond seed noise between 100 and 80 dB: eval mAP 0.422 +- 0.036 and 0.436 +-
-            # 0.018, val 0.528 and 0.506 (4 seeds; benchmarks/results/contrast_floor.json).
-            # The roll-off is interpolated inside its bin: librosa's bin-centre roll-off jumps
-            # a whole bin (31 Hz) where float32 rounding tips the cumulative sum across the
-            # threshold. With both, the float32 TFLite file of the shipped model is within
-            # 3.6e-5 of it on every eval window (1.5e-4 before; benchmarks/results/export.json).
+            # Contrast floored 80 dB below each frame's peak and roll-off interpolated inside its
+            # bin, for float32 export parity; why and what it costs: docs/export.md, "Known
+            # limits of export".
             layers.SpectralDescriptors(sample_rate=sr, n_fft=512, hop_length=160,
                                        contrast_floor=1e-4, interpolate_rolloff=True),
         ],
