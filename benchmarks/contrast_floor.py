@@ -60,13 +60,11 @@ def train_timbre(data: Path, floor: float, seed: int, epochs: int, cache: Path) 
 def with_floor(model, floor: float, dft_mode: str):
     """A copy of `model` whose spectral contrast is floored at `floor` and whose spectra use
     `dft_mode` (YIN keeps its matrix product, as in float32 exports)."""
-    import keras
-
     from keras_dae.export.export_ready import with_dft_mode
 
-    config = with_dft_mode(keras.saving.serialize_keras_object(model), dft_mode, "matmul")
     return one_stream.with_frontend_config(
-        model, {"SpectralDescriptors": {"contrast_floor": floor}}, config)
+        model, {"SpectralDescriptors": {"contrast_floor": floor}},
+        lambda config: with_dft_mode(config, dft_mode, "matmul"))
 
 
 def parity(model_source: str, data: Path, floors) -> list[dict]:

@@ -104,10 +104,8 @@ def run_benchmark(args) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from keras_dae import export, metrics, zoo
 
-    model_path = Path(args.model)
-    if (model_path / "preset").is_dir():
-        model_path = model_path / "preset"
-    model = zoo.load(model_path if model_path.exists() else args.model)
+    model_path = zoo.resolve_preset(args.model)[1]
+    model = zoo.load(model_path)
     x, owners, targets = eval_windows(Path(args.data), args.split, model.sample_rate,
                                       model.class_names)
     if args.max_windows:

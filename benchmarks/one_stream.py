@@ -72,15 +72,11 @@ def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
     return scores, model
 
 
-def with_frontend_config(model, changes: dict, config=None):
-    """A copy of `model`, with its weights, whose front ends of class `name` have the config
-    values `changes[name]`. `config` (default: the model's) is the serialized model to
-    change, for callers that changed it already."""
-    import keras
-
-    from keras_dae.export.export_ready import copy_weights
-
-    config = config if config is not None else keras.saving.serialize_keras_object(model)
+def with_frontend_config(model, changes: dict, change=None):
+    """A copy of `model`, with its variables, whose front ends of class `name` have the
+    config values `changes[name]`, after `change` (a function of the serialized model, for
+    callers that change more) when given."""
+    from keras_dae.models.derived import derived_model
 
     def visit(node):
         if isinstance(node, dict):
@@ -91,11 +87,9 @@ def with_frontend_config(model, changes: dict, config=None):
         elif isinstance(node, list):
             for value in node:
                 visit(value)
+        return node
 
-    visit(config)
-    copy = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    copy_weights(model, copy)
-    return copy
+    return derived_model(model, lambda config: visit(change(config) if change else config))
 
 
 def merge(results: dict, key: str, rows: list[dict], identity) -> None:

@@ -84,10 +84,8 @@ def main() -> None:
     from keras_dae.cli import _with_labels
     from keras_dae.data import read_fsd50k
 
-    model_path = Path(args.model)
-    if (model_path / "preset").is_dir():
-        model_path = model_path / "preset"
-    model = zoo.load(str(model_path))
+    model_path = zoo.resolve_preset(args.model)[1]
+    model = zoo.load(model_path)
     started = time.time()
     train = read_fsd50k(args.data, "train")
     splits = {"train": train, "val": _with_labels(read_fsd50k(args.data, "val"), train.labels),

@@ -156,7 +156,8 @@ def _train(args, data: Path, train, val) -> int:
     tower = dict(spec["tower"])
 
     keras.utils.set_random_seed(args.seed)  # the initial weights too: same seed, same run
-    model = build_diverse_classifier(len(train.labels), spec["sample_rate"], tower=tower)
+    model = build_diverse_classifier(len(train.labels), spec["sample_rate"], tower=tower,
+                                     class_names=train.labels, class_mids=train.mids)
     config = training.TrainConfig(
         tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
         joint_epochs=args.joint_epochs, batch_size=args.batch_size,
@@ -199,10 +200,7 @@ def _evaluate_command(args) -> int:
 
     from keras_dae import training, zoo
 
-    model_path = Path(args.model)
-    if (model_path / "preset").is_dir():
-        model_path = model_path / "preset"
-    model = zoo.load(model_path if model_path.exists() else args.model)
+    model = zoo.load(args.model)
     if args.mixed_precision:
         from keras_dae import scale
 
@@ -500,11 +498,9 @@ def _export_command(args) -> int:
     from keras_dae import export, zoo
     from keras_dae.zoo import PresetError
 
-    model_path = Path(args.model)
-    if (model_path / "preset").is_dir():
-        model_path = model_path / "preset"
     try:
-        model = zoo.load(model_path if model_path.exists() else args.model)
+        model_path = zoo.resolve_preset(args.model)[1]
+        model = zoo.load(args.model)
     except PresetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -170,10 +170,7 @@ def load_model(model=DEFAULT_MODEL):
 
     if isinstance(model, DiverseClassifier):
         return model
-    path = Path(str(model)).expanduser()
-    if (path / "preset").is_dir() and not (path / "config.json").is_file():
-        path = path / "preset"
-    return zoo.load(path if path.is_dir() else str(model))
+    return zoo.load(model)
 
 
 def _forward_function(model):
@@ -294,10 +291,8 @@ class Tagger:
         self.sample_rate = int(self.model.sample_rate)
         self.chunk_samples = int(round(self.chunk_seconds * self.sample_rate))
         chunk_sample_starts(1, self.sample_rate, self.chunk_seconds, self.hop_seconds)  # checks
-        self.class_names = tuple(getattr(self.model, "class_names", None)
-                                 or [f"class_{i}" for i in range(self.model.num_classes)])
-        self.class_mids = tuple(getattr(self.model, "class_mids", None)
-                                or [""] * self.model.num_classes)
+        self.class_names = tuple(self.model.class_names)
+        self.class_mids = tuple(self.model.class_mids)
         self.stream_names = tuple(self.model.stream_names)
         self.outputs = ("fused", *self.stream_names)
         self.embedding_size = int(self.model.output["embedding"].shape[-1])

@@ -105,24 +105,15 @@ def with_precision(model, mixed_precision: str | None):
     The copy is rebuilt from `model`'s config under the policy of `mixed_precision` (None:
     float32; "bfloat16": `mixed_bfloat16`), so every layer that sets its own dtype in code
     (front ends, normalisation, heads) keeps it, and the others follow the policy; the
-    variables (float32 under either policy) are copied. Use it to run a float32 preset in
+    variables (float32 under either policy) are copied, and the class names come along with
+    the config. Use it to run a float32 preset in
     bfloat16 (`Tagger(with_precision(zoo.load(name), "bfloat16"))`), or to save a model
     trained in mixed precision as a float32 preset (what `finish_run` does).
     """
-    config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)
+    from keras_dae.models.derived import derived_model
+
     with precision(mixed_precision):
-        twin = keras.saving.deserialize_keras_object(_without_policies(config))
-    twin.set_weights(model.get_weights())
-    # `set_weights` fills a Normalization's adapted mean and variance variables, but the
-    # layer computes with tensors derived from them, which only loading refreshes.
-    for layer in twin._flatten_layers():
-        if isinstance(layer, keras.layers.Normalization):
-            layer.finalize_state()
-    for attribute in ("class_names", "class_mids"):
-        if hasattr(model, attribute):
-            setattr(twin, attribute, getattr(model, attribute))
-    return twin
+        return derived_model(model, _without_policies)
 
 
 def local_devices() -> list[str]:

@@ -46,17 +46,25 @@ def shipped_preset_outputs() -> dict:
     return model.predict(chunks, verbose=0)
 
 
-def save_tiny_preset(directory: Path) -> None:
-    """The tiny preset with deterministic weights, and its outputs on this backend."""
-    from keras_dae import zoo
+TINY_CLASSES = ["Speech", "Dog", "Bird"]
+TINY_MIDS = ["/m/09x0r", "/m/0bt9lr", ""]
 
-    model = zoo.load("diverse_tiny", weights=None)
+
+def save_tiny_preset(directory: Path) -> None:
+    """The tiny preset with deterministic weights and named classes, the same model as a
+    `.keras` file beside it, and its outputs on this backend."""
+    from keras_dae import zoo
+    from keras_dae.models import DiverseClassifier
+
+    model = DiverseClassifier.from_preset("diverse_tiny", load_weights=False,
+                                          class_names=TINY_CLASSES, class_mids=TINY_MIDS)
     rng = np.random.default_rng(0)
     for tower in model.backbone.towers.values():  # non-trivial feature statistics
         tower.normalization.adapt(rng.standard_normal((4, 8, tower.normalization.mean.shape[-1])))
     for w in model.trainable_weights:  # not the normalisation statistics
         w.assign((0.1 * rng.standard_normal(w.shape)).astype("float32"))
     zoo.save(model, directory)
+    model.save(directory.parent / "classifier.keras")
     waveform = build_case("log_mel")[1]
     outputs = model.predict(waveform, verbose=0)
     np.savez(directory.parent / "preset_outputs.npz", **outputs)

@@ -94,6 +94,22 @@ def tiny_preset(tmp_path_factory) -> Path:
     return zoo.save(model, directory, labels=TINY_LABELS, mids=mids)
 
 
+def assert_same_variables(copy, model):
+    """`copy`, derived from `model` (`keras_dae.models.derived_model`), has every variable
+    equal, and each tower's normalisation computes with the same statistics (its mean and
+    variance are constants derived when its variables load)."""
+    assert len(copy.weights) == len(model.weights)
+    for got, want in zip(copy.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got),
+                                      keras.ops.convert_to_numpy(want), err_msg=want.path)
+    for stream, tower in model.backbone.towers.items():
+        for statistic in ("mean", "variance"):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(getattr(copy.backbone.towers[stream].normalization,
+                                                   statistic)),
+                keras.ops.convert_to_numpy(getattr(tower.normalization, statistic)))
+
+
 # ---------------------------------------------------------------------------------------------
 # No network: loading, predicting, training and evaluating must never open a network socket.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from backend_outputs import CASES, build_case, shipped_preset_outputs
+from backend_outputs import CASES, TINY_CLASSES, TINY_MIDS, build_case, shipped_preset_outputs
 
 HERE = Path(__file__).parent
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -82,16 +82,20 @@ def test_keras_file_saved_on_another_backend_reloads_here(backend, other_backend
 
 @pytest.mark.parametrize("backend", OTHERS)
 def test_preset_saved_on_another_backend_loads_here(backend, other_backend_dirs):
-    """A preset saved there loads here with the same outputs: every ordered pair of backends
-    is covered because the suite runs on each backend."""
+    """A preset, and the same model as a `.keras` file, saved there load here with the same
+    outputs and class names: every ordered pair of backends is covered because the suite
+    runs on each backend."""
     from keras_dae import zoo
 
-    model = zoo.load(other_backend_dirs[backend] / "preset")
     expected = np.load(other_backend_dirs[backend] / "preset_outputs.npz")
     _, waveform = build_case("log_mel")
-    got = model.predict(waveform, verbose=0)
-    for key in ("fused", "embedding", "pitch", "timbre", "neuralogram", "end_to_end"):
-        _close(got[key], expected[key])
+    for model in (zoo.load(other_backend_dirs[backend] / "preset"),
+                  keras.saving.load_model(other_backend_dirs[backend] / "classifier.keras",
+                                          safe_mode=True)):
+        assert (model.class_names, model.class_mids) == (TINY_CLASSES, TINY_MIDS)
+        got = model.predict(waveform, verbose=0)
+        for key in ("fused", "embedding", "pitch", "timbre", "neuralogram", "end_to_end"):
+            _close(got[key], expected[key])
 
 
 @pytest.mark.parametrize("backend", OTHERS)

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import harmonic_tone, load_recording
+from conftest import assert_same_variables, harmonic_tone, load_recording
 
 from keras_dae import scale, training
 from keras_dae.models import build_diverse_classifier
@@ -47,11 +47,12 @@ def test_mixed_precision_keeps_the_sensitive_parts_in_float32():
 
 
 def test_with_precision_converts_both_ways():
-    """A float32 model and its bfloat16 copy share weights and agree to bfloat16's
-    resolution (probabilities within 0.05: bfloat16 keeps 8 significant bits); converting
-    back gives the float32 model's outputs."""
+    """A float32 model and its bfloat16 copy share weights, class names and AudioSet ids,
+    and agree to bfloat16's resolution (probabilities within 0.05: bfloat16 keeps 8
+    significant bits); converting back gives the float32 model's outputs."""
     keras.utils.set_random_seed(0)
-    model = build_diverse_classifier(4, tower=TINY)
+    model = build_diverse_classifier(4, tower=TINY, class_names=["a", "b", "c", "d"],
+                                     class_mids=["/m/a", "", "", "/m/d"])
     clips = _clips()
     features = model.featurizer(clips)  # as training does: normalised features
     for name, tower in model.backbone.towers.items():
@@ -59,6 +60,8 @@ def test_with_precision_converts_both_ways():
     reference = model.predict(clips, verbose=0)
     half = scale.with_precision(model, "bfloat16")
     assert scale.model_precision(half) == "bfloat16" and scale.model_precision(model) is None
+    assert (half.class_names, half.class_mids) == (model.class_names, model.class_mids)
+    assert_same_variables(half, model)
     assert keras.config.dtype_policy().name == "float32"
     # The waveform reaches the front ends unrounded: the handcrafted features are float32's.
     for name, value in half.featurizer(clips).items():
@@ -70,7 +73,8 @@ def test_with_precision_converts_both_ways():
     for name in ("fused", *model.stream_names):
         np.testing.assert_allclose(lowered[name], reference[name], atol=0.05)
     back = scale.with_precision(half, None)
-    assert scale.model_precision(back) is None
+    assert scale.model_precision(back) is None and back.class_names == model.class_names
+    assert_same_variables(back, model)
     restored = back.predict(clips, verbose=0)
     for name in reference:
         np.testing.assert_allclose(restored[name], reference[name], atol=1e-5)

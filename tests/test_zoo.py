@@ -52,11 +52,54 @@ def test_save_and_load_preset_directory(signals, tmp_path):
     meta = json.loads((directory / "metadata.json").read_text())
     assert meta["backend"] == keras.backend.backend() and meta["sample_rate"] == 16000
     assert meta["training_data"] == "none"
+    assert "class_names" not in (directory / "config.json").read_text()  # labels.csv has them
     loaded = zoo.load(directory)
     assert loaded.class_names == labels
     got = loaded.predict(x, verbose=0)
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+
+
+def test_labels_are_model_state(signals, tmp_path, monkeypatch):
+    """Class names and AudioSet ids travel with the model: through a `.keras` file, and
+    through `save_to_preset` / `from_preset` given a preset directory, a training run
+    directory or a preset name."""
+    from keras_dae.models import DiverseClassifier
+
+    names, mids = ["Speech", "Dog", "Bird"], ["/m/09x0r", "/m/0bt9lr", ""]
+    model = DiverseClassifier.from_preset("diverse_tiny", load_weights=False,
+                                          class_names=names, class_mids=mids)
+    assert (model.class_names, model.class_mids) == (names, mids)
+    assert DiverseClassifier.from_preset("diverse_tiny", load_weights=False,
+                                         num_classes=2).class_names == ["class_0", "class_1"]
+    x = signals["speech"][None, :16000]
+    expected = model.predict(x, verbose=0)["fused"]
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert (reloaded.class_names, reloaded.class_mids) == (names, mids)
+    model.save_to_preset(tmp_path / "run" / "preset")
+    assert zoo.resolve_preset(tmp_path / "run") == (None, tmp_path / "run" / "preset")
+    monkeypatch.setenv("KERAS_DAE_HOME", str(tmp_path / "home"))
+    model.save_to_preset(tmp_path / "home" / "presets" / "diverse_tiny")
+    for source in (tmp_path / "run" / "preset", tmp_path / "run", str(tmp_path / "run"),
+                   "diverse_tiny"):
+        loaded = DiverseClassifier.from_preset(source)
+        assert (loaded.class_names, loaded.class_mids) == (names, mids), source
+        np.testing.assert_allclose(loaded.predict(x, verbose=0)["fused"], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="2 class_names for a model with 3 classes"):
+        DiverseClassifier.from_preset("diverse_tiny", load_weights=False, num_classes=3,
+                                      class_names=["a", "b"])
+
+
+def test_a_missing_preset_says_how_to_get_one(tmp_path):
+    from keras_dae.models import DiverseClassifier
+
+    for missing in (tmp_path / "no_such_run", "diverse_huge"):
+        with pytest.raises(PresetError) as error:
+            DiverseClassifier.from_preset(missing)
+        message = str(error.value)
+        assert "\n" not in message and str(missing) in message
+        assert "keras-dae train" in message and "diverse_tiny" in message
 
 
 def test_named_preset_weights_come_from_keras_dae_home(signals, tmp_path):

@@ -213,8 +213,7 @@ def _export_in_subprocess(model, path, fmt, quantize, calibration, calibration_w
                           "is not installed: pip install \"keras-dae[export]\"")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        preset = zoo.save(model, tmp / "preset", labels=getattr(model, "class_names", None),
-                          mids=getattr(model, "class_mids", None))
+        preset = zoo.save(model, tmp / "preset")
         if calibration is not None and not isinstance(calibration, (str, Path)):
             np.save(tmp / "calibration.npy", np.asarray(calibration, np.float32))
             calibration = str(tmp / "calibration.npy")

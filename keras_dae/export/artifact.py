@@ -52,7 +52,7 @@ def describe(model, fmt: str, quantize: str, window: int, dft_mode: str,
         "output_order": output_names(streams),
         "streams": streams,
         "labels": list(model.class_names),
-        "mids": list(getattr(model, "class_mids", None) or [""] * model.num_classes),
+        "mids": list(model.class_mids),
         "float_parts": list(float_parts or []),
     }
 

@@ -4,18 +4,14 @@ Every front end is a plain Keras layer, so an exported graph is the model's own 
 only settings that matter for export are how spectra compute their DFT (`dft_mode`): "fft"
 lowers to an FFT (TFLite's RFFT2D builtin; ONNX has no real FFT that tf2onnx emits), and
 "matmul" to a product with a constant real DFT matrix, which every format runs. The model is
-rebuilt from its own config with those settings, the weights are copied through Keras' own
-weight loading (so that layers with derived state, such as `Normalization`, finish their
-state exactly as after `load_weights`), and the copy is checked against the original.
+rebuilt from its own config with those settings (`keras_dae.models.derived_model`, which
+copies every variable as loading does), and the copy is checked against the original.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 
-import keras
 import numpy as np
 
 from keras_dae.layers import signal
@@ -80,19 +76,6 @@ def probe_audio(sample_rate: int, seconds: float = 1.0, count: int = 4) -> np.nd
     return np.stack([windows[i % len(windows)] for i in range(count)]).astype(np.float32)
 
 
-def copy_weights(source: keras.Model, target: keras.Model) -> None:
-    """Copies `source`'s weights into `target` (same architecture) with `load_weights`.
-
-    `set_weights` would skip the hooks that layers run after loading (a `Normalization`
-    layer keeps its statistics as constants computed in `finalize_state`), so the weights go
-    through a `.weights.h5` file, exactly as presets are loaded.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.weights.h5")
-        source.save_weights(path)
-        target.load_weights(path)
-
-
 def max_abs_diff(a: dict, b: dict, keys=None) -> dict[str, float]:
     """Largest absolute difference per output name between two dicts of arrays."""
     keys = keys or [k for k in a if k in b]
@@ -117,21 +100,16 @@ def export_ready_model(model, dft_mode: str = "matmul", check: bool = True,
     """
     from keras_dae.layers import PitchTracker
     from keras_dae.models import DiverseClassifier
+    from keras_dae.models.derived import derived_model
 
     if not isinstance(model, DiverseClassifier):
         raise TypeError(f"export_ready_model() takes a DiverseClassifier, got "
                         f"{type(model).__name__}.")
-    config = with_dft_mode(keras.saving.serialize_keras_object(model), dft_mode,
-                           pitch_dft_mode)
     pitch_modes = {f.dft_mode for fs in model.featurizer.streams.values() for f in fs
                    if isinstance(f, PitchTracker)}
     if pitch_modes - {pitch_dft_mode}:
         atol = max(atol, PITCH_MODE_ATOL)
-    ready = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    copy_weights(model, ready)
-    ready.class_names = list(getattr(model, "class_names", None)
-                             or [f"class_{i}" for i in range(model.num_classes)])
-    ready.class_mids = list(getattr(model, "class_mids", None) or [""] * model.num_classes)
+    ready = derived_model(model, lambda config: with_dft_mode(config, dft_mode, pitch_dft_mode))
     if check:
         x = probe_audio(model.sample_rate)
         expected = model.predict(x, verbose=0)

@@ -27,15 +27,33 @@ class DiverseClassifier(keras.Model):
             feature sizes match the backbone's inputs.
         num_classes: number of output classes.
         dropout: dropout on the embeddings before the heads during training.
+        class_names: the name of each class (default `class_0`, `class_1`, ...).
+        class_mids: the AudioSet id of each class, `""` where there is none (default: none).
+
+    The class names and AudioSet ids are part of the model's config: saving (`.keras`, a
+    preset), loading, `keras_dae.scale.with_precision` and the export-ready copy keep them.
+
+    Presets (see `keras_dae.zoo`), as in keras-hub:
+
+        model = DiverseClassifier.from_preset("diverse_sampled15")
+        tuned = DiverseClassifier.from_preset("runs/my_run", class_names=["dog", "cat"])
+        model.save_to_preset("my_preset")
     """
 
-    def __init__(self, backbone, featurizer, num_classes: int, dropout: float = 0.0, **kwargs):
+    def __init__(self, backbone, featurizer, num_classes: int, dropout: float = 0.0,
+                 class_names=None, class_mids=None, **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(featurizer, dict):
             featurizer = keras.saving.deserialize_keras_object(featurizer)
         if num_classes is None or num_classes <= 0:
             raise ValueError(f"`num_classes` must be positive, got {num_classes!r}.")
+        class_names = list(class_names) if class_names is not None else default_class_names(
+            num_classes)
+        class_mids = list(class_mids) if class_mids is not None else [""] * num_classes
+        for what, values in (("class_names", class_names), ("class_mids", class_mids)):
+            if len(values) != num_classes:
+                raise ValueError(f"{len(values)} {what} for a model with {num_classes} classes.")
         dims = featurizer.feature_dims()
         if dims != backbone.feature_dims:
             raise ValueError(
@@ -63,6 +81,8 @@ class DiverseClassifier(keras.Model):
         self.featurizer = featurizer
         self.num_classes = int(num_classes)
         self.dropout = float(dropout)
+        self.class_names = class_names
+        self.class_mids = class_mids
         self.fusion_head = fusion
         self.stream_heads = heads
 
@@ -117,11 +137,47 @@ class DiverseClassifier(keras.Model):
             "featurizer": keras.saving.serialize_keras_object(self.featurizer),
             "num_classes": self.num_classes,
             "dropout": self.dropout,
+            "class_names": [str(name) for name in self.class_names],
+            "class_mids": [str(mid) for mid in self.class_mids],
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
+        """The classifier of a preset name (`keras_dae.zoo.list_presets()`), a preset
+        directory or a training run directory (its `preset/`).
+
+        Args:
+            preset: the name or directory.
+            load_weights: True: the preset's weights (a one-line `PresetError` says how to
+                get or train them when they are missing); False: random initialisation; a
+                path to a `.weights.h5` file: those weights.
+            **kwargs: config values to override. `class_names` (with `class_mids`, default
+                none) or a different `num_classes` keep the featurizer and towers with their
+                weights and replace every head by a freshly initialised one (fine-tuning).
+
+        Loading uses Keras' safe mode and only keras-dae's own classes, and refuses weights
+        whose SHA-256 is not the one the preset's `metadata.json` records.
+        """
+        from keras_dae.zoo import load_preset
+
+        return load_preset(cls, preset, load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, metadata: dict | None = None):
+        """Writes this model as a preset directory: `config.json`, `model.weights.h5`,
+        `metadata.json` (versions, backend, `weights_sha256`, and `metadata`) and
+        `labels.csv` (the class names and AudioSet ids). Returns the directory."""
+        from keras_dae.zoo import save
+
+        return save(self, preset_dir, metadata=metadata)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """`class_0`, `class_1`, ...: the names of classes nobody named."""
+    return [f"class_{i}" for i in range(int(num_classes))]
 
 
 def build_diverse_classifier(num_classes: int, sample_rate: int = 16000,

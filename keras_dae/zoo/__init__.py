@@ -1,9 +1,10 @@
 """The model zoo: named presets and preset directories, loaded offline.
 
-    model = keras_dae.zoo.load("diverse_fsd50k")                  # weights from $KERAS_DAE_HOME
-    model = keras_dae.zoo.load("diverse_fsd50k", weights=None)    # random initialisation
-    model = keras_dae.zoo.load("runs/my_run/preset")               # a preset directory
+    model = DiverseClassifier.from_preset("diverse_fsd50k")      # weights from $KERAS_DAE_HOME
+    model = DiverseClassifier.from_preset("diverse_fsd50k", load_weights=False)  # random
+    model = DiverseClassifier.from_preset("runs/my_run")          # a run (its preset/)
     model = keras_dae.zoo.load("diverse_fsd50k", labels=["dog", "cat"], freeze_backbone=True)
+    model.save_to_preset("my_preset")                              # or keras_dae.zoo.save
 
 Nothing is ever downloaded. Weights of a named preset are looked for in
 `$KERAS_DAE_HOME/presets/<name>/` (default `~/.keras-dae/presets/<name>/`); presets whose
@@ -25,7 +26,8 @@ from keras_dae.zoo import preset_files as files
 from keras_dae.zoo.preset_files import PresetError
 from keras_dae.zoo.presets import PRESETS, preset_vocabulary, shipped_preset_dir
 
-__all__ = ["PRESETS", "PresetError", "keras_dae_home", "list_presets", "load", "save"]
+__all__ = ["PRESETS", "PresetError", "keras_dae_home", "list_presets", "load", "load_preset",
+           "resolve_preset", "save"]
 
 
 def keras_dae_home() -> Path:
@@ -39,21 +41,24 @@ def list_presets() -> dict[str, str]:
 
 
 def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=None) -> Path:
-    """Writes `model` as a preset directory (config, weights, metadata, labels).
-
-    `labels` defaults to `model.class_names` when set, else `class_0`, `class_1`, ...
+    """Writes `model` as a preset directory (config, weights, metadata, labels):
+    `model.save_to_preset(directory)`, with other class names (`labels`, `mids`) for the
+    preset when given. `labels` defaults to `model.class_names`, `mids` to `model.class_mids`
+    (or none, when `labels` are given).
     """
     if not isinstance(model, DiverseClassifier):
         raise TypeError(f"save() takes a DiverseClassifier, got {type(model).__name__}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    labels = list(labels or getattr(model, "class_names", None) or
-                  [f"class_{i}" for i in range(model.num_classes)])
+    labels = list(labels) if labels is not None else model.class_names
     if len(labels) != model.num_classes:
         raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes.")
-    mids = list(mids or getattr(model, "class_mids", None) or [""] * len(labels))
+    if mids is None:
+        mids = model.class_mids if labels == model.class_names else [""] * len(labels)
     config = keras.saving.serialize_keras_object(model)
     config.pop("compile_config", None)  # a preset is the model, not a training setup
+    for key in ("class_names", "class_mids"):  # labels.csv holds them
+        config["config"].pop(key, None)
     files.write_json(directory / files.CONFIG_FILE, config)
     tmp = directory / (".tmp." + files.WEIGHTS_FILE)
     model.save_weights(tmp)
@@ -75,20 +80,29 @@ def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=N
     return directory
 
 
-def _resolve(name_or_path) -> tuple[str | None, Path]:
-    """(preset name or None, directory to read the preset from)."""
-    path = Path(str(name_or_path)).expanduser()
+def resolve_preset(preset) -> tuple[str | None, Path]:
+    """(preset name or None, the directory to read it from) for a preset name, a preset
+    directory or a training run directory (whose preset is `RUN_DIR/preset/`).
+
+    A named preset's directory may not exist (its weights were never installed); anything
+    else that is not a directory raises a one-line `PresetError` saying how to get one.
+    """
+    path = Path(str(preset)).expanduser()
     if path.is_dir():
+        run_preset = path / "preset"
+        if run_preset.is_dir() and not (path / files.CONFIG_FILE).is_file():
+            return None, run_preset
         return None, path
-    name = str(name_or_path)
+    name = str(preset)
     if name in PRESETS:
         local = keras_dae_home() / "presets" / name
         if PRESETS[name].get("shipped") and not (local / files.CONFIG_FILE).is_file():
             return name, shipped_preset_dir(name)
         return name, local
     raise PresetError(
-        f"{name_or_path!r} is neither a preset directory nor a known preset "
-        f"({', '.join(PRESETS)})."
+        f"{preset!r} is neither a preset directory, a training run directory nor a known "
+        f"preset ({', '.join(PRESETS)}); train one with `keras-dae train --data DATA_DIR "
+        f"--out RUN_DIR` and pass RUN_DIR."
     )
 
 
@@ -101,12 +115,69 @@ def _missing_weights_message(name: str, directory: Path) -> str:
     )
 
 
+def load_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
+    """`cls.from_preset(preset, load_weights, **kwargs)` (see `DiverseClassifier.from_preset`)."""
+    name, directory = resolve_preset(preset)
+    config_path, labels_path = directory / files.CONFIG_FILE, directory / files.LABELS_FILE
+    built_from_spec = name is not None and not config_path.is_file()
+    config = None if built_from_spec else files.read_json(config_path)
+    inner = config.get("config") if isinstance(config, dict) else None
+    inner = inner if isinstance(inner, dict) else {}
+    num_classes = PRESETS[name]["num_classes"] if built_from_spec else inner.get("num_classes")
+    # New class names, or another number of classes: new heads on the same featurizer and
+    # towers, made once the preset's own model has its weights.
+    new_heads = None
+    if "class_names" in kwargs or kwargs.get("num_classes", num_classes) != num_classes:
+        new_heads = {key: kwargs.pop(key) for key in ("num_classes", "class_names", "class_mids")
+                     if key in kwargs}
+    if labels_path.is_file():
+        vocabulary = files.read_labels(labels_path)
+        if num_classes is not None and len(vocabulary[0]) != num_classes:
+            raise PresetError(f"{labels_path}: {len(vocabulary[0])} labels for a model with "
+                              f"{num_classes} classes")
+    else:
+        vocabulary = preset_vocabulary(name) if name is not None else None
+    if vocabulary:  # the preset's class names, unless kwargs give the config others
+        kwargs = {"class_names": vocabulary[0], "class_mids": vocabulary[1], **kwargs}
+    if built_from_spec:
+        spec = PRESETS[name]
+        kwargs.pop("num_classes", None)
+        model = build_diverse_classifier(spec["num_classes"], spec["sample_rate"],
+                                         tower=spec["tower"], **kwargs)
+    else:
+        inner.update(kwargs)
+        model = files.model_from_config(config, config_path)
+    if not isinstance(model, cls):
+        raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a {cls.__name__}")
+    if load_weights is True:
+        if not (directory / files.WEIGHTS_FILE).is_file():
+            if name is not None:
+                raise PresetError(_missing_weights_message(name, directory))
+            raise PresetError(f"{directory / files.WEIGHTS_FILE}: missing")
+        expected = None
+        if (directory / files.METADATA_FILE).is_file():
+            metadata = files.read_json(directory / files.METADATA_FILE)
+            expected = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
+        files.verify_weights(directory / files.WEIGHTS_FILE, expected)
+        files.load_weights(model, directory / files.WEIGHTS_FILE)
+    elif load_weights not in (False, None):
+        files.load_weights(model, Path(load_weights))
+    if new_heads is not None:  # the layers and weights of featurizer and towers are shared
+        names = new_heads.get("class_names")
+        model = cls(model.backbone, model.featurizer,
+                    num_classes=new_heads.get("num_classes", len(names or ())),
+                    dropout=model.dropout, class_names=names,
+                    class_mids=new_heads.get("class_mids"), name=model.name)
+    return model
+
+
 def load(name_or_path, weights="auto", labels=None, num_classes=None,
          freeze_backbone: bool = False) -> DiverseClassifier:
-    """Returns the classifier of a named preset or a preset directory.
+    """Returns the classifier of a named preset, a preset directory or a training run
+    directory: `DiverseClassifier.from_preset`, with zoo's argument names.
 
     Args:
-        name_or_path: a name from `list_presets()` or a preset directory.
+        name_or_path: a name from `list_presets()`, a preset directory or a run directory.
         weights: `"auto"` (the preset's own weights; an error says how to get them when they
             are missing), `None` (random initialisation), or a path to a `.weights.h5` file.
         labels: new class names: keeps the featurizer and towers, and replaces every head
@@ -121,51 +192,14 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
     SHA-256 that `metadata.json` records (presets written by `save`), so a file corrupted in
     place is refused rather than loaded as wrong weights.
     """
-    name, directory = _resolve(name_or_path)
-    if name is not None and not (directory / files.CONFIG_FILE).is_file():
-        spec = PRESETS[name]
-        model = build_diverse_classifier(spec["num_classes"], spec["sample_rate"],
-                                         tower=spec["tower"])
-    else:
-        config_path = directory / files.CONFIG_FILE
-        model = files.model_from_config(files.read_json(config_path), config_path)
-        if not isinstance(model, DiverseClassifier):
-            raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a "
-                              "DiverseClassifier")
-    class_names, class_mids = None, None
-    if name is not None and not (directory / files.LABELS_FILE).is_file():
-        class_names, class_mids = preset_vocabulary(name) or (None, None)
-    if (directory / files.LABELS_FILE).is_file():
-        class_names, class_mids = files.read_labels(directory / files.LABELS_FILE)
-        if len(class_names) != model.num_classes:
-            raise PresetError(f"{directory / files.LABELS_FILE}: {len(class_names)} labels for "
-                              f"a model with {model.num_classes} classes")
-    if weights == "auto":
-        if not (directory / files.WEIGHTS_FILE).is_file():
-            if name is not None:
-                raise PresetError(_missing_weights_message(name, directory))
-            raise PresetError(f"{directory / files.WEIGHTS_FILE}: missing")
-        expected = None
-        if (directory / files.METADATA_FILE).is_file():
-            metadata = files.read_json(directory / files.METADATA_FILE)
-            expected = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
-        files.verify_weights(directory / files.WEIGHTS_FILE, expected)
-        files.load_weights(model, directory / files.WEIGHTS_FILE)
-    elif weights is not None:
-        files.load_weights(model, Path(weights))
-    if labels is not None or (num_classes is not None and num_classes != model.num_classes):
-        if labels is not None:
-            labels = list(labels)
-            if num_classes is not None and num_classes != len(labels):
-                raise ValueError(f"num_classes={num_classes} but {len(labels)} labels given.")
-        n = len(labels) if labels is not None else int(num_classes)
-        model = DiverseClassifier(model.backbone, model.featurizer, num_classes=n,
-                                  dropout=model.dropout, name=model.name)
-        class_names = labels or [f"class_{i}" for i in range(n)]
-        class_mids = [""] * n
+    head = {}
+    if labels is not None:
+        head["class_names"] = list(labels)
+    if num_classes is not None:
+        head["num_classes"] = int(num_classes)
+    model = DiverseClassifier.from_preset(
+        name_or_path, load_weights=True if weights == "auto" else weights, **head)
     if freeze_backbone:
         model.backbone.trainable = False
         model.featurizer.trainable = False
-    model.class_names = class_names or [f"class_{i}" for i in range(model.num_classes)]
-    model.class_mids = class_mids or [""] * model.num_classes
     return model
