@@ -9,7 +9,10 @@ and PyTorch concurrent calls give the same results as sequential ones (tested).
     outputs = predict(model, waveforms, batch_size=64)   # safe from any thread
 
 `predict` serialises calls on one model under JAX (a lock per model) and lets them run
-concurrently elsewhere. Every keras-dae function that scores audio goes through it.
+concurrently elsewhere. It scores batch by batch with `predict_on_batch`: `model.predict`
+builds a new data pipeline per call, whose memory TensorFlow keeps growing over the
+hundreds of calls that scoring an hour-long file makes. Every keras-dae function that
+scores audio goes through it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import weakref
 
 import keras
+import numpy as np
 
 __all__ = ["model_lock", "predict"]
 
@@ -34,10 +38,23 @@ def model_lock(model) -> threading.RLock:
         return lock
 
 
-def predict(model, x, batch_size: int = 64, **kwargs):
-    """`model.predict(x, batch_size=..., verbose=0)`, safe to call from several threads."""
-    kwargs.setdefault("verbose", 0)
+def predict(model, x, batch_size: int = 64):
+    """What `model.predict(x, batch_size=batch_size)` returns (numpy, a dict for a model with
+    named outputs), safe to call from several threads."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    x = np.asarray(x)
     if keras.backend.backend() == "jax":
         with model_lock(model):
-            return model.predict(x, batch_size=batch_size, **kwargs)
-    return model.predict(x, batch_size=batch_size, **kwargs)
+            return _batched(model, x, batch_size)
+    return _batched(model, x, batch_size)
+
+
+def _batched(model, x: np.ndarray, batch_size: int):
+    parts = [model.predict_on_batch(x[start:start + batch_size])
+             for start in range(0, len(x), batch_size)]
+    if not parts:
+        raise ValueError("predict needs at least one example, got an empty batch")
+    if isinstance(parts[0], dict):
+        return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+    return np.concatenate([np.asarray(p) for p in parts])
