@@ -17,6 +17,13 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
+from keras_dae.validation import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
 BUNDLED_CLIP = "speech_front_center.wav"
 BACKENDS = ("tensorflow", "jax", "torch")
 PLOT_EXTRA = "pip install 'keras-dae[plot]'"
@@ -98,15 +105,16 @@ def load_split(data: Path, fmt: str, split: str):
     return read_folder_dataset(path) if path.is_dir() else None
 
 
-def _with_labels(dataset, labels):
-    """The dataset's targets re-indexed to the vocabulary `labels` (a model's classes)."""
+def _with_labels(dataset, labels, name="the data", classes="classes of the model"):
+    """The dataset's targets re-indexed to the vocabulary `labels` (a model's classes);
+    a label outside it is refused (`ValueError` naming `name` and the labels)."""
     import numpy as np
 
     if dataset is None or list(dataset.labels) == list(labels):
         return dataset
     unknown = sorted(set(dataset.labels) - set(labels))
     if unknown:
-        raise ValueError(f"labels {unknown} of the data are not classes of the model")
+        raise ValueError(f"{name}: labels {unknown} are not {classes}")
     column = {label: i for i, label in enumerate(labels)}
     targets = np.zeros((len(dataset), len(labels)), np.float32)
     for j, label in enumerate(dataset.labels):
@@ -117,6 +125,16 @@ def _with_labels(dataset, labels):
 
 
 def _train_command(args) -> int:
+    from keras_dae import runs
+
+    # Refused at once, before any data is read: a run directory in use by another process,
+    # an earlier run not asked to be resumed or overwritten, a finished run to resume.
+    with runs.run_lock(args.out):
+        runs.prepare(args.out, resume=args.resume, overwrite=args.overwrite)
+        return _train_locked(args)
+
+
+def _train_locked(args) -> int:
     from keras_dae import scale
 
     data = Path(args.data)
@@ -131,7 +149,12 @@ def _train_command(args) -> int:
         print(f"error: {data}: needs a train and a val split for --format {args.format}",
               file=sys.stderr)
         return 2
-    val = _with_labels(val, train.labels)
+    # Every split and every label before training: a label of val or eval that the training
+    # split lacks is refused now, not after the run.
+    known = "among the training split's classes"
+    val = _with_labels(val, train.labels, f"{data} (val)", known)
+    test = _with_labels(load_split(data, args.format, "eval"), train.labels,
+                        f"{data} (eval)", known)
     if args.data_parallel:
         try:
             scale.check_data_parallel(args.batch_size)
@@ -142,10 +165,10 @@ def _train_command(args) -> int:
         contextlib.nullcontext())
     # The model and its optimizer are built inside both contexts.
     with scale.precision(args.mixed_precision), parallel:
-        return _train(args, data, train, val)
+        return _train(args, data, train, val, test)
 
 
-def _train(args, data: Path, train, val) -> int:
+def _train(args, data: Path, train, val, test) -> int:
     import keras
 
     from keras_dae import scale, training
@@ -177,11 +200,8 @@ def _train(args, data: Path, train, val) -> int:
           f"backend {keras.backend.backend()}, {keras.config.dtype_policy().name}"
           + (f", data parallel over {devices} devices" if devices else ""), flush=True)
     trainer = training.Trainer(model, train, val, args.out, config)
-    trainer.run(resume=args.resume)
-    eval_sets = {"val": val}
-    test = load_split(data, args.format, "eval")
-    if test is not None:
-        eval_sets = {"eval": _with_labels(test, train.labels), "val": val}
+    trainer.run(resume=args.resume, overwrite=args.overwrite)
+    eval_sets = {"val": val} if test is None else {"eval": test, "val": val}
     report = training.finish_run(trainer, eval_sets, training_data=str(data.resolve()))
     for split, r in report["evaluation"].items():
         streams = "  ".join(f"{k} {v:.3f}" for k, v in r["streams"].items())
@@ -198,8 +218,10 @@ def _train(args, data: Path, train, val) -> int:
 def _evaluate_command(args) -> int:
     import json
 
-    from keras_dae import training, zoo
+    from keras_dae import atomic, training, zoo
 
+    if args.json:
+        atomic.check_output_path(args.json, (".json",), "--json")
     model = zoo.load(args.model)
     if args.mixed_precision:
         from keras_dae import scale
@@ -220,7 +242,7 @@ def _evaluate_command(args) -> int:
     for path, reason in report["skipped"].items():
         print(f"  {path}: {reason}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        atomic.write_text(args.json, json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     return 0
 
@@ -347,8 +369,6 @@ def _predict_command(args) -> int:
 
     from keras_dae.inference import TagFailure
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     started = time.perf_counter()
     paths, failures = _audio_inputs(args.inputs)
     total = len(paths) + len(failures)
@@ -381,16 +401,14 @@ def _predict_command(args) -> int:
 
 
 def _embed_command(args) -> int:
-    import tempfile
     import time
 
     import numpy as np
 
+    from keras_dae import atomic
     from keras_dae.inference import TagFailure
 
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise OSError(f"{out}: the folder {out.parent} does not exist")
+    out = atomic.check_output_path(args.out, (".npz",))
     started = time.perf_counter()
     paths, failures = _audio_inputs(args.inputs)
     total = len(paths) + len(failures)
@@ -431,14 +449,7 @@ def _embed_command(args) -> int:
         "skipped_reasons": np.array([f.reason for f in failures], dtype=str),
         "model": np.array(str(args.model)), "sample_rate": np.array(tagger.sample_rate),
     }
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
     streams = ", ".join(tagger.stream_names)
     print(f"wrote {out}: fused {fused.shape[0]}x{fused.shape[1]}; {streams} "
           f"{fused.shape[0]}x{size} each")
@@ -498,6 +509,7 @@ def _export_command(args) -> int:
     from keras_dae import export, zoo
     from keras_dae.zoo import PresetError
 
+    export.check_export_path(args.out, args.format)  # before the model loads
     try:
         model_path = zoo.resolve_preset(args.model)[1]
         model = zoo.load(args.model)
@@ -532,8 +544,17 @@ def _export_command(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in the command line's one-line form (`error: ...`, exit 2)
+    instead of the usage text followed by the message."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} "
+                     "--help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-dae", description="Diverse Audio Embeddings for Keras 3."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -542,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every in-graph front end on a clip (default: a bundled recording)",
     )
     frontends.add_argument("file", nargs="?", help="audio file (WAV, FLAC, OGG, ...)")
-    frontends.add_argument("--sample-rate", type=int, default=16000)
+    frontends.add_argument("--sample-rate", type=positive_int, default=16000)
     frontends.add_argument(
         "--plot", help="where to write the picture ('' for none; default frontends.png, "
         "drawn when matplotlib is installed)"
@@ -555,12 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (checkpoints, preset, report)")
     train.add_argument("--format", choices=formats, default="fsd50k")
     train.add_argument("--preset", default="diverse_fsd50k", help="model configuration")
-    train.add_argument("--epochs", type=int, default=10, help="stage 1 (tower) epochs")
-    train.add_argument("--fusion-epochs", type=int, default=5)
-    train.add_argument("--joint-epochs", type=int, default=0, help="optional stage 3")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    train.add_argument("--epochs", type=non_negative_int, default=10, help="stage 1 (tower) epochs")
+    train.add_argument("--fusion-epochs", type=non_negative_int, default=5)
+    train.add_argument("--joint-epochs", type=non_negative_int, default=0, help="optional stage 3")
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    train.add_argument("--mixup", type=non_negative_float, default=0.0, help="mixup alpha (0: off)")
     train.add_argument("--balanced", action="store_true", help="balanced sampling")
     train.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                        help="SpecAugment-style masking of the towers' features in training "
@@ -581,9 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split every batch over all local devices (JAX: "
                             "keras.distribution.DataParallel; TensorFlow: MirroredStrategy); "
                             "the batch size must divide by the device count")
-    train.add_argument("--patience", type=int, default=3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+    train.add_argument("--patience", type=positive_int, default=3)
+    train.add_argument("--seed", type=non_negative_int, default=0)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN_DIR from its checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in RUN_DIR (its own files are removed first)")
     train.set_defaults(func=_train_command)
 
     evaluate = sub.add_parser("evaluate", help="clip-level metrics of a run or preset")
@@ -600,9 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--out", required=True, help="shard directory")
     shard.add_argument("--format", choices=formats, default="fsd50k")
     shard.add_argument("--split", choices=("train", "val", "eval"), default="train")
-    shard.add_argument("--sample-rate", type=int, default=16000)
-    shard.add_argument("--shard-size", type=int, default=4096, help="1 s chunks per file")
-    shard.add_argument("--workers", type=int, default=1, help="decoding processes")
+    shard.add_argument("--sample-rate", type=positive_int, default=16000)
+    shard.add_argument("--shard-size", type=positive_int, default=4096, help="1 s chunks per file")
+    shard.add_argument("--workers", type=positive_int, default=1, help="decoding processes")
     shard.add_argument("--overwrite", action="store_true", help="replace existing shards")
     shard.set_defaults(func=_shard_command)
 
@@ -615,12 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
                          help="audio files, or directories searched for them")
     predict.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
-    predict.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
+    predict.add_argument("--top-k", type=positive_int, default=5, help="labels per file (default 5)")
     predict.add_argument("--json", action="store_true",
                          help="one JSON object per file and line, instead of text")
     predict.add_argument("--timestamps", action="store_true",
                          help="also the labels of each second")
-    predict.add_argument("--batch-size", type=int, default=32, help="1 s chunks per model call")
+    predict.add_argument("--batch-size", type=positive_int, default=32, help="1 s chunks per model call")
     predict.set_defaults(func=_predict_command)
 
     embed = sub.add_parser(
@@ -629,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="audio files, or directories searched for them")
     embed.add_argument("--out", required=True, metavar="FILE.npz", help="where to write")
     embed.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
-    embed.add_argument("--batch-size", type=int, default=32, help="1 s chunks per model call")
+    embed.add_argument("--batch-size", type=positive_int, default=32, help="1 s chunks per model call")
     embed.set_defaults(func=_embed_command)
 
     demo = sub.add_parser(
@@ -658,12 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="output .tflite / .onnx file, or SavedModel directory")
     exporter.add_argument("--calibration", help="int8: dataset or audio directory to calibrate "
                           "on (default: the preset's training data, if present)")
-    exporter.add_argument("--calibration-windows", type=int, default=200,
+    exporter.add_argument("--calibration-windows", type=positive_int, default=200,
                           help="int8: 1 s windows to calibrate on")
     exporter.add_argument("--dft-mode", choices=("fft", "matmul"),
                           help="spectra's DFT (default: fft for TFLite and SavedModel, matmul "
                           "for ONNX)")
-    exporter.add_argument("--batch-size", type=int, default=None,
+    exporter.add_argument("--batch-size", type=non_negative_int, default=None,
                           help="windows per call, fixed in the file; 0 for any (default: 1 "
                           "for TFLite, any for SavedModel and ONNX)")
     exporter.add_argument("--no-check", action="store_true",

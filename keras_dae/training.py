@@ -32,12 +32,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_dae import concurrency, metrics, scale
+from keras_dae import atomic as _atomic
+from keras_dae import concurrency, metrics, runs, scale, validation
 from keras_dae.audio import AudioDecodeError, summarize_problems
 from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader, clip_chunks
 from keras_dae.data.shards import ShardSet
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
+from keras_dae.runs import PreflightError
 
 logger = logging.getLogger(__name__)
 
@@ -76,60 +78,33 @@ class TrainConfig:
     jit_compile: bool | str = "auto"
     data_parallel: bool = False
 
+    # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
+    RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
+              "joint_epochs": "non_negative_int", "batch_size": "positive_int",
+              "learning_rate": "positive_float", "fusion_learning_rate": "positive_float",
+              "joint_learning_rate": "positive_float", "chunk_seconds": "positive_float",
+              "hop_seconds": "positive_float", "mixup": "non_negative_float",
+              "patience": "positive_int", "normalization_chunks": "positive_int",
+              "seed": "non_negative_int"}
+
+    def __post_init__(self):
+        for name, rule in self.RANGES.items():
+            validation.check(f"TrainConfig.{name}", getattr(self, name), rule)
+
     def epochs(self, stage: str) -> int:
         return {"towers": self.tower_epochs, "fusion": self.fusion_epochs,
                 "joint": self.joint_epochs}[stage]
 
 
-class CheckpointError(OSError):
+class CheckpointError(_atomic.OutputError):
     """A checkpoint could not be written or read; the message names the file and the cause."""
 
 
-class PreflightError(OSError):
-    """Training cannot start: the output directory is not writable, its disk is too full for
-    the checkpoints, or no file of a split is readable. The message says which and why."""
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, write) -> None:
-    """Writes `path` with `write(temporary_path)`, then flushes and renames it over `path`.
-
-    The temporary file is in the same directory and keeps the name's ending (Keras wants
-    `.weights.h5`). Whatever happens (an exception, a full disk, SIGKILL), `path` holds either
-    its old content or the new one, never a part; a failure removes the temporary file and
-    raises `CheckpointError` naming `path` and the cause.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # pragma: no cover
-            pass
-        if isinstance(error, Exception) and not isinstance(error, CheckpointError):
-            cause = (error.strerror if isinstance(error, OSError) and error.strerror
-                     else f"{type(error).__name__}: {error}")
-            raise CheckpointError(f"{path}: could not be written ({' '.join(str(cause).split())});"
-                                  " the previous version is intact") from error
-        raise
-    _fsync_directory(path.parent)
+    """`keras_dae.atomic.atomic_write` raising `CheckpointError` (see there)."""
+    _atomic.atomic_write(path, write, CheckpointError)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -493,6 +468,9 @@ class Trainer:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"{state_path}: unreadable ({error}); remove the checkpoint "
                                   "directory to start again") from None
+        if state.get("stage") not in (*STAGES, "done"):
+            raise CheckpointError(f"{state_path}: unknown stage {state.get('stage')!r}; remove "
+                                  "the checkpoint directory to start again")
         self.state = state
         weights = self._checkpoint_file("weights")
         try:
@@ -639,8 +617,18 @@ class Trainer:
             callbacks.append(keras.callbacks.TensorBoard(str(logs / stage)))
         return callbacks
 
-    def run(self, resume: bool = False) -> dict:
-        """Trains all stages (resuming from the checkpoint when asked); returns the history."""
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict:
+        """Trains all stages; returns the history.
+
+        An earlier run in `run_dir` is continued from its checkpoint with `resume`, replaced
+        with `overwrite`, and otherwise refused (`keras_dae.runs.prepare`); the directory is
+        locked against other processes while this one trains (`keras_dae.runs.run_lock`).
+        """
+        with runs.run_lock(self.run_dir):
+            runs.prepare(self.run_dir, resume=resume, overwrite=overwrite)
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict:
         self.preflight()
         if self.config.feature_masking is not None:
             masking = DEFAULT_FEATURE_MASKING if self.config.feature_masking else None
@@ -655,7 +643,9 @@ class Trainer:
             self.state["normalized"] = True
         if self.config.feature_cache:
             self._use_feature_cache()
-        start_stage = STAGES.index(self.state["stage"])
+        # "done": training ended before its report was written; nothing left to train
+        start_stage = (len(STAGES) if self.state["stage"] == "done"
+                       else STAGES.index(self.state["stage"]))
         for stage in STAGES[start_stage:]:
             epochs = self.config.epochs(stage)
             if epochs <= 0:

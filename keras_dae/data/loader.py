@@ -53,6 +53,7 @@ from keras_dae.audio import (
 )
 from keras_dae.data.chunking import _lengths, chunk_blocks, chunk_count, chunk_waveform
 from keras_dae.data.datasets import ClipDataset
+from keras_dae.validation import check
 
 __all__ = ["ChunkLoader", "clip_chunks", "iterate_clips"]
 
@@ -85,14 +86,10 @@ class _EpochSync(keras.callbacks.Callback):
 
 def check_sampling(batch_size, seed, mixup, mixup_probability) -> None:
     """Raises `ValueError` naming the first bad one of a loader's sampling arguments."""
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not (mixup >= 0 and math.isfinite(mixup)):
-        raise ValueError(f"mixup (a Beta alpha) must be >= 0, got {mixup!r}")
-    if not 0 <= mixup_probability <= 1:
-        raise ValueError(f"mixup_probability must be in [0, 1], got {mixup_probability!r}")
+    check("batch_size", batch_size, "positive_int")
+    check("seed", seed, "non_negative_int")
+    check("mixup (a Beta alpha)", mixup, "non_negative_float")
+    check("mixup_probability", mixup_probability, "unit_interval")
 
 
 class ChunkLoader(keras.utils.PyDataset):

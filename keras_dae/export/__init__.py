@@ -15,7 +15,14 @@ subprocess. Each export is run in its own runtime next to the Keras model before
 returned. Nothing here imports TensorFlow until an export runs.
 """
 
-from keras_dae.export.api import DEFAULT_DFT_MODE, FORMATS, TOLERANCE, ExportResult, export
+from keras_dae.export.api import (
+    DEFAULT_DFT_MODE,
+    FORMATS,
+    TOLERANCE,
+    ExportResult,
+    check_export_path,
+    export,
+)
 from keras_dae.export.artifact import describe, sidecar_paths
 from keras_dae.export.calibration import calibration_windows
 from keras_dae.export.export_ready import ExportError, export_ready_model, probe_audio
@@ -31,6 +38,7 @@ __all__ = [
     "ExportResult",
     "ExportedModel",
     "calibration_windows",
+    "check_export_path",
     "describe",
     "export",
     "export_ready_model",

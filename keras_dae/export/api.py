@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_dae.export.artifact import describe, write_sidecars
+from keras_dae.atomic import OutputError, check_output_path
+from keras_dae.export.artifact import check_sidecars, describe, write_sidecars
 from keras_dae.export.export_ready import ExportError, export_ready_model, max_abs_diff, probe_audio
 from keras_dae.export.tflite import QUANTIZATIONS
 
@@ -98,6 +99,29 @@ def _check_args(fmt, quantize, dft_mode, calibration, batch_size):
                          "onnxruntime cannot run)")
 
 
+SUFFIXES = {"tflite": (".tflite",), "onnx": (".onnx",), "savedmodel": ("",)}
+
+
+def check_export_path(path, fmt: str) -> Path:
+    """Refuses (`OutputError`, one line) an export to `path` before the work: a name that
+    does not end as the format's files do (`.tflite`, `.onnx`, a SavedModel directory without
+    an extension), a missing or read-only folder, a directory that holds something other than
+    a SavedModel, and a sidecar path (`artifact.sidecar_paths`) holding a file that no export
+    wrote. Returns `path`."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
+    directory = fmt == "savedmodel"
+    suffixes = () if directory and path.is_dir() else SUFFIXES[fmt]
+    check_output_path(path, suffixes, directory=directory)
+    if directory and path.is_dir() and any(path.iterdir()) and not (
+            path / "saved_model.pb").is_file():
+        raise OutputError(f"--out {path}: a directory that holds something other than a "
+                          "SavedModel; choose a new or empty directory")
+    check_sidecars(path)
+    return path
+
+
 def export(model, path, format: str, quantize: str = "none", calibration=None,
            calibration_windows: int = 200, dft_mode: str | None = None,
            window_seconds: float = 1.0, batch_size: int | str | None = "auto",
@@ -134,8 +158,7 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
     if batch_size == "auto":
         batch_size = DEFAULT_BATCH_SIZE.get(format)
     _check_args(format, quantize, dft_mode, calibration, batch_size)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_export_path(path, format)
     window = int(round(window_seconds * model.sample_rate))
     backend = keras.backend.backend()
     if backend == "tensorflow":

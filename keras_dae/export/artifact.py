@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from keras_dae import atomic
+from keras_dae.atomic import OutputError
 from keras_dae.version import __version__
 
 METADATA_KEY = "keras_dae"
@@ -71,11 +73,38 @@ def sidecar_paths(artifact) -> tuple[Path, Path]:
     return artifact.with_suffix(".labels.txt"), artifact.with_suffix(".json")
 
 
+def _is_ours(sidecar: Path, json_path: Path) -> bool:
+    """Whether an existing sidecar was written by an export: the JSON description carries
+    `SCHEMA`; the labels file is the one its description lists."""
+    try:
+        description = json.loads(json_path.read_text())
+        if not str(description.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/"):
+            return False
+        if sidecar == json_path:
+            return True
+        return sidecar.read_text() == "".join(f"{x}\n" for x in description["labels"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return False
+
+
+def check_sidecars(artifact) -> None:
+    """Refuses (`OutputError`) to go on when a sidecar path of `artifact` holds a file that an
+    export did not write (a `package.json` beside `package.tflite`, say)."""
+    labels_path, json_path = sidecar_paths(artifact)
+    for sidecar in (labels_path, json_path):
+        if sidecar.exists() and not _is_ours(sidecar, json_path):
+            raise OutputError(f"{sidecar}: exists and was not written by keras-dae export "
+                              f"(it would be replaced by the export's "
+                              f"{'labels' if sidecar == labels_path else 'description'}); "
+                              "move it or choose another --out")
+
+
 def write_sidecars(artifact, description: dict) -> tuple[Path, Path]:
     labels_path, json_path = sidecar_paths(artifact)
     labels_path.parent.mkdir(parents=True, exist_ok=True)
-    labels_path.write_text("".join(f"{label}\n" for label in description["labels"]))
-    json_path.write_text(json.dumps(description, indent=1) + "\n")
+    check_sidecars(artifact)
+    atomic.write_text(labels_path, "".join(f"{label}\n" for label in description["labels"]))
+    atomic.write_text(json_path, json.dumps(description, indent=1) + "\n")
     return labels_path, json_path
 
 

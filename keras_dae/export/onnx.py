@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_dae import atomic
 from keras_dae.export.artifact import INPUT_NAME, METADATA_KEY
 
 OPSET = 17
@@ -73,8 +74,7 @@ def write_onnx(model, path, window: int, description: dict, opset: int = OPSET,
                           f"{sorted(concrete.structured_outputs)}")
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(description)})
     onnx.checker.check_model(proto)
-    path = Path(path)
-    path.write_bytes(proto.SerializeToString())
+    path = atomic.write_bytes(path, proto.SerializeToString())
     _check_onnxruntime_runs(path, window, batch_size)
     return path
 

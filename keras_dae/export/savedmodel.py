@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from pathlib import Path
 
 import keras
 
+from keras_dae import atomic
 from keras_dae.export.artifact import INPUT_NAME
 
 SIGNATURE = "serving_default"
@@ -28,6 +31,17 @@ def write_savedmodel(model, directory, window: int, batch_size: int | None = Non
         functools.partial(model.__call__, training=False),
         input_signature=[tf.TensorSpec((batch_size, window), tf.float32, name=INPUT_NAME)],
     )
+    # Written beside its place and swapped in: an earlier export there stays whole until the
+    # new one is complete (export.check_export_path refused anything else there).
     directory = Path(directory)
-    archive.write_out(str(directory), verbose=False)
+    tmp = atomic.temporary_path(directory)
+    old = tmp.with_name(tmp.name + ".old")
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return directory

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_dae import atomic
 from keras_dae.export.artifact import INPUT_NAME, METADATA_KEY
 from keras_dae.export.savedmodel import SIGNATURE, write_savedmodel
 
@@ -257,6 +258,4 @@ def write_tflite(model, path, window: int, quantize: str, description: dict,
         from keras_dae.export.export_ready import ExportError
 
         raise ExportError(f"the TFLite model uses non-builtin ops {custom}")
-    path = Path(path)
-    path.write_bytes(flat)
-    return path
+    return atomic.write_bytes(path, flat)
