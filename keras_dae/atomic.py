@@ -40,12 +40,13 @@ def temporary_path(path) -> Path:
 
 
 def atomic_write(path, write: Callable[[Path], object],
-                 error_type: type[OutputError] = OutputError) -> Path:
+                 error_type: type[OutputError] = OutputError, intact: str | None = None) -> Path:
     """Writes `path` with `write(temporary_path)`, then flushes and renames it over `path`.
 
     Whatever happens (an exception, a full disk, SIGKILL), `path` holds either its old content
     or the new one; a failure removes the temporary file and raises `error_type` (an
-    `OutputError`) naming `path` and the cause. Returns `path`.
+    `OutputError`) naming `path`, the cause, and what is left as it was (`intact`; by default
+    the previous version of `path`, or nothing when it did not exist). Returns `path`.
     """
     path = Path(path)
     existed = path.exists()
@@ -63,7 +64,8 @@ def atomic_write(path, write: Callable[[Path], object],
         if isinstance(error, Exception) and not isinstance(error, OutputError):
             cause = (error.strerror if isinstance(error, OSError) and error.strerror
                      else f"{type(error).__name__}: {error}")
-            after = ("the previous version is intact" if existed else "nothing was written")
+            after = intact or ("the previous version is intact" if existed
+                               else "nothing was written")
             raise error_type(f"{path}: could not be written ({' '.join(str(cause).split())});"
                              f" {after}") from error
         raise

@@ -104,7 +104,9 @@ class CheckpointError(_atomic.OutputError):
 
 def atomic_write(path: Path, write) -> None:
     """`keras_dae.atomic.atomic_write` raising `CheckpointError` (see there)."""
-    _atomic.atomic_write(path, write, CheckpointError)
+    # A checkpoint's files have new names: what stays whole is the previous checkpoint.
+    _atomic.atomic_write(path, write, CheckpointError,
+                         intact="the previous version is intact")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
