@@ -39,7 +39,8 @@ def _picture_path(requested: str | None, default: str) -> str | None:
 
     `requested` is None when --plot was not given: then `default`, if matplotlib is installed
     (else no picture, and `_no_picture_note` says which extra draws it); '' means no picture.
-    A picture asked for by name without matplotlib is an error (exit 2), raised before any work.
+    A picture asked for by name without matplotlib, or where it cannot be written
+    (`atomic.check_output_path`), is an error (exit 2), raised before any work.
     """
     from importlib.util import find_spec
 
@@ -49,7 +50,9 @@ def _picture_path(requested: str | None, default: str) -> str | None:
         if requested is None:
             return None
         raise ValueError(f"the picture {requested} needs matplotlib: {PLOT_EXTRA}")
-    return requested or default
+    from keras_dae.atomic import check_output_path
+
+    return str(check_output_path(requested or default, (), "--plot"))
 
 
 def _no_picture_note(requested: str | None) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_dae import atomic
 from keras_dae.audio import load_audio
 from keras_dae.inference import Tagger, TagResult, display_label, format_labels
 
@@ -235,6 +236,6 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
     fig.text(0.06, 1 - 0.68 / height, CAPTION, fontsize=9, color="0.3", va="top")
     right = outer[0, 1].get_position(fig)
     fig.text(right.x0, 1 - 0.68 / height, TABLE_CAPTION, fontsize=9, color="0.3", va="top")
-    fig.savefig(path, dpi=110)
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from keras_dae import layers
+from keras_dae import atomic, layers
 
 
 def default_frontends(sample_rate: int = 16000) -> dict:
@@ -61,6 +61,6 @@ def plot_frontends(waveform, sample_rate, features, path, title=""):
         note = " (untrained)" if name == "Neuralogram" else ""
         ax.set_ylabel(f"{name}{note}\n({values.shape[1]} features)", fontsize=8)
     axes[-1].set_xlabel("time (s)")
-    fig.savefig(path, dpi=110)
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path

@@ -715,7 +715,7 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     ax_loss.legend()
     ax_map.legend(fontsize=7)
     path = out_dir / "training_curves.png"
-    fig.savefig(path, dpi=110)
+    _atomic.atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     written.append(path)
 
@@ -727,7 +727,7 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
     ax.set(title=f"AP per class ({split})", ylim=(0, 1))
     path = out_dir / "ap_per_class.png"
-    fig.savefig(path, dpi=110)
+    _atomic.atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     written.append(path)
 
@@ -739,7 +739,7 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
         ax.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
     ax.set(title=f"mAP per stream and fused ({split})", ylim=(0, 1))
     path = out_dir / "streams_vs_fused.png"
-    fig.savefig(path, dpi=110)
+    _atomic.atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     written.append(path)
     return written
