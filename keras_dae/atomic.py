@@ -9,6 +9,7 @@ whose folder is missing or not writable, or whose name ends otherwise than its f
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +31,16 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _cause(error: Exception) -> str:
+    """A failed write's cause, short: the errno's text when there is one ("No space left on
+    device", "File too large"), not a library's whole report."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    if isinstance(error, OSError) and error.strerror:
+        return " ".join(error.strerror.split())
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def temporary_path(path) -> Path:
@@ -57,20 +68,42 @@ def atomic_write(path, write: Callable[[Path], object],
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
+        wrapped = isinstance(error, Exception) and not isinstance(error, OutputError)
+        if wrapped:
+            cause = _cause(error)
         try:
             tmp.unlink(missing_ok=True)
         except OSError:  # pragma: no cover
             pass
-        if isinstance(error, Exception) and not isinstance(error, OutputError):
-            cause = (error.strerror if isinstance(error, OSError) and error.strerror
-                     else f"{type(error).__name__}: {error}")
+        if wrapped:
             after = intact or ("the previous version is intact" if existed
                                else "nothing was written")
-            raise error_type(f"{path}: could not be written ({' '.join(str(cause).split())});"
-                             f" {after}") from error
+            raise error_type(f"{path}: could not be written ({cause}); {after}") from error
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def save_weights(model, path, error_type: type[OutputError] = OutputError,
+                 intact: str | None = None) -> Path:
+    """`model.save_weights(path)` (a `.weights.h5` file), through `atomic_write`.
+
+    The HDF5 file is built in memory and written by Python: HDF5 itself, when a write fails
+    (a full disk), leaves a file handle that crashes the process when it is closed. With a
+    Keras that lacks the in-memory store, Keras writes the temporary file itself.
+    """
+    try:
+        from keras.src.saving import saving_lib
+
+        buffer = io.BytesIO()
+        store = saving_lib.H5IOStore(buffer, mode="w")
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_saveables=set())
+        store.close()
+    except (ImportError, AttributeError):  # pragma: no cover - another Keras
+        return atomic_write(path, model.save_weights, error_type, intact)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()), error_type,
+                        intact)
 
 
 def write_text(path, text: str, error_type: type[OutputError] = OutputError) -> Path:

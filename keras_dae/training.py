@@ -114,7 +114,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _atomic_save_weights(model: keras.Model, path: Path) -> None:
-    atomic_write(path, model.save_weights)
+    _atomic.save_weights(model, path, CheckpointError, intact="the previous version is intact")
 
 
 def _seed_variables(model) -> list:

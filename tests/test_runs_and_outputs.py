@@ -365,3 +365,31 @@ def test_export_refuses_a_directory_that_is_not_a_savedmodel(tmp_path):
         check_export_path(tmp_path / "model.savedmodel", "savedmodel")
     check_export_path(tmp_path / "empty_new", "savedmodel")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk while checkpointing
+
+
+def test_a_checkpoint_that_does_not_fit_ends_in_one_line(data_dir, tmp_path):
+    """A real write failure, without privileges: the training process may not write a file
+    over 300 kB (RLIMIT_FSIZE; writes beyond fail with EFBIG), so its first checkpoint's
+    weights fail halfway. One line, exit status 2, no crash, no partial or temporary file,
+    and no `state.json` naming a checkpoint that is not there."""
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "keras_dae.cli", *_train(data_dir, run_dir)],
+                          capture_output=True, text=True, env=env, timeout=600,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_line_error(proc.stderr)
+    assert str(run_dir / "checkpoint") in line and "File too large" in line
+    checkpoint = sorted(p.name for p in (run_dir / "checkpoint").iterdir())
+    assert checkpoint == [], checkpoint

@@ -137,8 +137,10 @@ def test_a_checkpoint_write_failing_midway_leaves_the_previous_one(failing, data
         return broken
 
     if failing == "weights":
-        monkeypatch.setattr(trainer.model, "save_weights",
-                            half_then_full(trainer.model.save_weights))
+        def weights(model, path):
+            return training.atomic_write(path, half_then_full(model.save_weights))
+
+        monkeypatch.setattr(training, "_atomic_save_weights", weights)
     elif failing == "variables":
         monkeypatch.setattr(training.np, "savez", half_then_full(np.savez))
     else:

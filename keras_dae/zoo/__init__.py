@@ -20,6 +20,7 @@ from pathlib import Path
 
 import keras
 
+from keras_dae import atomic
 from keras_dae.models.classifier import DiverseClassifier, build_diverse_classifier
 from keras_dae.version import __version__
 from keras_dae.zoo import preset_files as files
@@ -60,9 +61,7 @@ def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=N
     for key in ("class_names", "class_mids"):  # labels.csv holds them
         config["config"].pop(key, None)
     files.write_json(directory / files.CONFIG_FILE, config)
-    tmp = directory / (".tmp." + files.WEIGHTS_FILE)
-    model.save_weights(tmp)
-    os.replace(tmp, directory / files.WEIGHTS_FILE)
+    atomic.save_weights(model, directory / files.WEIGHTS_FILE)
     meta = {
         "keras_dae_version": __version__,
         "keras_version": keras.__version__,

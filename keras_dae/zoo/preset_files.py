@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import keras
+
+from keras_dae import atomic
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -32,11 +33,8 @@ class PresetError(ValueError):
 
 
 def write_json(path: Path, data) -> None:
-    """Writes JSON atomically: a temporary file in the same directory, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """Writes JSON atomically (`keras_dae.atomic`)."""
+    atomic.write_text(path, json.dumps(data, indent=2))
 
 
 def read_json(path: Path) -> dict:
@@ -49,13 +47,12 @@ def read_json(path: Path) -> dict:
 
 
 def write_labels(path: Path, labels: list[str], mids: list[str] | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "label", "mid"])
-        for i, label in enumerate(labels):
-            writer.writerow([i, label, mids[i] if mids else ""])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["index", "label", "mid"])
+    for i, label in enumerate(labels):
+        writer.writerow([i, label, mids[i] if mids else ""])
+    atomic.write_text(path, text.getvalue())
 
 
 def read_labels(path: Path) -> tuple[list[str], list[str]]:
