@@ -112,7 +112,7 @@ class TagResult:
     chunk_embeddings: np.ndarray
 
     def __repr__(self) -> str:
-        labels = ", ".join(f"{x.label} {x.score:.2f}" for x in self.labels)
+        labels = ", ".join(f"{printable(x.label)} {x.score:.2f}" for x in self.labels)
         return (f"TagResult({self.source!r}, {self.duration:.2f} s, [{labels}], "
                 f"{len(self.chunk_starts)} chunks, {len(self.per_second)} per-second segments)")
 
@@ -140,10 +140,19 @@ class TagResult:
         return out
 
 
+def printable(text) -> str:
+    """`text` safe to print: each character a terminal would act on (control characters,
+    so escape sequences such as `"\\x1b[31m"`, bidirectional overrides, line separators)
+    written as its Python escape; other characters, accented or not, are kept."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
 def display_label(label: str) -> str:
     """A class name for people: `"Wind_instrument_and_woodwind_instrument"` ->
-    `"Wind instrument"` (underscores to spaces; AudioSet's "X and Y" names keep X)."""
-    return label.split("_and_")[0].replace("_", " ")
+    `"Wind instrument"` (underscores to spaces; AudioSet's "X and Y" names keep X), made
+    `printable`: every label shown goes through here."""
+    return printable(label.split("_and_")[0].replace("_", " "))
 
 
 def format_labels(labels) -> str:
