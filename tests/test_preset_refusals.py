@@ -101,6 +101,22 @@ def test_sizes_are_bounded_before_anything_is_built(field, value, preset, nothin
     assert f"[{low}, {high}]" in message
 
 
+def test_a_cqt_too_long_to_allocate_is_refused_first(preset, monkeypatch):
+    """A tiny CQT `fmin` asks for kernels of gigabytes: refused before any is made."""
+    from keras_dae.layers import constant_q_transform as cqt
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CQT kernel was made before the preset was refused")
+
+    monkeypatch.setattr(cqt, "_filter_fft", refuse)
+    config_path = preset / "config.json"
+    config = json.loads(config_path.read_text())
+    _first(config, "bins_per_octave")["fmin"] = 1e-6
+    config_path.write_text(json.dumps(config))
+    message = _refusal(preset, "config.json")
+    assert "raise `fmin`" in message
+
+
 def test_the_bounds_admit_every_known_preset(preset):
     """The shipped preset's and every named preset's configs are within the bounds."""
     for directory in (preset, zoo.resolve_preset("diverse_sampled15")[1]):
