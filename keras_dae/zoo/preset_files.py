@@ -65,10 +65,11 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "batch_shape": (1, 1 << 22),
     "shape": (1, 1 << 22),
     "input_shape": (1, 1 << 22),
-    # front ends: frames, windows and filter counts
-    "n_fft": (1, 65_536),
-    "win_length": (1, 65_536),
-    "frame_length": (1, 65_536),
+    # front ends: frames, windows and filter counts. A DFT computed as a matrix product
+    # holds an (n_fft, n_fft + 2) float32 matrix: 270 MB at the largest n_fft.
+    "n_fft": (1, 8_192),
+    "win_length": (1, 8_192),
+    "frame_length": (1, 8_192),
     "hop_length": (1, 65_536),
     "n_mels": (1, 1_024),
     "n_mfcc": (1, 1_024),
