@@ -45,7 +45,7 @@ def installed(module: str) -> bool:
 
 def install_hint(modules) -> str:
     """`pip install "keras-dae[export]"` for the extras that install `modules`."""
-    extras = sorted({EXTRAS.get(module.split(".")[0], "export") for module in modules})
+    extras = sorted({EXTRAS[module.split(".")[0]] for module in modules})
     return f'pip install "keras-dae[{",".join(extras)}]"'
 
 

@@ -291,3 +291,20 @@ def test_a_normal_run_prints_no_native_log_noise(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not [noise for noise in NATIVE_NOISE if noise in proc.stderr], proc.stderr
+
+
+@pytest.mark.parametrize(("module", "extra"), [
+    ("onnxruntime", "export"), ("ai_edge_litert.interpreter", "export"), ("grain", "shards"),
+    ("matplotlib.pyplot", "plot"),
+])
+def test_a_command_missing_an_optional_package_names_its_extra(module, extra, capsys):
+    """Wherever a command imports an optional package, its absence is one line, exit 2."""
+    from keras_dae.cli import run_guarded
+
+    def command(args):
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    assert run_guarded(command, None) == 2
+    top = module.split(".")[0]
+    assert capsys.readouterr().err == (f'error: {top} is not installed: pip install '
+                                       f'"keras-dae[{extra}]"\n')
