@@ -194,6 +194,16 @@ def test_labels_must_be_utf8_text_matching_the_classes(broken, preset, tmp_path)
     assert SECRET not in message
 
 
+def test_a_recorded_checksum_is_shown_only_when_it_is_one(preset):
+    """metadata.json's `weights_sha256` is quoted only when it is a SHA-256."""
+    metadata = preset / "metadata.json"
+    data = json.loads(metadata.read_text())
+    data["weights_sha256"] = SECRET
+    metadata.write_text(json.dumps(data))
+    message = _refusal(preset, "model.weights.h5")
+    assert SECRET[:8] not in message and "records no SHA-256" in message
+
+
 @pytest.mark.parametrize(("label", "shown"), [
     ("Dog", "Dog"),
     ("Café_bar", "Café bar"),

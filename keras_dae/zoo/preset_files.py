@@ -262,8 +262,11 @@ def verify_weights(path: Path, expected: str | None) -> None:
         raise PresetError(f"{path}: missing")
     actual = sha256(path)
     if actual != expected:
+        recorded = str(expected).lower()
+        recorded = (f"records {recorded[:16]}..." if len(recorded) == 64 and
+                    all(c in "0123456789abcdef" for c in recorded) else "records no SHA-256")
         raise PresetError(f"{path}: corrupted or modified: its SHA-256 is {actual[:16]}..., "
-                          f"metadata.json records {str(expected)[:16]}...")
+                          f"metadata.json {recorded}")
 
 
 def load_weights(model: keras.Model, path: Path) -> None:
