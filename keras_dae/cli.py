@@ -754,8 +754,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def error_line(error: BaseException) -> str:
-    """`error: <message>` on one line (newlines of the message joined)."""
-    message = " ".join(str(error).split()) or type(error).__name__
+    """`error: <message>` on one short, printable line (`messages.one_line`)."""
+    from keras_dae.messages import one_line
+
+    message = one_line(error, 600) or type(error).__name__
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         message = f"{error.filename}: {error.strerror}"
     return f"error: {message}"

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_dae.data.chunking import chunk_sample_starts, chunk_waveform
+from keras_dae.messages import printable
 
 # keras_dae.audio (librosa) and keras_dae.metrics (scipy) are imported where they are used, so
 # that `keras-dae --help` does not wait for them.
@@ -138,14 +139,6 @@ class TagResult:
         if self.per_second:
             out["per_second"] = [segment.to_dict() for segment in self.per_second]
         return out
-
-
-def printable(text) -> str:
-    """`text` safe to print: each character a terminal would act on (control characters,
-    so escape sequences such as `"\\x1b[31m"`, bidirectional overrides, line separators)
-    written as its Python escape; other characters, accented or not, are kept."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in str(text))
 
 
 def display_label(label: str) -> str:

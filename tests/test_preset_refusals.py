@@ -13,7 +13,8 @@ import keras
 import pytest
 
 from keras_dae import zoo
-from keras_dae.inference import display_label, printable
+from keras_dae.inference import display_label
+from keras_dae.messages import printable
 from keras_dae.zoo import PresetError
 from keras_dae.zoo import preset_files as files
 
@@ -318,3 +319,23 @@ def test_a_command_missing_an_optional_package_names_its_extra(module, extra, ca
     top = module.split(".")[0]
     assert capsys.readouterr().err == (f'error: {top} is not installed: pip install '
                                        f'"keras-dae[{extra}]"\n')
+
+
+@pytest.mark.parametrize("raised", [
+    ValueError("Could not locate class 'X'. Make sure it is registered. Full object config: "
+               + repr({"config": {f"layer_{i}": list(range(50)) for i in range(200)}})),
+    TypeError("<class 'Model'> could not be deserialized properly.\n\nconfig="
+              + "{'a': 1}" * 5000),
+    ValueError("bad\x1b[2J\x1b[31m name\r\nsecond line"),
+    ValueError("x" * 5000),
+])
+def test_every_cli_refusal_is_one_short_printable_line(raised, capsys):
+    from keras_dae.cli import run_guarded
+
+    def command(args):
+        raise raised
+
+    assert run_guarded(command, None) == (1 if isinstance(raised, TypeError) else 2)  # a bug
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and len(err) <= LONGEST_LINE * 2
+    assert err[:-1].isprintable() and "config" not in err.lower()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import keras
 
+from keras_dae.messages import one_line
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
@@ -91,17 +93,6 @@ def write_json(path: Path, data) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
-
-
-def one_line(text, limit: int = 200) -> str:
-    """`text` on one line of at most `limit` characters: an error message fit to show, even
-    when the library that raised it embedded a whole config in it (Keras does)."""
-    text = " ".join(str(text).split())
-    for config_follows in (" Full object config:", " config=", " Received: config="):
-        text = text.split(config_follows)[0]
-    if len(text) > limit and ". " in text:  # the first sentence says what went wrong
-        text = text.split(". ")[0] + "."
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def root_cause(error: BaseException) -> BaseException:
