@@ -275,6 +275,21 @@ def test_export_api_without_its_packages_names_the_extra(tmp_path):
                            'pip install "keras-dae[export]"\n')
 
 
+@pytest.mark.parametrize(("artifact", "module"), [("m.onnx", "onnx"), ("m.tflite", "ai_edge_litert")])
+def test_running_an_export_without_its_runtime_names_the_extra(artifact, module, tmp_path):
+    (tmp_path / artifact).write_bytes(b"not read: the runtime is missing first")
+    script = (f"import sys; sys.modules[{module!r}] = None\n"
+              "from keras_dae import export\n"
+              "try:\n"
+              f"    export.load_exported({str(tmp_path / artifact)!r})\n"
+              "except ModuleNotFoundError as error:\n"
+              "    print(error)\n")
+    proc = _run(script, env={"KERAS_BACKEND": keras.backend.backend()})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"{tmp_path / artifact}: {module} is not installed: "
+                           'pip install "keras-dae[export]"\n')
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
 def test_the_api_without_its_backend_names_the_extra(backend):
     script = (f"import sys; sys.modules[{backend!r}] = None\n"
