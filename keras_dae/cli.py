@@ -757,10 +757,10 @@ def error_line(error: BaseException) -> str:
     """`error: <message>` on one short, printable line (`messages.one_line`)."""
     from keras_dae.messages import one_line
 
-    message = one_line(error, 600) or type(error).__name__
+    message = error
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         message = f"{error.filename}: {error.strerror}"
-    return f"error: {message}"
+    return f"error: {one_line(message, 600) or type(error).__name__}"
 
 
 def run_guarded(func, args, debug: bool = False) -> int:

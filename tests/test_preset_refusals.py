@@ -343,6 +343,7 @@ def test_a_command_missing_an_optional_package_names_its_extra(module, extra, ca
               + "{'a': 1}" * 5000),
     ValueError("bad\x1b[2J\x1b[31m name\r\nsecond line"),
     ValueError("x" * 5000),
+    FileNotFoundError(2, "No such file or directory", "dir/\x1b]0;title\x07.wav"),
 ])
 def test_every_cli_refusal_is_one_short_printable_line(raised, capsys):
     from keras_dae.cli import run_guarded
