@@ -20,7 +20,21 @@ __all__ = [*_SUBMODULES, *_INFERENCE, "__version__"]
 
 def __getattr__(name):
     if name in _SUBMODULES or name in ("inference", "hear", "demo"):
-        return importlib.import_module(f"keras_dae.{name}")
+        return _import(f"keras_dae.{name}")
     if name in _INFERENCE:
-        return getattr(importlib.import_module("keras_dae.inference"), name)
+        return getattr(_import("keras_dae.inference"), name)
     raise AttributeError(f"module 'keras_dae' has no attribute {name!r}")
+
+
+def _import(module: str):
+    """Imports `module`; a missing Keras backend or optional dependency is a
+    `ModuleNotFoundError` of one line naming the extra that installs it."""
+    from keras_dae import extras
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        line = extras.missing_module_line(error)
+        if line is None:
+            raise
+        raise ModuleNotFoundError(line, name=error.name) from error

@@ -39,6 +39,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from keras_dae.messages import printable
+
 __all__ = [
     "AudioDecodeError",
     "AudioInfo",
@@ -169,11 +171,8 @@ class AudioInfo:
 
 
 def _name(path: Path) -> str:
-    """The path as text on one line (control characters escaped)."""
-    text = str(path)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        text = text.encode("unicode_escape").decode("ascii")
-    return text
+    """The path as text on one line (control characters escaped: `messages.printable`)."""
+    return printable(path)
 
 
 def _error(path: Path, problem: str) -> AudioDecodeError:

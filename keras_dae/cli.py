@@ -274,6 +274,58 @@ def _native_stderr_silenced(enabled: bool = True):
         os.close(devnull)
 
 
+class _QuietImport:
+    """A `sys.meta_path` finder that imports `modules` as usual, with file descriptor 2 sent
+    to /dev/null while they execute: what TensorFlow's C++ side writes through absl before
+    its logging is set up ("All log messages before absl::InitializeLog()", "Could not find
+    cuda drivers") obeys no environment variable."""
+
+    modules = ("tensorflow",)
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.modules:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _SilencedLoader(spec.loader)
+        return spec
+
+
+class _SilencedLoader:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _native_stderr_silenced():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name):  # the rest of the loader's interface (resources, ...)
+        return getattr(self.loader, name)
+
+
+@contextlib.contextmanager
+def _quiet_native_logs(enabled: bool):
+    """Native libraries' log lines off for the command (`--debug` keeps them): TensorFlow's
+    C++ logs (CUDA probes, oneDNN and CPU-feature notices) through TF_CPP_MIN_LOG_LEVEL, set
+    before TensorFlow loads, and its pre-absl lines through `_QuietImport`."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    finder = _QuietImport()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+
+
 def _load_tagger(args, **kwargs):
     """The `Tagger` of `--model` (in `--mixed-precision`), loaded with the libraries'
     start-up noise silenced."""
@@ -502,12 +554,13 @@ def _demo_command(args) -> int:
 
 def _export_command(args) -> int:
     """`keras-dae export`: a preset or run to SavedModel, TFLite or ONNX (see keras_dae.export)."""
-    import importlib.util
     import json
 
-    if importlib.util.find_spec("tensorflow") is None:
-        print("error: export needs TensorFlow and the converters: "
-              "pip install \"keras-dae[export]\"", file=sys.stderr)
+    from keras_dae import extras
+
+    missing = extras.missing_for_export(args.format, args.quantize)
+    if missing:  # before Keras loads
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     from keras_dae import export, zoo
     from keras_dae.zoo import PresetError
@@ -728,11 +781,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def error_line(error: BaseException) -> str:
-    """`error: <message>` on one line (newlines of the message joined)."""
-    message = " ".join(str(error).split()) or type(error).__name__
+    """`error: <message>` on one short, printable line (`messages.one_line`)."""
+    from keras_dae.messages import one_line
+
+    message = error
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         message = f"{error.filename}: {error.strerror}"
-    return f"error: {message}"
+    return f"error: {one_line(message, 600) or type(error).__name__}"
 
 
 def run_guarded(func, args, debug: bool = False) -> int:
@@ -765,6 +820,11 @@ def run_guarded(func, args, debug: bool = False) -> int:
                   f"with --backend or KERAS_BACKEND, or pip install 'keras-dae[{missing}]'",
                   file=sys.stderr)
             return 2
+        from keras_dae.extras import missing_module_line
+
+        if missing_module_line(error):  # an optional dependency: which extra installs it
+            print(f"error: {missing_module_line(error)}", file=sys.stderr)
+            return 2
         print(f"{error_line(error)} (an internal error: {type(error).__name__}; please "
               "report it, with the output of --debug)", file=sys.stderr)
         return 1
@@ -785,9 +845,9 @@ def main(argv=None) -> int:
     shown = warnings.showwarning
     if not args.debug:
         warnings.showwarning = _one_line_warning
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info logs
     try:
-        return run_guarded(args.func, args, debug=args.debug)
+        with _quiet_native_logs(not args.debug):
+            return run_guarded(args.func, args, debug=args.debug)
     finally:
         warnings.showwarning = shown
 

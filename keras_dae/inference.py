@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_dae.data.chunking import chunk_sample_starts, chunk_waveform
+from keras_dae.messages import printable
 
 # keras_dae.audio (librosa) and keras_dae.metrics (scipy) are imported where they are used, so
 # that `keras-dae --help` does not wait for them.
@@ -112,7 +113,7 @@ class TagResult:
     chunk_embeddings: np.ndarray
 
     def __repr__(self) -> str:
-        labels = ", ".join(f"{x.label} {x.score:.2f}" for x in self.labels)
+        labels = ", ".join(f"{printable(x.label)} {x.score:.2f}" for x in self.labels)
         return (f"TagResult({self.source!r}, {self.duration:.2f} s, [{labels}], "
                 f"{len(self.chunk_starts)} chunks, {len(self.per_second)} per-second segments)")
 
@@ -142,8 +143,9 @@ class TagResult:
 
 def display_label(label: str) -> str:
     """A class name for people: `"Wind_instrument_and_woodwind_instrument"` ->
-    `"Wind instrument"` (underscores to spaces; AudioSet's "X and Y" names keep X)."""
-    return label.split("_and_")[0].replace("_", " ")
+    `"Wind instrument"` (underscores to spaces; AudioSet's "X and Y" names keep X), made
+    `printable`: every label shown goes through here."""
+    return printable(label.split("_and_")[0].replace("_", " "))
 
 
 def format_labels(labels) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_dae import extras
 from keras_dae.atomic import OutputError, check_output_path
 from keras_dae.export.artifact import check_sidecars, describe, write_sidecars
 from keras_dae.export.export_ready import ExportError, export_ready_model, max_abs_diff, probe_audio
@@ -158,6 +158,9 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
     if batch_size == "auto":
         batch_size = DEFAULT_BATCH_SIZE.get(format)
     _check_args(format, quantize, dft_mode, calibration, batch_size)
+    missing = extras.missing_for_export(format, quantize)
+    if missing:
+        raise ExportError(missing)
     path = check_export_path(path, format)
     window = int(round(window_seconds * model.sample_rate))
     backend = keras.backend.backend()
@@ -231,9 +234,6 @@ def _export_in_subprocess(model, path, fmt, quantize, calibration, calibration_w
     """Saves `model` as a preset and exports it with a TensorFlow-backend Python."""
     from keras_dae import zoo
 
-    if importlib.util.find_spec("tensorflow") is None:
-        raise ExportError("export needs TensorFlow (the converters are TensorFlow's), which "
-                          "is not installed: pip install \"keras-dae[export]\"")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         preset = zoo.save(model, tmp / "preset")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_dae import extras
 from keras_dae.export.artifact import INPUT_NAME, METADATA_KEY, read_description
 from keras_dae.export.savedmodel import SIGNATURE
 
@@ -62,15 +63,22 @@ class ExportedModel:
             self.format = "onnx"
         else:
             raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
-        self.description = read_description(self.path) or self._embedded_description()
-        if self.description is None:
-            raise ValueError(f"{path}: no keras-dae description in or beside it")
-        self.labels = list(self.description["labels"])
-        self.sample_rate = int(self.description["sample_rate"])
-        self.window = int(self.description["input"]["shape"][1])
-        # A fixed batch (TFLite's default, 1), or None: any number of rows per call.
-        self.batch_size = self.description["input"]["shape"][0]
-        self._load(num_threads)
+        try:
+            self.description = read_description(self.path) or self._embedded_description()
+            if self.description is None:
+                raise ValueError(f"{path}: no keras-dae description in or beside it")
+            self.labels = list(self.description["labels"])
+            self.sample_rate = int(self.description["sample_rate"])
+            self.window = int(self.description["input"]["shape"][1])
+            # A fixed batch (TFLite's default, 1), or None: any number of rows per call.
+            self.batch_size = self.description["input"]["shape"][0]
+            self._load(num_threads)
+        except ModuleNotFoundError as error:  # its runtime: which extra installs it
+            line = extras.missing_module_line(error)
+            if line is None:
+                raise
+            raise ModuleNotFoundError(f"{path}: {line}",
+                                      name=error.name) from None
 
     def _embedded_description(self):
         if self.format == "tflite":

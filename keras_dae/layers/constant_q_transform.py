@@ -15,6 +15,10 @@ from keras_dae.serialization import register
 
 # Outputs per row of the matrix-product form of the decimators (see `_Decimator`).
 _DECIMATOR_BLOCK = 32
+# The longest filter (in samples at the input rate) a CQT may ask for: 16 s at 16 kHz, a
+# lowest bin near 1 Hz. Its kernels are dense arrays of this length, so a lower `fmin`
+# would allocate gigabytes before anything ran.
+MAX_FILTER_LENGTH = 1 << 18
 
 
 def soxr_decimation_filter(factor: int = 2, rel_threshold: float = 1e-7) -> np.ndarray:
@@ -263,7 +267,7 @@ class ConstantQTransform(AudioFrontend):
         )
         self._frequencies = freqs
         alpha = _relative_bandwidth(freqs, bpo)
-        _, cutoff = librosa.filters.wavelet_lengths(
+        full_lengths, cutoff = librosa.filters.wavelet_lengths(
             freqs=freqs,
             sr=sr,
             window=self.window,
@@ -271,6 +275,12 @@ class ConstantQTransform(AudioFrontend):
             gamma=0,
             alpha=alpha,
         )
+        if not np.max(full_lengths) <= MAX_FILTER_LENGTH:
+            raise ValueError(
+                f"The lowest CQT filter ({freqs[0]:.3g} Hz) would be {np.max(full_lengths):.3g} "
+                f"samples long, more than {MAX_FILTER_LENGTH}: raise `fmin` or lower "
+                f"`filter_scale`."
+            )
         nyquist = sr / 2
         if cutoff > nyquist:
             raise ValueError(

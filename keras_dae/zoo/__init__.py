@@ -120,6 +120,9 @@ def load_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
     config_path, labels_path = directory / files.CONFIG_FILE, directory / files.LABELS_FILE
     built_from_spec = name is not None and not config_path.is_file()
     config = None if built_from_spec else files.read_json(config_path)
+    if config is not None:  # before anything else is read or built
+        files.check_config_is_safe(config, config_path)
+        files.check_config_sizes(config, config_path)
     inner = config.get("config") if isinstance(config, dict) else None
     inner = inner if isinstance(inner, dict) else {}
     num_classes = PRESETS[name]["num_classes"] if built_from_spec else inner.get("num_classes")
@@ -129,7 +132,7 @@ def load_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
     if "class_names" in kwargs or kwargs.get("num_classes", num_classes) != num_classes:
         new_heads = {key: kwargs.pop(key) for key in ("num_classes", "class_names", "class_mids")
                      if key in kwargs}
-    if labels_path.is_file():
+    if not built_from_spec:  # a preset directory: its labels.csv names the classes
         vocabulary = files.read_labels(labels_path)
         if num_classes is not None and len(vocabulary[0]) != num_classes:
             raise PresetError(f"{labels_path}: {len(vocabulary[0])} labels for a model with "
