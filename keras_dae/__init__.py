@@ -31,10 +31,5 @@ def _import(module: str):
     `ModuleNotFoundError` of one line naming the extra that installs it."""
     from keras_dae import extras
 
-    try:
+    with extras.naming_the_extra():
         return importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        line = extras.missing_module_line(error)
-        if line is None:
-            raise
-        raise ModuleNotFoundError(line, name=error.name) from error

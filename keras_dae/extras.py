@@ -7,6 +7,7 @@ Keras (and its backend) load.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 # Top-level module -> the extra (`pip install "keras-dae[EXTRA]"`) that installs it.
@@ -79,3 +80,16 @@ def missing_module_line(error: BaseException) -> str | None:
     if module in BACKENDS:
         line += " (or choose an installed Keras backend with KERAS_BACKEND)"
     return line
+
+
+@contextlib.contextmanager
+def naming_the_extra(prefix: str = ""):
+    """Turns a `ModuleNotFoundError` of an optional dependency raised in the block into one of
+    one line (`prefix` + `missing_module_line`); other errors pass unchanged."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        line = missing_module_line(error)
+        if line is None:
+            raise
+        raise ModuleNotFoundError(prefix + line, name=error.name) from error

@@ -100,13 +100,13 @@ class CheckpointError(_atomic.OutputError):
     """A checkpoint could not be written or read; the message names the file and the cause."""
 
 
+# A checkpoint's files have new names: what stays whole is the previous checkpoint.
+_CHECKPOINT_INTACT = "the previous version is intact"
 
 
 def atomic_write(path: Path, write) -> None:
     """`keras_dae.atomic.atomic_write` raising `CheckpointError` (see there)."""
-    # A checkpoint's files have new names: what stays whole is the previous checkpoint.
-    _atomic.atomic_write(path, write, CheckpointError,
-                         intact="the previous version is intact")
+    _atomic.atomic_write(path, write, CheckpointError, intact=_CHECKPOINT_INTACT)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -114,7 +114,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _atomic_save_weights(model: keras.Model, path: Path) -> None:
-    _atomic.save_weights(model, path, CheckpointError, intact="the previous version is intact")
+    _atomic.save_weights(model, path, CheckpointError, intact=_CHECKPOINT_INTACT)
 
 
 def _seed_variables(model) -> list:
@@ -690,6 +690,14 @@ class Trainer:
         return self.state
 
 
+def _save_figure(plt, fig, path: Path) -> Path:
+    """Writes `fig` to `path` (`atomic_write`) and closes it."""
+    try:
+        return _atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
+
+
 def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) -> list[Path]:
     """Training curves, AP per class, and each stream's mAP beside the fused model's."""
     import matplotlib
@@ -714,10 +722,7 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     ax_map.set(title="validation mAP", xlabel="epoch (all stages)")
     ax_loss.legend()
     ax_map.legend(fontsize=7)
-    path = out_dir / "training_curves.png"
-    _atomic.atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(plt, fig, out_dir / "training_curves.png"))
 
     split, report = next(iter(reports.items()))
     ap = report["per_class_ap"]
@@ -726,10 +731,7 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     ax.bar(range(len(names)), [ap[n] for n in names], color="tab:blue")
     ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
     ax.set(title=f"AP per class ({split})", ylim=(0, 1))
-    path = out_dir / "ap_per_class.png"
-    _atomic.atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(plt, fig, out_dir / "ap_per_class.png"))
 
     fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
     bars = {**report["streams"], "fused": report["mAP"]}
@@ -738,10 +740,7 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     for i, v in enumerate(bars.values()):
         ax.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
     ax.set(title=f"mAP per stream and fused ({split})", ylim=(0, 1))
-    path = out_dir / "streams_vs_fused.png"
-    _atomic.atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(plt, fig, out_dir / "streams_vs_fused.png"))
     return written
 
 

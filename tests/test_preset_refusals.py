@@ -262,14 +262,21 @@ def test_export_without_its_packages_names_the_extra(fmt, module, quantize, tmp_
     assert "internal error" not in proc.stderr
 
 
-def test_export_api_without_its_packages_names_the_extra(tmp_path):
-    script = ("import sys; sys.modules['onnxruntime'] = None\n"
+def _export_error_without(module: str, call: str, error_type: str):
+    """Runs `call` of `keras_dae.export` in a fresh interpreter where `module` cannot be
+    imported, printing the `error_type` it raises."""
+    script = (f"import sys; sys.modules[{module!r}] = None\n"
               "from keras_dae import export\n"
               "try:\n"
-              f"    export.export(None, {str(tmp_path / 'm.onnx')!r}, 'onnx')\n"
-              "except export.ExportError as error:\n"
+              f"    {call}\n"
+              f"except {error_type} as error:\n"
               "    print(error)\n")
-    proc = _run(script, env={"KERAS_BACKEND": keras.backend.backend()})
+    return _run(script, env={"KERAS_BACKEND": keras.backend.backend()})
+
+
+def test_export_api_without_its_packages_names_the_extra(tmp_path):
+    proc = _export_error_without("onnxruntime", f"export.export(None, {str(tmp_path / 'm.onnx')!r}, 'onnx')",
+                                 "export.ExportError")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ('export to onnx needs onnxruntime, not installed: '
                            'pip install "keras-dae[export]"\n')
@@ -278,13 +285,8 @@ def test_export_api_without_its_packages_names_the_extra(tmp_path):
 @pytest.mark.parametrize(("artifact", "module"), [("m.onnx", "onnx"), ("m.tflite", "ai_edge_litert")])
 def test_running_an_export_without_its_runtime_names_the_extra(artifact, module, tmp_path):
     (tmp_path / artifact).write_bytes(b"not read: the runtime is missing first")
-    script = (f"import sys; sys.modules[{module!r}] = None\n"
-              "from keras_dae import export\n"
-              "try:\n"
-              f"    export.load_exported({str(tmp_path / artifact)!r})\n"
-              "except ModuleNotFoundError as error:\n"
-              "    print(error)\n")
-    proc = _run(script, env={"KERAS_BACKEND": keras.backend.backend()})
+    proc = _export_error_without(module, f"export.load_exported({str(tmp_path / artifact)!r})",
+                                 "ModuleNotFoundError")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (f"{tmp_path / artifact}: {module} is not installed: "
                            'pip install "keras-dae[export]"\n')

@@ -63,7 +63,7 @@ class ExportedModel:
             self.format = "onnx"
         else:
             raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
-        try:
+        with extras.naming_the_extra(f"{path}: "):  # its runtime: which extra
             self.description = read_description(self.path) or self._embedded_description()
             if self.description is None:
                 raise ValueError(f"{path}: no keras-dae description in or beside it")
@@ -73,12 +73,6 @@ class ExportedModel:
             # A fixed batch (TFLite's default, 1), or None: any number of rows per call.
             self.batch_size = self.description["input"]["shape"][0]
             self._load(num_threads)
-        except ModuleNotFoundError as error:  # its runtime: which extra installs it
-            line = extras.missing_module_line(error)
-            if line is None:
-                raise
-            raise ModuleNotFoundError(f"{path}: {line}",
-                                      name=error.name) from None
 
     def _embedded_description(self):
         if self.format == "tflite":
