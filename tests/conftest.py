@@ -166,3 +166,19 @@ def no_network(monkeypatch):
                         lambda host: refuse(f"gethostbyname({host!r})"))
     yield attempts
     assert not attempts, f"the code tried to use the network: {attempts}"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--not-first-backend", action="store_true",
+        help="deselect the tests marked one_backend: they ran already, under the first backend "
+             "of tests/run.sh")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--not-first-backend"):
+        return
+    once = [item for item in items if item.get_closest_marker("one_backend")]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("one_backend")]

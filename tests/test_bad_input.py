@@ -81,6 +81,7 @@ def reference_decode(path, sample_rate=SR):
 # The corpus itself
 
 
+@pytest.mark.one_backend
 def test_committed_corpus_is_what_the_script_writes(tmp_path):
     """tests/data/bad/ is exactly scripts/make_bad_audio.py's output, and the table covers it."""
     sys.path.insert(0, str(REPO / "scripts"))
@@ -100,6 +101,7 @@ def test_committed_corpus_is_what_the_script_writes(tmp_path):
 # keras_dae.audio
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_load_audio(case, corpus):
     skip_if_privileged(case)
@@ -116,6 +118,7 @@ def test_load_audio(case, corpus):
     assert error.value.path == path
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_audio_info_refuses_without_decoding(case, corpus):
     """Every refusal but non-finite samples is known from the header (no decoding)."""
@@ -134,6 +137,7 @@ def test_audio_info_refuses_without_decoding(case, corpus):
     check_refusal(case, path, str(error.value))
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_streamed_blocks_equal_load_audio(case, corpus):
     """Blocks of 50 ms and 0.3 s, concatenated, are load_audio's result bit for bit (the
@@ -153,6 +157,7 @@ def test_streamed_blocks_equal_load_audio(case, corpus):
         np.testing.assert_array_equal(np.concatenate(blocks), whole)
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name", ["rate_8k", "rate_44k1", "rate_96k", "six_channel", "silence"])
 def test_segments_equal_load_audio(name, corpus):
     """A segment read by seeking equals the same samples of the whole file to 1e-6."""
@@ -164,6 +169,7 @@ def test_segments_equal_load_audio(name, corpus):
         np.testing.assert_allclose(segment, expected, atol=1e-6)
 
 
+@pytest.mark.one_backend
 def test_summary_counts_kinds():
     reasons = {"a": "empty file (0 bytes)", "b": "truncated WAV: ...", "c": "truncated WAV: x"}
     assert summarize_problems(reasons, total=10) == (
@@ -171,6 +177,7 @@ def test_summary_counts_kinds():
     assert summarize_problems({}, total=4) == "skipped 0 of 4 files"
 
 
+@pytest.mark.one_backend
 @pytest.mark.skipif(not PRIVILEGED, reason="not root: test_load_audio[unreadable] covers it")
 def test_unreadable_file_as_an_unprivileged_user():
     """Under root, chmod 000 stops nobody; so a subprocess drops to uid 65534 after its
@@ -238,6 +245,7 @@ def corpus_dataset(corpus, directory: Path, label_of=lambda case: "ok" if case.o
     return dataset
 
 
+@pytest.mark.one_backend
 def test_folder_dataset_of_the_corpus(corpus, tmp_path):
     """Class folders holding the corpus: audio files are listed (bad ones included, for the
     loader to refuse), and the unsupported container is reported, not silently ignored."""
@@ -320,6 +328,7 @@ def test_evaluation_skips_and_counts_bad_files(corpus, tmp_path):
     assert np.isfinite(report["mAP"])
 
 
+@pytest.mark.one_backend
 def test_clip_chunks_equal_chunked_load_audio(corpus):
     """Streamed chunk groups (forced by max_chunks=1) equal chunking the whole clip."""
     for case in OK:
@@ -328,6 +337,7 @@ def test_clip_chunks_equal_chunked_load_audio(corpus):
         np.testing.assert_array_equal(np.concatenate(groups), whole)
 
 
+@pytest.mark.one_backend
 def test_long_clips_are_read_chunk_by_chunk(corpus, tmp_path):
     """Clips over long_clip_seconds are read by segments: the same chunks to 1e-6."""
     long_wav = tmp_path / "long.wav"
@@ -366,6 +376,7 @@ def test_frontends_command_takes_odd_good_files(name, corpus, capsys):
     assert "LogMelSpectrogram" in capsys.readouterr().out
 
 
+@pytest.mark.one_backend
 def test_no_traceback_unless_debug(tmp_path):
     """In a real process: the refusal is one line on stderr; --debug adds the traceback."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -391,6 +402,7 @@ def test_no_traceback_unless_debug(tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
+@pytest.mark.one_backend
 def test_a_backend_that_is_not_installed_is_named_in_one_line():
     """An install with another backend's extra only (e.g. `pip install "keras-dae[jax]"`) and
     Keras' default backend: one line naming both ways out, exit 2, not an internal error."""
@@ -455,6 +467,7 @@ def tone_files(directory: Path, n: int, seed: int):
     return paths
 
 
+@pytest.mark.one_backend
 @pytest.mark.usefixtures("no_network")
 def test_train_command_with_bad_files(corpus, tmp_path, capsys):
     """Training data holding every bad file: the run completes, and its summary says how
@@ -476,6 +489,7 @@ def test_train_command_with_bad_files(corpus, tmp_path, capsys):
     assert (tmp_path / "run" / "preset" / "model.weights.h5").is_file()
 
 
+@pytest.mark.one_backend
 def test_train_command_refuses_an_unusable_output_directory(tmp_path, capsys):
     """Known before training: a run directory that cannot be created (its parent is a file:
     root cannot get around that, unlike permissions)."""
@@ -611,6 +625,7 @@ result = {{"kept": kept.tolist(), "finite": bool(np.isfinite(scores["fused"]).al
     assert growth["hour"] < 440, growth
 
 
+@pytest.mark.one_backend
 def test_rss_helper_sees_allocations():
     """The RSS measurement used by the slow tests does see a 100 MiB allocation."""
     measured = _peak_rss_of("""

@@ -21,6 +21,9 @@ import numpy as np
 import pytest
 import soundfile
 
+# The backend does not change what these tests check: tests/run.sh runs them once.
+pytestmark = pytest.mark.one_backend
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "build_sampled_dataset.py"
 SR = 44100

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from backend_outputs import CASES, TINY_CLASSES, TINY_MIDS, build_case, shipped_preset_outputs
 
+# Runs every backend itself, in subprocesses: tests/run.sh runs it once.
+pytestmark = pytest.mark.one_backend
+
 HERE = Path(__file__).parent
 BACKENDS = ("tensorflow", "jax", "torch")
 CURRENT = keras.backend.backend()

@@ -115,6 +115,7 @@ def train(fsd):
 # FSD50K
 
 
+@pytest.mark.one_backend
 def test_layout_files_are_in_fsd50k_format(fsd):
     truth = fsd / "FSD50K.ground_truth"
     vocabulary = (truth / "vocabulary.csv").read_text().splitlines()
@@ -129,6 +130,7 @@ def test_layout_files_are_in_fsd50k_format(fsd):
     assert (truth / "eval.csv").read_text().splitlines()[0] == "fname,labels,mids"
 
 
+@pytest.mark.one_backend
 def test_read_fsd50k_official_split_and_multi_hot(fsd, train):
     val = read_fsd50k(fsd, "val")
     evaluation = read_fsd50k(fsd, "eval")
@@ -152,6 +154,7 @@ def test_read_fsd50k_official_split_and_multi_hot(fsd, train):
         read_fsd50k(fsd, "test")
 
 
+@pytest.mark.one_backend
 def test_read_fsd50k_groups_from_uploaders(fsd, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(fsd, root)
@@ -163,6 +166,7 @@ def test_read_fsd50k_groups_from_uploaders(fsd, tmp_path):
     assert val.subset([1]).groups == ["bob"]
 
 
+@pytest.mark.one_backend
 def test_read_fsd50k_unknown_label_names_file_row_and_label(fsd, tmp_path):
     root = tmp_path / "bad"
     paths = write_fsd50k_layout(root, DEV, EVAL, VOCABULARY)
@@ -176,6 +180,7 @@ def test_read_fsd50k_unknown_label_names_file_row_and_label(fsd, tmp_path):
         write_fsd50k_layout(root, [row("1", ["Speech"], "train")], [], VOCABULARY[1:])
 
 
+@pytest.mark.one_backend
 def test_fsd50k_vocabulary_has_no_header_and_is_ordered_by_index(tmp_path):
     path = tmp_path / "vocabulary.csv"
     path.write_text("1,Telephone,/m/07cx4\n0,Speech,/m/09x0r\n")
@@ -189,6 +194,7 @@ def test_fsd50k_vocabulary_has_no_header_and_is_ordered_by_index(tmp_path):
 # CSV and folder datasets
 
 
+@pytest.mark.one_backend
 def test_csv_dataset(tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -224,6 +230,7 @@ def test_csv_dataset(tmp_path):
         read_csv_dataset(tmp_path / "unquoted.csv")
 
 
+@pytest.mark.one_backend
 def test_folder_dataset(tmp_path):
     root = tmp_path / "folders"
     for sub in ("dog/nested", "phone", "empty", ".hidden"):
@@ -264,6 +271,7 @@ def short_error(call, *args) -> str:
     return message
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     ("relative", "content", "line"),
     [
@@ -296,6 +304,7 @@ def test_malformed_text_inputs_name_the_file_and_line(fsd, tmp_path, relative, c
     assert message.startswith(f"{path}, line {line}: "), message
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("fname", ["../1001", "/tmp/1001", "..", "sub\\1001", "1,2"])
 def test_entries_leading_outside_the_dataset_are_refused(fsd, tmp_path, fname):
     root = tmp_path / "fsd"
@@ -312,6 +321,7 @@ def test_entries_leading_outside_the_dataset_are_refused(fsd, tmp_path, fname):
     assert message.startswith("dev_rows[0]: bad fname"), message
 
 
+@pytest.mark.one_backend
 def test_folder_links_outside_the_root_are_left_out_and_reported(tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -333,6 +343,7 @@ def test_folder_links_outside_the_root_are_left_out_and_reported(tmp_path):
     assert allowed.clip_ids == ["cat/shutter", "dog/alias", "dog/escape", "dog/inside", "dog/up"]
 
 
+@pytest.mark.one_backend
 def test_repeated_rows_and_contradicting_mids_are_reported(fsd, tmp_path):
     shutil.copy(DATA_DIR / "camera_shutter.oga", tmp_path / "a.oga")
     shutil.copy(DATA_DIR / "phone_incoming_call.oga", tmp_path / "b.oga")
@@ -369,6 +380,7 @@ def test_repeated_rows_and_contradicting_mids_are_reported(fsd, tmp_path):
     assert message == f"{dev}, line 10: fname 1001 appears twice (first on line 2)"
 
 
+@pytest.mark.one_backend
 def test_entries_that_are_not_regular_files_are_counted_in_the_skip_summary(tmp_path):
     folder = tmp_path / "folders" / "dog"
     folder.mkdir(parents=True)
@@ -393,6 +405,7 @@ def test_entries_that_are_not_regular_files_are_counted_in_the_skip_summary(tmp_
 # Chunking
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("n", [1, 16, 8000, 15999, 16000, 16001, 19200, 24000, 32000, 36800, 40000])
 def test_chunks_cover_the_clip(n):
     x = np.random.default_rng(n).uniform(-1, 1, n).astype(np.float32)
@@ -415,6 +428,7 @@ def test_chunks_cover_the_clip(n):
         np.testing.assert_array_equal(chunk, x[start : start + SR])
 
 
+@pytest.mark.one_backend
 def test_one_millisecond_clip_is_tiled():
     x = np.linspace(-0.5, 0.5, 16, dtype=np.float32)  # 1 ms at 16 kHz
     chunks = chunk_waveform(x, SR)
@@ -423,6 +437,7 @@ def test_one_millisecond_clip_is_tiled():
     assert chunk_starts(16, SR).tolist() == [0.0]
 
 
+@pytest.mark.one_backend
 def test_chunking_other_settings_and_bad_input():
     x = np.arange(22050, dtype=np.float64) / 22050
     chunks = chunk_waveform(x, 22050, chunk_seconds=0.4, hop_seconds=0.25)
@@ -442,6 +457,7 @@ def test_chunking_other_settings_and_bad_input():
         chunk_waveform(np.zeros(100, np.float32), SR, hop_seconds=0)
 
 
+@pytest.mark.one_backend
 def test_long_clip_needs_no_extra_copies():
     """10 minutes at 16 kHz: chunking allocates the result and (almost) nothing else."""
     x = np.random.default_rng(0).uniform(-1, 1, 10 * 60 * SR).astype(np.float32)

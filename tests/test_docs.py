@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+# The backend does not change what these tests check: tests/run.sh runs them once.
+pytestmark = pytest.mark.one_backend
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -1,7 +1,6 @@
 """Clip-level tagging metrics against scikit-learn, the DCASE lwlrap reference and hand values.
 
-The metrics are numpy-only, so the backend does not matter; the suite runs them on each
-backend anyway.
+The metrics are numpy-only, so the backend does not matter: tests/run.sh runs them once.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from sklearn.metrics import (
 )
 
 from keras_dae import metrics
+
+pytestmark = pytest.mark.one_backend
 
 
 def random_case(seed, n_clips=60, n_classes=12, levels=None, density=0.2):

@@ -15,6 +15,9 @@ import pytest
 
 from keras_dae.version import __version__
 
+# The backend does not change what these tests check: tests/run.sh runs them once.
+pytestmark = pytest.mark.one_backend
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -138,6 +138,7 @@ BROKEN_JSON = {
 }
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("broken", BROKEN_JSON)
 def test_malformed_config_is_one_line_naming_the_file(broken, preset, nothing_built):
     config_path = preset / "config.json"
@@ -172,6 +173,7 @@ def test_keras_errors_are_summarised_not_the_whole_config(preset):
 SECRET = "secret-token-0123"
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("broken", ["missing", "not_utf8", "nul_bytes", "too_few",
                                     "out_of_order", "link_outside"])
 def test_labels_must_be_utf8_text_matching_the_classes(broken, preset, tmp_path):
@@ -195,6 +197,7 @@ def test_labels_must_be_utf8_text_matching_the_classes(broken, preset, tmp_path)
     assert SECRET not in message
 
 
+@pytest.mark.one_backend
 def test_a_recorded_checksum_is_shown_only_when_it_is_one(preset):
     """metadata.json's `weights_sha256` is quoted only when it is a SHA-256."""
     metadata = preset / "metadata.json"
@@ -205,6 +208,7 @@ def test_a_recorded_checksum_is_shown_only_when_it_is_one(preset):
     assert SECRET[:8] not in message and "records no SHA-256" in message
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(("label", "shown"), [
     ("Dog", "Dog"),
     ("Café_bar", "Café bar"),
@@ -219,6 +223,7 @@ def test_labels_are_printed_with_control_characters_escaped(label, shown):
     assert printable(label).isprintable()
 
 
+@pytest.mark.one_backend
 def test_the_cli_prints_hostile_labels_escaped(preset, capsys):
     from keras_dae.cli import bundled_clip_path, main
 
@@ -246,6 +251,7 @@ EXPORT_MISSING = [
 ]
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(("fmt", "module", "quantize"), EXPORT_MISSING)
 def test_export_without_its_packages_names_the_extra(fmt, module, quantize, tmp_path):
     """`keras-dae export` says which extra to install, in one line, before Keras loads."""
@@ -274,6 +280,7 @@ def _export_error_without(module: str, call: str, error_type: str):
     return _run(script, env={"KERAS_BACKEND": keras.backend.backend()})
 
 
+@pytest.mark.one_backend
 def test_export_api_without_its_packages_names_the_extra(tmp_path):
     proc = _export_error_without("onnxruntime", f"export.export(None, {str(tmp_path / 'm.onnx')!r}, 'onnx')",
                                  "export.ExportError")
@@ -282,6 +289,7 @@ def test_export_api_without_its_packages_names_the_extra(tmp_path):
                            'pip install "keras-dae[export]"\n')
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(("artifact", "module"), [("m.onnx", "onnx"), ("m.tflite", "ai_edge_litert")])
 def test_running_an_export_without_its_runtime_names_the_extra(artifact, module, tmp_path):
     (tmp_path / artifact).write_bytes(b"not read: the runtime is missing first")
@@ -292,6 +300,7 @@ def test_running_an_export_without_its_runtime_names_the_extra(artifact, module,
                            'pip install "keras-dae[export]"\n')
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
 def test_the_api_without_its_backend_names_the_extra(backend):
     script = (f"import sys; sys.modules[{backend!r}] = None\n"
@@ -310,6 +319,7 @@ NATIVE_NOISE = ("cuInit", "Could not find cuda drivers", "oneDNN", "cpu_feature_
                 "absl::InitializeLog", "This TensorFlow binary is optimized")
 
 
+@pytest.mark.one_backend
 def test_a_normal_run_prints_no_native_log_noise(tmp_path):
     """TensorFlow's CUDA probes and notices stay hidden unless --debug is given."""
     pytest.importorskip("tensorflow")
@@ -321,6 +331,7 @@ def test_a_normal_run_prints_no_native_log_noise(tmp_path):
     assert not [noise for noise in NATIVE_NOISE if noise in proc.stderr], proc.stderr
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(("module", "extra"), [
     ("onnxruntime", "export"), ("ai_edge_litert.interpreter", "export"), ("grain", "shards"),
     ("matplotlib.pyplot", "plot"),
@@ -338,6 +349,7 @@ def test_a_command_missing_an_optional_package_names_its_extra(module, extra, ca
                                        f'"keras-dae[{extra}]"\n')
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("raised", [
     ValueError("Could not locate class 'X'. Make sure it is registered. Full object config: "
                + repr({"config": {f"layer_{i}": list(range(50)) for i in range(200)}})),

@@ -25,6 +25,9 @@ from keras_dae.cli import main as cli_main
 from keras_dae.export import check_export_path, sidecar_paths
 from keras_dae.export.artifact import write_sidecars
 
+# The backend does not change what these tests check: tests/run.sh runs them once.
+pytestmark = pytest.mark.one_backend
+
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
 TINY_RUN = ["--preset", "diverse_tiny", "--epochs", "1", "--fusion-epochs", "1",

@@ -14,6 +14,10 @@ pytest.importorskip("array_record")
 from keras_dae.data import ChunkLoader, ShardLoader, ShardSet, read_fsd50k, write_shards  # noqa: E402
 from keras_dae.data.shards import ShardWriter, decode_chunk, encode_chunk  # noqa: E402
 
+# Under tests/run.sh, on the first backend only; .ci/run runs this file again on JAX and PyTorch
+# in an environment without TensorFlow.
+pytestmark = pytest.mark.one_backend
+
 # int16 with a per-chunk scale: at most half a step of peak / 32767, plus float32 rounding.
 QUANTISATION = 1.01 / 65534
 

@@ -1,5 +1,5 @@
 """End to end on each backend: train the tiny model on FSD50K-layout real audio, evaluate,
-interrupt and resume, and the `keras-dae train` / `evaluate` commands; checkpoints stay
+kill and resume (slow), and the `keras-dae train` / `evaluate` commands; checkpoints stay
 consistent whatever fails, and training refuses to start where it could not finish."""
 
 import errno
@@ -37,34 +37,6 @@ def _trainer(data_dir, run_dir, **overrides):
     model = build_diverse_classifier(len(train.labels), tower=TINY)
     config = training.TrainConfig(**{**FAST, **overrides})
     return training.Trainer(model, train, val, run_dir, config, verbose=0)
-
-
-class _Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            raise KeyboardInterrupt("simulated crash after the first tower epoch")
-
-
-@pytest.mark.usefixtures("no_network")
-def test_interrupted_run_resumes_where_it_stopped(data_dir, tmp_path):
-    """A run stopped after tower epoch 1 resumes at epoch 2 and ends like an unbroken run."""
-    unbroken = _trainer(data_dir, tmp_path / "unbroken")
-    unbroken.run()
-    crashing = _trainer(data_dir, tmp_path / "resumed")
-    original = crashing._callbacks
-    crashing._callbacks = lambda stage, loader: [*original(stage, loader), _Crash()]
-    with pytest.raises(KeyboardInterrupt):
-        crashing.run()
-    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
-    assert state["stage"] == "towers" and state["epoch"] == 0
-    resumed = _trainer(data_dir, tmp_path / "resumed")
-    resumed.run(resume=True)
-    epochs = [(h["stage"], h["epoch"]) for h in resumed.state["history"]]
-    assert epochs == [("towers", 0), ("towers", 1), ("fusion", 0)]
-    # Same seed, same batch order per epoch, optimizer state restored: the same run.
-    for a, b in zip(unbroken.state["history"], resumed.state["history"], strict=True):
-        np.testing.assert_allclose(a["val_map"], b["val_map"], atol=1e-3)
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3)
 
 
 @pytest.mark.usefixtures("no_network")

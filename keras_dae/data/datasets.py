@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_dae.atomic import write_text
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "UNSUPPORTED_AUDIO_EXTENSIONS",
@@ -429,30 +431,32 @@ def write_fsd50k_layout(
         vocabulary_csv=truth / "vocabulary.csv",
     )
 
-    def writer(f):
-        return csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    def csv_text(header, rows) -> str:
+        f = io.StringIO()
+        w = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+        return f.getvalue()
 
-    with paths["vocabulary_csv"].open("w", newline="", encoding="utf-8") as f:
-        w = writer(f)
-        for index, (label, mid) in enumerate(vocabulary):
-            w.writerow([index, label, mid])
-    with paths["dev_csv"].open("w", newline="", encoding="utf-8") as f:
-        w = writer(f)
-        w.writerow(["fname", "labels", "mids", "split"])
-        for i, row in enumerate(dev_rows):
-            if len(row) != 4:
-                raise ValueError(f"dev_rows[{i}]: expected (fname, labels, mids, split)")
-            fname, labels, mids, split = row
-            if split not in ("train", "val"):
-                raise ValueError(f"dev_rows[{i}]: split must be train or val, got {split!r}")
-            w.writerow([*check(fname, labels, mids, f"dev_rows[{i}]"), split])
-    with paths["eval_csv"].open("w", newline="", encoding="utf-8") as f:
-        w = writer(f)
-        w.writerow(["fname", "labels", "mids"])
-        for i, row in enumerate(eval_rows):
-            if len(row) not in (3, 4):
-                raise ValueError(f"eval_rows[{i}]: expected (fname, labels, mids)")
-            w.writerow(check(*row[:3], f"eval_rows[{i}]"))
+    dev = []
+    for i, row in enumerate(dev_rows):
+        if len(row) != 4:
+            raise ValueError(f"dev_rows[{i}]: expected (fname, labels, mids, split)")
+        fname, labels, mids, split = row
+        if split not in ("train", "val"):
+            raise ValueError(f"dev_rows[{i}]: split must be train or val, got {split!r}")
+        dev.append([*check(fname, labels, mids, f"dev_rows[{i}]"), split])
+    evaluation = []
+    for i, row in enumerate(eval_rows):
+        if len(row) not in (3, 4):
+            raise ValueError(f"eval_rows[{i}]: expected (fname, labels, mids)")
+        evaluation.append(check(*row[:3], f"eval_rows[{i}]"))
+    # Every row is checked before anything is written, and each file is whole or absent.
+    write_text(paths["vocabulary_csv"],
+               csv_text(None, ([i, label, mid] for i, (label, mid) in enumerate(vocabulary))))
+    write_text(paths["dev_csv"], csv_text(["fname", "labels", "mids", "split"], dev))
+    write_text(paths["eval_csv"], csv_text(["fname", "labels", "mids"], evaluation))
     return paths
 
 
