@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-sys.path.insert(0, str(Path(__file__).parent))
 import one_stream  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "contrast_floor.json"

@@ -4,7 +4,7 @@ the ShardLoader over 300,000 records.
     python benchmarks/data_memory.py            # -> results/data_memory.json
 
 1. An FSD50K layout of 50,000 dev clips with FSD50K's 200-class vocabulary, each file a link
-   to one of four real recordings (tests/fsd50k_fixture.py): `read_fsd50k` + `ChunkLoader`
+   to one of four real recordings (tests/data): `read_fsd50k` + `ChunkLoader`
    (headers probed, nothing decoded), then batches from across the epoch.
 2. A shard set of 300,000 records, 6 per clip for 50,000 clips with 3 labels each, written
    with `ShardWriter`; each record holds 10 ms of audio instead of 1 s to spare the disk (the
@@ -73,11 +73,53 @@ def measure(mode: str, root) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_fsd50k_index(root: Path, n_clips: int = 50_000) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from fsd50k_fixture import write_large_fsd50k_index
+# The four real recordings of the test dataset (tests/data; a harmonic tone for the fourth),
+# as 44.1 kHz WAV like FSD50K's.
+SOURCES = ("speech_front_center.wav", "camera_shutter.oga", "phone_incoming_call.oga", None)
 
-    return write_large_fsd50k_index(root, n_clips=n_clips)
+
+def _source(name: str | None, sr: int = 44100) -> np.ndarray:
+    from keras_dae.audio import load_audio
+
+    if name is None:
+        t = np.arange(int(1.5 * sr)) / sr
+        return (0.3 * sum(np.sin(2 * np.pi * 330.0 * h * t) / h for h in range(1, 7))).astype(
+            np.float32)
+    return load_audio(ROOT / "tests" / "data" / name, sr)
+
+
+def write_fsd50k_index(root: Path, n_clips: int = 50_000, val_share: float = 0.1,
+                       seed: int = 0) -> Path:
+    """FSD50K's layout at full size: `n_clips` dev clips (train and val) with FSD50K's
+    200-class vocabulary and 1-3 random labels each, every `<fname>.wav` a symbolic link to
+    one of four real recordings (0.5-3 s; cheap to create, real to probe and decode).
+    Returns `root`."""
+    import os
+
+    import soundfile
+
+    from keras_dae.data import write_fsd50k_layout
+    from keras_dae.zoo.presets import preset_vocabulary
+
+    labels, mids = preset_vocabulary("diverse_fsd50k")
+    vocabulary = list(zip(labels, mids, strict=True))
+    sources = root / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    made = []
+    for k, name in enumerate(SOURCES):
+        path = sources / f"{k}.wav"
+        soundfile.write(path, _source(name), 44100, subtype="PCM_16")
+        made.append(path)
+    rng = np.random.default_rng(seed)
+    paths = write_fsd50k_layout(root, [], [], vocabulary)
+    rows = []
+    for fname in range(n_clips):
+        os.symlink(made[fname % len(made)], paths["dev_audio"] / f"{fname}.wav")
+        chosen = rng.choice(len(labels), int(rng.integers(1, 4)), replace=False)
+        split = "val" if rng.random() < val_share else "train"
+        rows.append((str(fname), [labels[c] for c in chosen], [mids[c] for c in chosen], split))
+    write_fsd50k_layout(root, rows, [], vocabulary)
+    return root
 
 
 def write_shard_set(directory: Path, n_clips: int = 50_000, chunks_per_clip: int = 6) -> Path:

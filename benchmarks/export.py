@@ -68,12 +68,10 @@ def eval_windows(data: Path, split: str, sample_rate: int, labels):
     the model's label order."""
     import numpy as np
 
-    from keras_dae.cli import _with_labels, load_split
+    from keras_dae.data import read_split
     from keras_dae.data.loader import iterate_clips
 
-    fmt = "fsd50k" if (data / "FSD50K.ground_truth").is_dir() else (
-        "csv" if (data / f"{split}.csv").is_file() else "folders")
-    dataset = _with_labels(load_split(data, fmt, split), labels)
+    dataset = read_split(data, split).with_labels(labels)
     windows, owners, kept = [], [], []
     for index, chunks in iterate_clips(dataset, sample_rate):
         windows.append(chunks)

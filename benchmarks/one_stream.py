@@ -45,13 +45,13 @@ def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
     import keras
 
     from keras_dae import training
-    from keras_dae.cli import _with_labels, load_split
+    from keras_dae.data import read_split
     from keras_dae.models import build_diverse_classifier
     from keras_dae.zoo.presets import PRESETS
 
-    train = load_split(data, "fsd50k", "train")
-    val = _with_labels(load_split(data, "fsd50k", "val"), train.labels)
-    test = _with_labels(load_split(data, "fsd50k", "eval"), train.labels)
+    train = read_split(data, "train", "fsd50k")
+    val = read_split(data, "val", "fsd50k").with_labels(train.labels)
+    test = read_split(data, "eval", "fsd50k").with_labels(train.labels)
     spec = PRESETS["diverse_fsd50k"]
     keras.utils.set_random_seed(seed)
     frontends = stream_frontends(stream, spec["sample_rate"], changes)

@@ -81,15 +81,14 @@ def main() -> None:
     import keras
 
     from keras_dae import zoo
-    from keras_dae.cli import _with_labels
     from keras_dae.data import read_fsd50k
 
     model_path = zoo.resolve_preset(args.model)[1]
     model = zoo.load(model_path)
     started = time.time()
     train = read_fsd50k(args.data, "train")
-    splits = {"train": train, "val": _with_labels(read_fsd50k(args.data, "val"), train.labels),
-              "eval": _with_labels(read_fsd50k(args.data, "eval"), train.labels)}
+    splits = {"train": train, "val": read_fsd50k(args.data, "val").with_labels(train.labels),
+              "eval": read_fsd50k(args.data, "eval").with_labels(train.labels)}
     embeddings, targets = {}, {}
     for split, dataset in splits.items():
         embeddings[split], kept = clip_embeddings(model, dataset)

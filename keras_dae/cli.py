@@ -14,9 +14,11 @@ import contextlib
 import os
 import sys
 import warnings
-from importlib import resources
 from pathlib import Path
 
+from keras_dae.data import bundled
+from keras_dae.data.datasets import DATASET_FORMATS, read_split
+from keras_dae.export import formats as export_formats
 from keras_dae.validation import (
     non_negative_float,
     non_negative_int,
@@ -24,14 +26,8 @@ from keras_dae.validation import (
     positive_int,
 )
 
-BUNDLED_CLIP = "speech_front_center.wav"
 BACKENDS = ("tensorflow", "jax", "torch")
 PLOT_EXTRA = "pip install 'keras-dae[plot]'"
-
-
-def bundled_clip_path() -> Path:
-    """A real recording shipped with the package (a man saying "front center", GPL-2)."""
-    return Path(str(resources.files("keras_dae") / "data" / BUNDLED_CLIP))
 
 
 def _picture_path(requested: str | None, default: str) -> str | None:
@@ -66,7 +62,7 @@ def _frontends_command(args) -> int:
 
     from keras_dae.audio import load_audio
 
-    path = Path(args.file) if args.file else bundled_clip_path()
+    path = Path(args.file) if args.file else bundled.bundled_clip_path()
     picture = _picture_path(args.plot, "frontends.png")
     # Before Keras loads: a bad file is refused at once (AudioDecodeError: one line, exit 2).
     waveform = load_audio(path, args.sample_rate)
@@ -88,45 +84,6 @@ def _frontends_command(args) -> int:
     return 0
 
 
-def load_split(data: Path, fmt: str, split: str):
-    """One split of a dataset directory, in one of the three supported layouts.
-
-    - fsd50k: the FSD50K layout (`FSD50K.ground_truth/dev.csv` with its official train/val
-      split, `eval.csv`, `vocabulary.csv`, and the `FSD50K.*_audio/` folders);
-    - csv: `DIR/<split>.csv` files with a `path,labels` header;
-    - folders: `DIR/<split>/<class>/<audio files>`.
-    Returns None when the split is absent (csv and folders).
-    """
-    from keras_dae.data import read_csv_dataset, read_folder_dataset, read_fsd50k
-
-    if fmt == "fsd50k":
-        return read_fsd50k(data, split)
-    if fmt == "csv":
-        path = data / f"{split}.csv"
-        return read_csv_dataset(path) if path.is_file() else None
-    path = data / split
-    return read_folder_dataset(path) if path.is_dir() else None
-
-
-def _with_labels(dataset, labels, name="the data", classes="classes of the model"):
-    """The dataset's targets re-indexed to the vocabulary `labels` (a model's classes);
-    a label outside it is refused (`ValueError` naming `name` and the labels)."""
-    import numpy as np
-
-    if dataset is None or list(dataset.labels) == list(labels):
-        return dataset
-    unknown = sorted(set(dataset.labels) - set(labels))
-    if unknown:
-        raise ValueError(f"{name}: labels {unknown} are not {classes}")
-    column = {label: i for i, label in enumerate(labels)}
-    targets = np.zeros((len(dataset), len(labels)), np.float32)
-    for j, label in enumerate(dataset.labels):
-        targets[:, column[label]] = dataset.targets[:, j]
-    return type(dataset)(paths=dataset.paths, targets=targets, labels=list(labels),
-                         mids=[""] * len(labels), clip_ids=dataset.clip_ids,
-                         groups=dataset.groups)
-
-
 def _train_command(args) -> int:
     from keras_dae import runs
 
@@ -146,8 +103,8 @@ def _train_locked(args) -> int:
 
         train = ShardSet(args.shards)
     else:
-        train = load_split(data, args.format, "train")
-    val = load_split(data, args.format, "val")
+        train = read_split(data, "train", args.format)
+    val = read_split(data, "val", args.format)
     if train is None or val is None:
         print(f"error: {data}: needs a train and a val split for --format {args.format}",
               file=sys.stderr)
@@ -155,9 +112,10 @@ def _train_locked(args) -> int:
     # Every split and every label before training: a label of val or eval that the training
     # split lacks is refused now, not after the run.
     known = "among the training split's classes"
-    val = _with_labels(val, train.labels, f"{data} (val)", known)
-    test = _with_labels(load_split(data, args.format, "eval"), train.labels,
-                        f"{data} (eval)", known)
+    val = val.with_labels(train.labels, f"{data} (val)", known)
+    test = read_split(data, "eval", args.format)
+    if test is not None:
+        test = test.with_labels(train.labels, f"{data} (eval)", known)
     if args.data_parallel:
         try:
             scale.check_data_parallel(args.batch_size)
@@ -230,11 +188,11 @@ def _evaluate_command(args) -> int:
         from keras_dae import scale
 
         model = scale.with_precision(model, args.mixed_precision)
-    dataset = load_split(Path(args.data), args.format, args.split)
+    dataset = read_split(args.data, args.split, args.format)
     if dataset is None:
         print(f"error: {args.data}: no {args.split} split", file=sys.stderr)
         return 2
-    dataset = _with_labels(dataset, model.class_names)
+    dataset = dataset.with_labels(model.class_names)
     report = training.evaluate(model, dataset)
     print(f"{args.split}: {report['n_clips']} clips  mAP {report['mAP']:.4f}  "
           f"d' {report['d_prime'] if report['d_prime'] is None else round(report['d_prime'], 3)}"
@@ -513,7 +471,7 @@ def _embed_command(args) -> int:
 def _shard_command(args) -> int:
     from keras_dae.data import write_shards
 
-    dataset = load_split(Path(args.data), args.format, args.split)
+    dataset = read_split(args.data, args.split, args.format)
     if dataset is None:
         raise ValueError(f"{args.data}: no {args.split} split for --format {args.format}")
     print(f"shard: {len(dataset)} clips of {args.data} ({args.split}) -> {args.out}, "
@@ -530,7 +488,7 @@ def _shard_command(args) -> int:
 def _demo_command(args) -> int:
     from keras_dae import demo
 
-    paths = [Path(p) for p in args.files] if args.files else demo.demo_clips()
+    paths = [Path(p) for p in args.files] if args.files else bundled.demo_clips()
     picture = _picture_path(args.plot, "demo.png")
     tagger = _load_tagger(args)
     import keras
@@ -626,11 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     frontends.set_defaults(func=_frontends_command)
 
-    formats = ("fsd50k", "csv", "folders")
     train = sub.add_parser("train", help="train the four towers, then the fusion head")
     train.add_argument("--data", required=True, help="dataset directory")
     train.add_argument("--out", required=True, help="run directory (checkpoints, preset, report)")
-    train.add_argument("--format", choices=formats, default="fsd50k")
+    train.add_argument("--format", choices=DATASET_FORMATS, default="fsd50k")
     train.add_argument("--preset", default="diverse_fsd50k", help="model configuration")
     train.add_argument("--epochs", type=non_negative_int, default=10, help="stage 1 (tower) epochs")
     train.add_argument("--fusion-epochs", type=non_negative_int, default=5)
@@ -669,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="clip-level metrics of a run or preset")
     evaluate.add_argument("--model", required=True, help="run directory, preset directory or name")
     evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--format", choices=formats, default="fsd50k")
+    evaluate.add_argument("--format", choices=DATASET_FORMATS, default="fsd50k")
     evaluate.add_argument("--split", choices=("eval", "val"), default="eval")
     evaluate.add_argument("--json", help="also write the report as JSON here")
     evaluate.set_defaults(func=_evaluate_command)
@@ -678,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shard", help="decode, resample and chunk a split once into ArrayRecord shards")
     shard.add_argument("--data", required=True, help="dataset directory")
     shard.add_argument("--out", required=True, help="shard directory")
-    shard.add_argument("--format", choices=formats, default="fsd50k")
+    shard.add_argument("--format", choices=DATASET_FORMATS, default="fsd50k")
     shard.add_argument("--split", choices=("train", "val", "eval"), default="train")
     shard.add_argument("--sample-rate", type=positive_int, default=16000)
     shard.add_argument("--shard-size", type=positive_int, default=4096, help="1 s chunks per file")
@@ -725,14 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--mixed-precision", choices=("bfloat16",), default=None,
                              help="run the model in mixed precision (front ends and heads "
                                   "stay float32)")
-    # keras_dae.export.FORMATS and QUANTIZATIONS (not imported here: they import Keras, and
-    # the backend is chosen after parsing).
-    export_formats = ("savedmodel", "tflite", "onnx")
-    quantizations = ("none", "float16", "dynamic-int8", "int8")
     exporter = sub.add_parser("export", help="export to SavedModel, TFLite or ONNX")
     exporter.add_argument("--model", required=True, help="run directory, preset directory or name")
-    exporter.add_argument("--format", required=True, choices=export_formats)
-    exporter.add_argument("--quantize", choices=quantizations, default="none",
+    exporter.add_argument("--format", required=True, choices=export_formats.FORMATS)
+    exporter.add_argument("--quantize", choices=export_formats.QUANTIZATIONS, default="none",
                           help="TFLite only (default none: float32)")
     exporter.add_argument("--out", required=True,
                           help="output .tflite / .onnx file, or SavedModel directory")

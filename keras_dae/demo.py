@@ -14,22 +14,15 @@ that the preset's training data kept out of training (its eval and val splits).
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from keras_dae import atomic
 from keras_dae.audio import load_audio
+from keras_dae.data.bundled import DEMO_CLIPS, demo_clips  # noqa: F401  (part of this API)
 from keras_dae.inference import Tagger, TagResult, display_label, format_labels
 
-DEMO_CLIPS = (
-    "speech_czech_letters.ogg",
-    "guitar_em9.ogg",
-    "drums_amen_break.ogg",
-    "heron_flying.ogg",
-    "dog_bark.ogg",
-)
 LABEL_THRESHOLD = 0.5
 CAPTION = (
     "Each second's labels scoring 0.5 or more (from the 1 s window over it; faded: the best "
@@ -41,12 +34,6 @@ TABLE_CAPTION = (
 )
 STREAM_TITLES = {"fused": "fused", "pitch": "pitch", "timbre": "timbre",
                  "neuralogram": "neuralo-\ngram", "end_to_end": "end-to-\nend"}
-
-
-def demo_clips() -> list[Path]:
-    """The bundled demo recordings, in the order the demo shows them."""
-    folder = resources.files("keras_dae") / "data" / "demo"
-    return [Path(str(folder / name)) for name in DEMO_CLIPS]
 
 
 def run(tagger: Tagger, paths=None, top_k: int = 3) -> list[TagResult]:

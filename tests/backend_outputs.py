@@ -8,11 +8,9 @@ all the front ends, with outputs in CASES order), for test_cross_backend.py to c
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from frontend_cases import CASES, build_case  # noqa: E402
+import keras
+import numpy as np
+from frontend_cases import CASES, build_case
 
 
 def all_frontends_model(layers_and_inputs) -> keras.Model:

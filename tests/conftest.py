@@ -110,6 +110,17 @@ def assert_same_variables(copy, model):
                 keras.ops.convert_to_numpy(getattr(tower.normalization, statistic)))
 
 
+@pytest.fixture(autouse=True)
+def _sys_path_left_as_found():
+    """Every test leaves `sys.path` as it found it (a test that needs a folder on it for an
+    import puts it there and takes it off again)."""
+    import sys
+
+    before = list(sys.path)
+    yield
+    assert sys.path == before, f"the test changed sys.path: {sys.path} (was {before})"
+
+
 # ---------------------------------------------------------------------------------------------
 # No network: loading, predicting, training and evaluating must never open a network socket.
 

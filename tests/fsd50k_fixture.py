@@ -41,33 +41,3 @@ def write_small_fsd50k(root: Path, per_class=(6, 2, 2), seed: int = 0) -> Path:
                 fname += 1
     write_fsd50k_layout(root, dev, ev, vocabulary)
     return root
-
-
-def write_large_fsd50k_index(root: Path, n_clips: int = 50_000, val_share: float = 0.1,
-                             seed: int = 0) -> Path:
-    """FSD50K's layout at full size: `n_clips` dev clips (train and val) with FSD50K's
-    200-class vocabulary and 1-3 random labels each, every `<fname>.wav` a symbolic link to
-    one of four real 44.1 kHz recordings (0.5-3 s; cheap to create, real to probe and decode).
-    Returns `root`."""
-    import os
-
-    from keras_dae.zoo.presets import preset_vocabulary
-
-    labels, mids = preset_vocabulary("diverse_fsd50k")
-    sources = root / "sources"
-    sources.mkdir(parents=True, exist_ok=True)
-    made = []
-    for k, (_, _, make) in enumerate(CLASSES):
-        path = sources / f"{k}.wav"
-        soundfile.write(path, make(), 44100, subtype="PCM_16")
-        made.append(path)
-    rng = np.random.default_rng(seed)
-    paths = write_fsd50k_layout(root, [], [], list(zip(labels, mids, strict=True)))
-    rows = []
-    for fname in range(n_clips):
-        os.symlink(made[fname % len(made)], paths["dev_audio"] / f"{fname}.wav")
-        chosen = rng.choice(len(labels), int(rng.integers(1, 4)), replace=False)
-        split = "val" if rng.random() < val_share else "train"
-        rows.append((str(fname), [labels[c] for c in chosen], [mids[c] for c in chosen], split))
-    write_fsd50k_layout(root, rows, [], list(zip(labels, mids, strict=True)))
-    return root

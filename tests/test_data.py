@@ -29,11 +29,13 @@ from keras_dae.data import (
     chunk_sample_starts,
     chunk_starts,
     chunk_waveform,
+    detect_format,
     iterate_clips,
     read_csv_dataset,
     read_folder_dataset,
     read_fsd50k,
     read_fsd50k_vocabulary,
+    read_split,
     write_fsd50k_layout,
 )
 
@@ -252,6 +254,46 @@ def test_folder_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"targets must have shape"):
         ClipDataset(dataset.paths, dataset.targets[:, :1], dataset.labels, dataset.mids,
                     dataset.clip_ids)
+
+
+@pytest.mark.one_backend
+def test_read_split_reads_each_layout_and_detects_it(fsd, tmp_path):
+    folders = tmp_path / "folders"
+    for split, label in (("train", "dog"), ("train", "phone"), ("val", "dog")):
+        (folders / split / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(DATA_DIR / "camera_shutter.oga", folders / split / label / "a.oga")
+    csvs = tmp_path / "csvs"
+    csvs.mkdir()
+    shutil.copy(DATA_DIR / "camera_shutter.oga", csvs / "a.oga")
+    (csvs / "train.csv").write_text("path,labels\na.oga,camera\n")
+    with pytest.warns(UserWarning, match="1008.wav"):
+        assert read_split(fsd, "train").clip_ids == read_fsd50k(fsd, "train").clip_ids
+    assert [detect_format(p) for p in (fsd, csvs, folders, tmp_path)] == [
+        "fsd50k", "csv", "folders", None]
+    assert read_split(folders, "val").labels == ["dog"]
+    assert read_split(csvs, "train", "csv").labels == ["camera"]
+    assert read_split(csvs, "eval") is None and read_split(folders, "eval") is None
+    with pytest.raises(FileNotFoundError, match="not a dataset directory"):
+        read_split(tmp_path, "train")
+    with pytest.raises(ValueError, match="format must be one of"):
+        read_split(csvs, "train", "tfrecord")
+
+
+@pytest.mark.one_backend
+def test_with_labels_reindexes_to_a_vocabulary_and_refuses_unknown_labels(fsd, train):
+    evaluation = read_fsd50k(fsd, "eval")
+    vocabulary = list(reversed(train.labels)) + ["Dog"]
+    moved = evaluation.with_labels(vocabulary, "eval", "classes of the model")
+    assert moved.labels == vocabulary and moved.clip_ids == evaluation.clip_ids
+    for i in range(len(evaluation)):
+        assert moved.clip_labels(i) == sorted(evaluation.clip_labels(i),
+                                              key=vocabulary.index)
+    mids = dict(zip(evaluation.labels, evaluation.mids, strict=True))
+    assert moved.mids == [mids.get(label, "") for label in vocabulary]
+    assert moved.targets[:, -1].sum() == 0
+    assert evaluation.with_labels(evaluation.labels) is evaluation
+    with pytest.raises(ValueError, match=r"eval: labels \['Speech'\] are not classes of"):
+        evaluation.with_labels([x for x in vocabulary if x != "Speech"], "eval")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -225,7 +225,8 @@ def test_labels_are_printed_with_control_characters_escaped(label, shown):
 
 @pytest.mark.one_backend
 def test_the_cli_prints_hostile_labels_escaped(preset, capsys):
-    from keras_dae.cli import bundled_clip_path, main
+    from keras_dae.cli import main
+    from keras_dae.data import bundled_clip_path
 
     rows = ["index,label,mid"] + [f"{i},class_{i}," for i in range(10)]
     rows[1] = '0,"\x1b[2J\x1b[31mred\x07",'

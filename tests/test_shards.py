@@ -1,8 +1,6 @@
 """ArrayRecord shards: written once from the audio, read back as the ChunkLoader would cut it,
 shuffled per (seed, epoch) by grain, trained on, and with bounded memory at FSD50K's size."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,7 +165,6 @@ def test_shard_command(data_dir, tmp_path, capsys):
 # Bounded memory at FSD50K's size: the measurements of benchmarks/data_memory.py (each in a
 # fresh process, tracemalloc started after the imports), with bounds that would fail if a
 # loader held the decoded audio.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.mark.slow
@@ -178,7 +175,7 @@ def test_fsd50k_sized_index_has_bounded_memory(tmp_path):
     the loader's clip cache (`cache_mb`, 16 here) and a batch. Most of the index is the
     dataset's float32 target matrix (45,000 train clips x 200 x 4 bytes = 34 MB); holding
     the decoded chunks instead would take 5 GB."""
-    import data_memory
+    from benchmarks import data_memory
 
     result = data_memory.measure("index", data_memory.write_fsd50k_index(tmp_path / "fsd50k"))
     assert result["n_clips"] > 40_000 and result["n_items"] >= 50_000
@@ -192,7 +189,7 @@ def test_reading_300k_shard_records_has_bounded_memory(tmp_path):
     across two epochs stays under 20 MB of Python/numpy allocations and grows the process by
     under 50 MB in all (ArrayRecord's native readers included); holding the records would
     take 190 MB here (and 19 GB with 1 s chunks)."""
-    import data_memory
+    from benchmarks import data_memory
 
     result = data_memory.measure("shards", data_memory.write_shard_set(tmp_path / "shards"))
     assert result["n_items"] == 300_000

@@ -3,6 +3,8 @@
     from keras_dae import data
 
     train = data.read_fsd50k("/data/FSD50K", "train")     # ClipDataset, official split
+    val = data.read_split("/data/my_clips", "val")       # any layout: fsd50k, csv, folders
+    val = val.with_labels(train.labels)                   # targets in the training vocabulary
     loader = data.ChunkLoader(train, sample_rate=16000, batch_size=32, seed=0,
                               target_names=("fused",), balanced=True, mixup=0.5)
     model.fit(loader, epochs=40, shuffle=False, callbacks=[loader.epoch_callback()])
@@ -20,6 +22,7 @@ its backend) is imported on first use, so the readers and chunking load without 
 
 import importlib
 
+from keras_dae.data.bundled import bundled_clip_path, demo_clips
 from keras_dae.data.chunking import (
     chunk_blocks,
     chunk_count,
@@ -29,34 +32,42 @@ from keras_dae.data.chunking import (
 )
 from keras_dae.data.datasets import (
     AUDIO_EXTENSIONS,
+    DATASET_FORMATS,
     FSD50K_SPLITS,
     ClipDataset,
+    detect_format,
     read_csv_dataset,
     read_folder_dataset,
     read_fsd50k,
     read_fsd50k_vocabulary,
+    read_split,
     write_fsd50k_layout,
 )
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "DATASET_FORMATS",
     "FSD50K_SPLITS",
     "ChunkLoader",
     "ClipDataset",
     "FeatureCache",
-    "chunk_blocks",
     "ShardLoader",
+    "bundled_clip_path",
+    "chunk_blocks",
     "ShardSet",
     "chunk_count",
     "chunk_sample_starts",
     "chunk_starts",
     "chunk_waveform",
     "clip_chunks",
+    "demo_clips",
+    "detect_format",
     "iterate_clips",
     "read_csv_dataset",
     "read_folder_dataset",
     "read_fsd50k",
     "read_fsd50k_vocabulary",
+    "read_split",
     "write_fsd50k_layout",
     "write_shards",
 ]

@@ -33,13 +33,16 @@ from keras_dae.atomic import write_text
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "DATASET_FORMATS",
     "UNSUPPORTED_AUDIO_EXTENSIONS",
     "FSD50K_SPLITS",
     "ClipDataset",
+    "detect_format",
     "read_csv_dataset",
     "read_folder_dataset",
     "read_fsd50k",
     "read_fsd50k_vocabulary",
+    "read_split",
     "write_fsd50k_layout",
 ]
 
@@ -194,6 +197,26 @@ class ClipDataset:
             groups=None if self.groups is None else [self.groups[i] for i in idx],
             missing=list(self.missing),
         )
+
+    def with_labels(self, labels: Sequence[str], name: str = "the data",
+                    classes: str = "classes of the model") -> ClipDataset:
+        """The same clips with targets re-indexed to the vocabulary `labels` (a model's
+        classes, in its order); classes of `labels` the data lacks get no positives. A label of
+        the data outside `labels` is refused (`ValueError` naming `name` and the labels)."""
+        labels = [str(label) for label in labels]
+        if self.labels == labels:
+            return self
+        unknown = sorted(set(self.labels) - set(labels))
+        if unknown:
+            raise ValueError(f"{name}: labels {unknown} are not {classes}")
+        column = {label: i for i, label in enumerate(labels)}
+        targets = np.zeros((len(self), len(labels)), np.float32)
+        for j, label in enumerate(self.labels):
+            targets[:, column[label]] = self.targets[:, j]
+        own_mids = dict(zip(self.labels, self.mids, strict=True))
+        return ClipDataset(paths=self.paths, targets=targets, labels=labels,
+                           mids=[own_mids.get(label, "") for label in labels],
+                           clip_ids=self.clip_ids, groups=self.groups, missing=self.missing)
 
     def clip_labels(self, index: int) -> list[str]:
         """Class names of clip `index`."""
@@ -622,6 +645,51 @@ def read_folder_dataset(
         clip_ids=[p.relative_to(root).with_suffix("").as_posix() for p in paths],
         groups=None,
     )
+
+
+DATASET_FORMATS = ("fsd50k", "csv", "folders")
+
+
+def detect_format(root) -> str | None:
+    """The layout of the dataset directory `root` (one of `DATASET_FORMATS`), or None when it
+    is none of them: `FSD50K.ground_truth/` means fsd50k, a `train.csv` csv, a `train/`
+    folder folders."""
+    root = Path(root)
+    if (root / _GROUND_TRUTH).is_dir():
+        return "fsd50k"
+    if (root / "train.csv").is_file():
+        return "csv"
+    if (root / "train").is_dir():
+        return "folders"
+    return None
+
+
+def read_split(root, split: str, format: str | None = None) -> ClipDataset | None:
+    """One split of a dataset directory, in one of the three layouts keras-dae reads.
+
+    - fsd50k: the FSD50K layout (`FSD50K.ground_truth/dev.csv` with its official train/val
+      split, `eval.csv`, `vocabulary.csv`, and the `FSD50K.*_audio/` folders);
+    - csv: `DIR/<split>.csv` files with a `path,labels` header;
+    - folders: `DIR/<split>/<class>/<audio files>`.
+
+    `format=None` detects the layout (`detect_format`). Returns None when the split is absent
+    (csv and folders); an FSD50K split always exists.
+    """
+    root = Path(root)
+    if format is None:
+        format = detect_format(root)
+        if format is None:
+            raise FileNotFoundError(
+                f"{root}: not a dataset directory (no {_GROUND_TRUTH}/, train.csv or train/)")
+    if format not in DATASET_FORMATS:
+        raise ValueError(f"format must be one of {DATASET_FORMATS}, got {format!r}")
+    if format == "fsd50k":
+        return read_fsd50k(root, split)
+    if format == "csv":
+        path = root / f"{split}.csv"
+        return read_csv_dataset(path) if path.is_file() else None
+    path = root / split
+    return read_folder_dataset(path) if path.is_dir() else None
 
 
 def _links_outside(path: Path, real_root: Path) -> bool:

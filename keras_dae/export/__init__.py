@@ -12,22 +12,13 @@ stream, and `embedding`. TensorFlow does the converting (`keras.export.ExportArc
 `tf.lite.TFLiteConverter` with builtin ops only, tf2onnx; AI Edge Quantizer for the
 quantized TFLite files); a model on JAX or PyTorch is exported through a TensorFlow-backend
 subprocess. Each export is run in its own runtime next to the Keras model before it is
-returned. Nothing here imports TensorFlow until an export runs.
+returned. Nothing here imports TensorFlow until an export runs, nor Keras until a name other
+than the `formats` constants is used.
 """
 
-from keras_dae.export.api import (
-    DEFAULT_DFT_MODE,
-    FORMATS,
-    TOLERANCE,
-    ExportResult,
-    check_export_path,
-    export,
-)
-from keras_dae.export.artifact import describe, sidecar_paths
-from keras_dae.export.calibration import calibration_windows
-from keras_dae.export.export_ready import ExportError, export_ready_model, probe_audio
-from keras_dae.export.runtime import ExportedModel, load_exported
-from keras_dae.export.tflite import QUANTIZATIONS, float_parts
+import importlib
+
+from keras_dae.export.formats import DEFAULT_DFT_MODE, FORMATS, QUANTIZATIONS
 
 __all__ = [
     "DEFAULT_DFT_MODE",
@@ -47,3 +38,35 @@ __all__ = [
     "probe_audio",
     "sidecar_paths",
 ]
+
+_LAZY = {
+    "TOLERANCE": "keras_dae.export.api",
+    "ExportResult": "keras_dae.export.api",
+    "check_export_path": "keras_dae.export.api",
+    "export": "keras_dae.export.api",
+    "describe": "keras_dae.export.artifact",
+    "sidecar_paths": "keras_dae.export.artifact",
+    "calibration_windows": "keras_dae.export.calibration",
+    "ExportError": "keras_dae.export.export_ready",
+    "export_ready_model": "keras_dae.export.export_ready",
+    "probe_audio": "keras_dae.export.export_ready",
+    "ExportedModel": "keras_dae.export.runtime",
+    "load_exported": "keras_dae.export.runtime",
+    "float_parts": "keras_dae.export.tflite",
+}
+
+
+_SUBMODULES = ("api", "artifact", "calibration", "export_ready", "onnx", "runtime",
+               "savedmodel", "tflite", "worker")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_dae.export.{name}")
+    raise AttributeError(f"module 'keras_dae.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -16,12 +16,8 @@ from keras_dae import extras
 from keras_dae.atomic import OutputError, check_output_path
 from keras_dae.export.artifact import check_sidecars, describe, write_sidecars
 from keras_dae.export.export_ready import ExportError, export_ready_model, max_abs_diff, probe_audio
-from keras_dae.export.tflite import QUANTIZATIONS
+from keras_dae.export.formats import DEFAULT_DFT_MODE, FORMATS, QUANTIZATIONS
 
-FORMATS = ("savedmodel", "tflite", "onnx")
-# How each format computes spectra (see export_ready): TFLite runs RFFT2D as a builtin and is
-# smaller and faster with it; ONNX needs the matrix-product DFT.
-DEFAULT_DFT_MODE = {"savedmodel": "fft", "tflite": "fft", "onnx": "matmul"}
 # The input's batch per format when `batch_size="auto"`: TFLite files take one window per
 # call, the on-device norm; a static shape lets the converter fold the shape arithmetic that
 # a dynamic batch leaves in the graph (about 600 fewer ops, and faster on one thread).

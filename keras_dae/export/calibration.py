@@ -15,19 +15,15 @@ DEFAULT_WINDOWS = 200
 def audio_files(source) -> list[Path]:
     """The audio files of `source`: a dataset directory in any layout keras-dae reads (its
     training split), a directory of audio files (searched recursively), or one file."""
-    from keras_dae.data import read_csv_dataset, read_folder_dataset, read_fsd50k
+    from keras_dae.data import detect_format, read_split
 
     source = Path(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such file or directory")
-    if (source / "FSD50K.ground_truth").is_dir():
-        return [Path(p) for p in read_fsd50k(source, "train").paths]
-    if (source / "train.csv").is_file():
-        return [Path(p) for p in read_csv_dataset(source / "train.csv").paths]
-    if (source / "train").is_dir():
-        return [Path(p) for p in read_folder_dataset(source / "train").paths]
+    if detect_format(source) is not None:
+        return [Path(p) for p in read_split(source, "train").paths]
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")

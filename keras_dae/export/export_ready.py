@@ -64,7 +64,7 @@ def probe_audio(sample_rate: int, seconds: float = 1.0, count: int = 4) -> np.nd
     checks are repeatable.
     """
     from keras_dae.audio import load_audio
-    from keras_dae.cli import bundled_clip_path
+    from keras_dae.data.bundled import bundled_clip_path
 
     n = int(round(seconds * sample_rate))
     speech = np.resize(load_audio(bundled_clip_path(), sample_rate), 2 * n)

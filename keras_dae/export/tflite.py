@@ -40,9 +40,8 @@ import numpy as np
 
 from keras_dae import atomic
 from keras_dae.export.artifact import INPUT_NAME, METADATA_KEY
+from keras_dae.export.formats import QUANTIZATIONS
 from keras_dae.export.savedmodel import SIGNATURE, write_savedmodel
-
-QUANTIZATIONS = ("none", "float16", "dynamic-int8", "int8")
 
 
 def convert_float(model, window: int, batch_size: int | None = 1) -> bytes:

@@ -9,7 +9,7 @@ from keras_dae.serialization import register
 
 # SpecAugment-style masking for `keras-dae train --feature-masking on`: two spans of up to 10%
 # of the frames and two of up to 10% of the feature channels per example. Off by default: on
-# the sampled dataset it raised the streams' val mAP but not eval mAP (README, "A real run").
+# the sampled dataset it raised the streams' val mAP but not eval mAP (docs/results.md, "A real run").
 DEFAULT_FEATURE_MASKING = dict(time_masks=2, time_mask_fraction=0.1, feature_masks=2,
                                feature_mask_fraction=0.1)
 TOWER_DEFAULTS = dict(

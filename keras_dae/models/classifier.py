@@ -146,6 +146,17 @@ class DiverseClassifier(keras.Model):
         return cls(**config)
 
     @classmethod
+    def with_default_frontends(cls, num_classes: int, sample_rate: int = 16000,
+                               tower: dict | None = None, streams: dict | None = None,
+                               **kwargs) -> DiverseClassifier:
+        """A new classifier of `num_classes` on the paper's four streams (or `streams`, name ->
+        list of front-end layers) and towers configured by `tower` (see `TOWER_DEFAULTS`);
+        `kwargs` go to the constructor (`dropout`, `class_names`, ...)."""
+        featurizer = DiverseFeaturizer(streams=streams, sample_rate=sample_rate)
+        backbone = DiverseBackbone(featurizer.feature_dims(), tower=tower)
+        return cls(backbone, featurizer, num_classes=num_classes, **kwargs)
+
+    @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
         """The classifier of a preset name (`keras_dae.zoo.list_presets()`), a preset
         directory or a training run directory (its `preset/`).
@@ -162,7 +173,7 @@ class DiverseClassifier(keras.Model):
         Loading uses Keras' safe mode and only keras-dae's own classes, and refuses weights
         whose SHA-256 is not the one the preset's `metadata.json` records.
         """
-        from keras_dae.zoo import load_preset
+        from keras_dae.zoo.loading import load_preset
 
         return load_preset(cls, preset, load_weights, **kwargs)
 
@@ -170,9 +181,9 @@ class DiverseClassifier(keras.Model):
         """Writes this model as a preset directory: `config.json`, `model.weights.h5`,
         `metadata.json` (versions, backend, `weights_sha256`, and `metadata`) and
         `labels.csv` (the class names and AudioSet ids). Returns the directory."""
-        from keras_dae.zoo import save
+        from keras_dae.zoo.loading import save_preset
 
-        return save(self, preset_dir, metadata=metadata)
+        return save_preset(self, preset_dir, metadata=metadata)
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -183,7 +194,7 @@ def default_class_names(num_classes: int) -> list[str]:
 def build_diverse_classifier(num_classes: int, sample_rate: int = 16000,
                              tower: dict | None = None, streams: dict | None = None,
                              **kwargs) -> DiverseClassifier:
-    """The classifier with the default (or given) front ends and tower configuration."""
-    featurizer = DiverseFeaturizer(streams=streams, sample_rate=sample_rate)
-    backbone = DiverseBackbone(featurizer.feature_dims(), tower=tower)
-    return DiverseClassifier(backbone, featurizer, num_classes=num_classes, **kwargs)
+    """The classifier with the default (or given) front ends and tower configuration
+    (`DiverseClassifier.with_default_frontends`)."""
+    return DiverseClassifier.with_default_frontends(num_classes, sample_rate, tower, streams,
+                                                    **kwargs)

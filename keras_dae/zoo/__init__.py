@@ -14,26 +14,15 @@ directory holds a preset of the same name.
 
 from __future__ import annotations
 
-import datetime
-import os
 from pathlib import Path
 
-import keras
-
-from keras_dae import atomic
-from keras_dae.models.classifier import DiverseClassifier, build_diverse_classifier
-from keras_dae.version import __version__
-from keras_dae.zoo import preset_files as files
+from keras_dae.models.classifier import DiverseClassifier
+from keras_dae.zoo.loading import keras_dae_home, load_preset, resolve_preset, save_preset
 from keras_dae.zoo.preset_files import PresetError
-from keras_dae.zoo.presets import PRESETS, preset_vocabulary, shipped_preset_dir
+from keras_dae.zoo.presets import PRESETS
 
 __all__ = ["PRESETS", "PresetError", "keras_dae_home", "list_presets", "load", "load_preset",
            "resolve_preset", "save"]
-
-
-def keras_dae_home() -> Path:
-    """`$KERAS_DAE_HOME`, default `~/.keras-dae`: where named presets' weights live."""
-    return Path(os.environ.get("KERAS_DAE_HOME", Path.home() / ".keras-dae")).expanduser()
 
 
 def list_presets() -> dict[str, str]:
@@ -49,128 +38,7 @@ def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=N
     """
     if not isinstance(model, DiverseClassifier):
         raise TypeError(f"save() takes a DiverseClassifier, got {type(model).__name__}.")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    labels = list(labels) if labels is not None else model.class_names
-    if len(labels) != model.num_classes:
-        raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes.")
-    if mids is None:
-        mids = model.class_mids if labels == model.class_names else [""] * len(labels)
-    config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)  # a preset is the model, not a training setup
-    for key in ("class_names", "class_mids"):  # labels.csv holds them
-        config["config"].pop(key, None)
-    files.write_json(directory / files.CONFIG_FILE, config)
-    atomic.save_weights(model, directory / files.WEIGHTS_FILE)
-    meta = {
-        "keras_dae_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "sample_rate": model.sample_rate,
-        "num_classes": model.num_classes,
-        "streams": model.stream_names,
-        "parameters": int(model.count_params()),
-        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **(metadata or {}),
-        "weights_sha256": files.sha256(directory / files.WEIGHTS_FILE),
-    }
-    files.write_json(directory / files.METADATA_FILE, meta)
-    files.write_labels(directory / files.LABELS_FILE, labels, mids)
-    return directory
-
-
-def resolve_preset(preset) -> tuple[str | None, Path]:
-    """(preset name or None, the directory to read it from) for a preset name, a preset
-    directory or a training run directory (whose preset is `RUN_DIR/preset/`).
-
-    A named preset's directory may not exist (its weights were never installed); anything
-    else that is not a directory raises a one-line `PresetError` saying how to get one.
-    """
-    path = Path(str(preset)).expanduser()
-    if path.is_dir():
-        run_preset = path / "preset"
-        if run_preset.is_dir() and not (path / files.CONFIG_FILE).is_file():
-            return None, run_preset
-        return None, path
-    name = str(preset)
-    if name in PRESETS:
-        local = keras_dae_home() / "presets" / name
-        if PRESETS[name].get("shipped") and not (local / files.CONFIG_FILE).is_file():
-            return name, shipped_preset_dir(name)
-        return name, local
-    raise PresetError(
-        f"{preset!r} is neither a preset directory, a training run directory nor a known "
-        f"preset ({', '.join(PRESETS)}); train one with `keras-dae train --data DATA_DIR "
-        f"--out RUN_DIR` and pass RUN_DIR."
-    )
-
-
-def _missing_weights_message(name: str, directory: Path) -> str:
-    return (
-        f"No weights for preset {name!r}: looked for {directory / files.WEIGHTS_FILE} "
-        f"(set KERAS_DAE_HOME to change where). keras-dae never downloads weights. Train them "
-        f"with `{PRESETS[name]['train_command']}` and copy RUN_DIR/preset/ to {directory}, or "
-        f"load(..., weights=None) for a randomly initialised model."
-    )
-
-
-def load_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
-    """`cls.from_preset(preset, load_weights, **kwargs)` (see `DiverseClassifier.from_preset`)."""
-    name, directory = resolve_preset(preset)
-    config_path, labels_path = directory / files.CONFIG_FILE, directory / files.LABELS_FILE
-    built_from_spec = name is not None and not config_path.is_file()
-    config = None if built_from_spec else files.read_json(config_path)
-    if config is not None:  # before anything else is read or built
-        files.check_config_is_safe(config, config_path)
-        files.check_config_sizes(config, config_path)
-    inner = config.get("config") if isinstance(config, dict) else None
-    inner = inner if isinstance(inner, dict) else {}
-    num_classes = PRESETS[name]["num_classes"] if built_from_spec else inner.get("num_classes")
-    # New class names, or another number of classes: new heads on the same featurizer and
-    # towers, made once the preset's own model has its weights.
-    new_heads = None
-    if "class_names" in kwargs or kwargs.get("num_classes", num_classes) != num_classes:
-        new_heads = {key: kwargs.pop(key) for key in ("num_classes", "class_names", "class_mids")
-                     if key in kwargs}
-    if not built_from_spec:  # a preset directory: its labels.csv names the classes
-        vocabulary = files.read_labels(labels_path)
-        if num_classes is not None and len(vocabulary[0]) != num_classes:
-            raise PresetError(f"{labels_path}: {len(vocabulary[0])} labels for a model with "
-                              f"{num_classes} classes")
-    else:
-        vocabulary = preset_vocabulary(name) if name is not None else None
-    if vocabulary:  # the preset's class names, unless kwargs give the config others
-        kwargs = {"class_names": vocabulary[0], "class_mids": vocabulary[1], **kwargs}
-    if built_from_spec:
-        spec = PRESETS[name]
-        kwargs.pop("num_classes", None)
-        model = build_diverse_classifier(spec["num_classes"], spec["sample_rate"],
-                                         tower=spec["tower"], **kwargs)
-    else:
-        inner.update(kwargs)
-        model = files.model_from_config(config, config_path)
-    if not isinstance(model, cls):
-        raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a {cls.__name__}")
-    if load_weights is True:
-        if not (directory / files.WEIGHTS_FILE).is_file():
-            if name is not None:
-                raise PresetError(_missing_weights_message(name, directory))
-            raise PresetError(f"{directory / files.WEIGHTS_FILE}: missing")
-        expected = None
-        if (directory / files.METADATA_FILE).is_file():
-            metadata = files.read_json(directory / files.METADATA_FILE)
-            expected = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
-        files.verify_weights(directory / files.WEIGHTS_FILE, expected)
-        files.load_weights(model, directory / files.WEIGHTS_FILE)
-    elif load_weights not in (False, None):
-        files.load_weights(model, Path(load_weights))
-    if new_heads is not None:  # the layers and weights of featurizer and towers are shared
-        names = new_heads.get("class_names")
-        model = cls(model.backbone, model.featurizer,
-                    num_classes=new_heads.get("num_classes", len(names or ())),
-                    dropout=model.dropout, class_names=names,
-                    class_mids=new_heads.get("class_mids"), name=model.name)
-    return model
+    return save_preset(model, directory, labels, mids, metadata)
 
 
 def load(name_or_path, weights="auto", labels=None, num_classes=None,
