@@ -112,13 +112,20 @@ def assert_same_variables(copy, model):
 
 @pytest.fixture(autouse=True)
 def _sys_path_left_as_found():
-    """Every test leaves `sys.path` as it found it (a test that needs a folder on it for an
-    import puts it there and takes it off again)."""
+    """Every test leaves the repository's folders on `sys.path` as it found them (a test that
+    needs one for an import puts it there and takes it off again). Entries outside the
+    repository are not compared: libraries add their own on first use (setuptools' vendored
+    packages, for one)."""
     import sys
 
-    before = list(sys.path)
+    repository = str(Path(__file__).resolve().parents[1])
+
+    def ours():
+        return [p for p in sys.path if str(p).startswith(repository)]
+
+    before = ours()
     yield
-    assert sys.path == before, f"the test changed sys.path: {sys.path} (was {before})"
+    assert ours() == before, f"the test changed sys.path: {ours()} (was {before})"
 
 
 # ---------------------------------------------------------------------------------------------

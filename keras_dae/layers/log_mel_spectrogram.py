@@ -91,6 +91,7 @@ class LogMelSpectrogram(SpectrogramFrontend):
             )
             .T.astype(np.float32)
         )
+        self._mel_basis_tensor = signal.constant(self._mel_basis)
 
     @property
     def num_features(self) -> int:
@@ -99,7 +100,7 @@ class LogMelSpectrogram(SpectrogramFrontend):
     def mel_power(self, waveform):
         """Mel-projected spectrogram before the dB conversion, `(batch, frames, n_mels)`."""
         spec = self.spectrogram(waveform, power=self.power)
-        return ops.matmul(spec, ops.convert_to_tensor(self._mel_basis))
+        return ops.matmul(spec, self._mel_basis_tensor)
 
     def frontend_call(self, waveform):
         return signal.power_to_db(

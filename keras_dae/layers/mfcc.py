@@ -98,6 +98,7 @@ class MFCC(LogMelSpectrogram):
         self._dct_basis = dct_matrix(
             self.n_mels, self.n_mfcc, self.dct_type, self.norm, self.lifter
         ).astype(np.float32)
+        self._dct_basis_tensor = signal.constant(self._dct_basis)
 
     @property
     def num_features(self) -> int:
@@ -105,7 +106,7 @@ class MFCC(LogMelSpectrogram):
 
     def frontend_call(self, waveform):
         log_mel = super().frontend_call(waveform)
-        return ops.matmul(log_mel, ops.convert_to_tensor(self._dct_basis))
+        return ops.matmul(log_mel, self._dct_basis_tensor)
 
     def get_config(self):
         config = super().get_config()

@@ -177,6 +177,19 @@ class PitchTracker(AudioFrontend):
             self.max_period,
             matrices=dft_mode == "matmul",
         )
+        # Made once here, never in `call` (see `signal.constant`).
+        self._phase_tensors = [
+            (signal.constant(self._phases[i, 0]), signal.constant(self._phases[i, 1]))
+            for i in range(len(self._phases))
+        ]
+        self._forward_tensor = (
+            None if self._forward_kernel is None else signal.constant(self._forward_kernel)
+        )
+        self._inverse_tensor = (
+            None if self._inverse_kernel is None else signal.constant(self._inverse_kernel)
+        )
+        self._lags_tensor = signal.constant(np.arange(1, self.max_period + 1))
+        self._period_index = signal.constant(np.arange(self.n_periods), "int32")
 
     # ------------------------------------------------------------------ shapes
 
@@ -257,8 +270,7 @@ class PitchTracker(AudioFrontend):
                 p_im = re_a * part_im - im_a * part_re
                 w_re = p_re if w_re is None else w_re + p_re
                 w_im = p_im if w_im is None else w_im + p_im
-            cos = ops.convert_to_tensor(self._phases[lag - 1, 0])
-            sin = ops.convert_to_tensor(self._phases[lag - 1, 1])
+            cos, sin = self._phase_tensors[lag - 1]
             s_re = s_re + w_re * cos + w_im * sin
             term_im = w_im * cos - w_re * sin
             s_im = term_im if s_im is None else s_im + term_im
@@ -276,10 +288,8 @@ class PitchTracker(AudioFrontend):
         if self.dft_mode == "fft":
             t = ops.pad(t, [[0, 0]] * (len(t.shape) - 1) + [[0, n_fft - rows]])
             return ops.rfft(t, fft_length=n_fft)
-        forward = self._forward_kernel
-        spec = ops.matmul(
-            t, ops.convert_to_tensor(forward if rows == len(forward) else forward[:rows])
-        )
+        forward = self._forward_tensor
+        spec = ops.matmul(t, forward if rows == forward.shape[0] else forward[:rows])
         n_freq = n_fft // 2 + 1
         return spec[..., :n_freq], spec[..., n_freq:]
 
@@ -300,7 +310,7 @@ class PitchTracker(AudioFrontend):
         if self.dft_mode == "matmul":
             if s_im is not None:
                 s_re = ops.concatenate([s_re, s_im], axis=-1)
-            return ops.matmul(s_re, ops.convert_to_tensor(self._inverse_kernel))
+            return ops.matmul(s_re, self._inverse_tensor)
         n_fft, k_max = self._n_fft, self.max_period
         half = n_fft // 2
         if s_im is None:  # an even sequence: its DFT is real
@@ -321,7 +331,7 @@ class PitchTracker(AudioFrontend):
     def _yin(self, x):
         """f0 and confidence `(batch, frames, 2)` for the padded signal `x`."""
         d = self._difference(x)
-        lags = ops.convert_to_tensor(np.arange(1, self.max_period + 1, dtype=np.float32))
+        lags = self._lags_tensor
         cumulative_mean = ops.cumsum(d, axis=-1) / lags
         lo = self.min_period - 1
         # max(., 0) only matters for rounding noise on (near-)silent frames: the mean of a
@@ -336,13 +346,13 @@ class PitchTracker(AudioFrontend):
         is_trough = ops.concatenate([first, middle, last], axis=-1)
 
         n_p = self.n_periods
-        index = ops.convert_to_tensor(np.arange(n_p, dtype=np.int32))
+        index = self._period_index
         # First trough below the threshold (smallest index of a masked set, with no reliance on
         # argmax's tie order), else the first global minimum.
         below = ops.logical_and(is_trough, yin < self.trough_threshold)
-        first_below = ops.min(ops.where(below, index, n_p), axis=-1, keepdims=True)
-        global_min = ops.min(yin, axis=-1, keepdims=True)
-        first_min = ops.min(ops.where(yin <= global_min, index, n_p), axis=-1, keepdims=True)
+        first_below = ops.amin(ops.where(below, index, n_p), axis=-1, keepdims=True)
+        global_min = ops.amin(yin, axis=-1, keepdims=True)
+        first_min = ops.amin(ops.where(yin <= global_min, index, n_p), axis=-1, keepdims=True)
         tau = ops.where(first_below < n_p, first_below, ops.minimum(first_min, n_p - 1))
 
         # Parabolic interpolation around tau; no shift at the edges or when |b| >= |a| (never

@@ -102,6 +102,13 @@ def frame(x, frame_length: int, hop_length: int, output_length: int | None = Non
     return frames
 
 
+def constant(array, dtype: str = "float32"):
+    """A front end's constant (a filterbank, a DFT or DCT matrix, a window) as a backend tensor,
+    made once when the layer is created: `call` then converts no numpy array, so compilers
+    (XLA, `torch.compile`) trace the front ends without a break."""
+    return ops.convert_to_tensor(np.asarray(array, dtype=dtype))
+
+
 def window_vector(window, win_length: int, n_fft: int) -> np.ndarray:
     """librosa's analysis window: periodic, length `win_length`, zero-padded to `n_fft`."""
     w = librosa.filters.get_window(window, win_length, fftbins=True)
@@ -132,7 +139,7 @@ def stft_power(
     x,
     n_fft: int,
     hop_length: int,
-    window: np.ndarray,
+    window,
     center: bool = True,
     pad_mode: str = "constant",
     power: float = 2.0,
@@ -144,6 +151,7 @@ def stft_power(
     Matches `np.abs(librosa.stft(x, n_fft, hop_length, window=..., center=..., pad_mode=...))
     ** power`. With `dft_mode="matmul"` the DFT is a matrix product with the precomputed
     `kernel` from `dft_kernel` (exports to TFLite and ONNX); with `"fft"` it is `ops.rfft`.
+    `window` and `kernel` are tensors (`constant`).
     """
     x = pad_center(x, n_fft, center, pad_mode)
     n_freq = n_fft // 2 + 1
@@ -153,7 +161,7 @@ def stft_power(
         spec = ops.matmul(frames, kernel)
         real, imag = spec[..., :n_freq], spec[..., n_freq:]
     else:
-        frames = frame(x, n_fft, hop_length) * ops.convert_to_tensor(window, dtype=x.dtype)
+        frames = frame(x, n_fft, hop_length) * ops.cast(window, x.dtype)
         real, imag = ops.rfft(frames, fft_length=n_fft)
     power_spec = real * real + imag * imag
     if power == 2.0:

@@ -200,6 +200,8 @@ class SpectralDescriptors(SpectrogramFrontend):
             else []
         )
         self._freq = freq.astype(np.float32)
+        self._freq_tensor = signal.constant(self._freq)  # (n_freq,)
+        self._freq_column = signal.constant(self._freq[:, None])  # (n_freq, 1)
 
     @property
     def feature_names(self) -> list[str]:
@@ -218,7 +220,7 @@ class SpectralDescriptors(SpectrogramFrontend):
     def frontend_call(self, waveform):
         power_spec = self.spectrogram(waveform, power=2.0)  # (batch, frames, n_freq)
         mag = ops.sqrt(power_spec)
-        freq = ops.convert_to_tensor(self._freq)
+        freq = self._freq_tensor
         outputs = {}
         wanted = set(self.descriptors)
         if wanted & {"centroid", "bandwidth"}:
@@ -227,7 +229,7 @@ class SpectralDescriptors(SpectrogramFrontend):
             total = ops.where(total < _TINY, ops.ones_like(total), total)
             # Weighted sums over bins as products with constant columns: the same numbers as
             # sum(weights * freq), and it avoids a slow reduce-broadcast-reduce fusion in XLA.
-            centroid = ops.matmul(mag, ops.convert_to_tensor(self._freq[:, None])) / total
+            centroid = ops.matmul(mag, self._freq_column) / total
             outputs["centroid"] = centroid
             if "bandwidth" in wanted:
                 deviation = freq - centroid
@@ -272,9 +274,9 @@ class SpectralDescriptors(SpectrogramFrontend):
         at `k` passes the threshold and `deficit` how far the sum before `k` falls short
         (their sum is bin `k`'s magnitude). Clipped at 0; an all-zero frame gives 0."""
         reached = cumulative >= threshold
-        excess = ops.min(ops.where(reached, cumulative - threshold, cumulative[..., -1:]),
+        excess = ops.amin(ops.where(reached, cumulative - threshold, cumulative[..., -1:]),
                          axis=-1, keepdims=True)
-        before = ops.max(ops.where(reached, ops.zeros_like(cumulative), cumulative),
+        before = ops.amax(ops.where(reached, ops.zeros_like(cumulative), cumulative),
                          axis=-1, keepdims=True)
         deficit = threshold - before
         width = excess + deficit
@@ -284,14 +286,14 @@ class SpectralDescriptors(SpectrogramFrontend):
 
     def _contrast(self, mag):
         if self.contrast_floor:
-            frame_peak = ops.max(mag, axis=-1, keepdims=True)
+            frame_peak = ops.amax(mag, axis=-1, keepdims=True)
             mag = ops.maximum(mag, self.contrast_floor * frame_peak)
         peaks, valleys = [], []
         for start, stop, n in self._bands:
             band = mag[..., start:stop]
             if n == 1:
-                peak = ops.max(band, axis=-1, keepdims=True)
-                valley = ops.min(band, axis=-1, keepdims=True)
+                peak = ops.amax(band, axis=-1, keepdims=True)
+                valley = ops.amin(band, axis=-1, keepdims=True)
             else:
                 peak = ops.mean(ops.top_k(band, n, sorted=False)[0], axis=-1, keepdims=True)
                 valley = -ops.mean(ops.top_k(-band, n, sorted=False)[0], axis=-1, keepdims=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from keras import ops
 
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
@@ -64,6 +63,11 @@ class SpectrogramFrontend(AudioFrontend):
             self._dft_kernel = signal.dft_kernel(self.n_fft, self._window, rows).astype(
                 np.float32
             )
+        # Made once here, never in `call` (see `signal.constant`).
+        self._window_tensor = signal.constant(self._window)
+        self._dft_kernel_tensor = (
+            None if self._dft_kernel is None else signal.constant(self._dft_kernel)
+        )
 
     @property
     def n_freq(self) -> int:
@@ -78,12 +82,12 @@ class SpectrogramFrontend(AudioFrontend):
             waveform,
             n_fft=self.n_fft,
             hop_length=self.hop_length,
-            window=self._window.astype(np.float32),
+            window=self._window_tensor,
             center=self.center,
             pad_mode=self.pad_mode,
             power=power,
             dft_mode=self.dft_mode,
-            kernel=None if self._dft_kernel is None else ops.convert_to_tensor(self._dft_kernel),
+            kernel=self._dft_kernel_tensor,
         )
 
     def fft_frequencies(self) -> np.ndarray:
