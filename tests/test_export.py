@@ -123,6 +123,28 @@ def test_export_ready_copy_computes_what_the_model_computes(model, windows, expe
     assert_same_variables(ready, model)
 
 
+@slow_off_tensorflow
+@subprocess_export
+@pytest.mark.parametrize("check", [True, False])
+def test_an_export_is_checked_once_or_not_at_all(check, model, tmp_path, monkeypatch):
+    """`check=True`: the artifact is run next to the user's model once, and nothing else runs
+    the model (no check of the export-ready copy, none in the worker process); `check=False`:
+    the model is never run."""
+    from keras_dae.export import api
+
+    calls = []
+    real_check = api.check_against
+    monkeypatch.setattr(api, "check_against",
+                        lambda *a, **k: calls.append("artifact") or real_check(*a, **k))
+    real_predict = type(model).predict
+    monkeypatch.setattr(type(model), "predict",
+                        lambda self, *a, **k: calls.append("predict") or real_predict(
+                            self, *a, **k))
+    result = export.export(model, tmp_path / "m.tflite", "tflite", check=check)
+    assert calls == (["artifact", "predict"] if check else [])
+    assert bool(result.max_abs_diff) == check
+
+
 def test_export_arguments_are_checked(model, tmp_path):
     with pytest.raises(ValueError, match="format"):
         export.export(model, tmp_path / "m.bin", "coreml")

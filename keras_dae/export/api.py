@@ -142,7 +142,8 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
         check: run the artifact in its runtime next to `model` on probe audio (real speech,
             a chirp, noise) and raise `ExportError` if a probability differs by more than the
             quantization's tolerance (`TOLERANCE`: 2e-3 float32, 1e-2 float16) or is not
-            finite.
+            finite. This is the export's one check (on JAX and PyTorch too: against the
+            model on its own backend); `check=False` runs none.
 
     The input is `waveform`, float32 `(batch, window)`; the outputs are named `fused`, one per
     stream, and `embedding`. Labels are written beside the artifact (and embedded in TFLite
@@ -205,7 +206,8 @@ def _export_tensorflow(model, path, fmt, quantize, calibration, calibration_wind
     from keras_dae.export.savedmodel import write_savedmodel
 
     pitch_mode = pitch_dft_mode(fmt, quantize, dft_mode)
-    ready = export_ready_model(model, dft_mode=dft_mode, pitch_dft_mode=pitch_mode)
+    # Not checked here: `export` checks the artifact itself against the user's model, once.
+    ready = export_ready_model(model, dft_mode=dft_mode, pitch_dft_mode=pitch_mode, check=False)
     parts = tflite.float_parts(quantize) if fmt == "tflite" else ["everything"]
     description = describe(ready, fmt, quantize, window, dft_mode, parts, batch_size)
     description["pitch_dft_mode"] = pitch_mode
