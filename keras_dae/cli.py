@@ -20,9 +20,7 @@ from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
 from keras_dae.export import formats as export_formats
 from keras_dae.validation import (
-    non_negative_float,
     non_negative_int,
-    positive_float,
     positive_int,
 )
 
@@ -558,6 +556,18 @@ def _export_command(args) -> int:
     return 0
 
 
+def _recipe_flags(parser):
+    """`flag(name, field, **kwargs)`: a flag of `parser` whose type (its range) and default
+    are those of `TrainConfig.field`."""
+    from keras_dae import train_config
+
+    def flag(name: str, field: str, **kwargs):
+        parser.add_argument(name, type=train_config.parse_type(field),
+                            default=train_config.default(field), **kwargs)
+
+    return flag
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its refusals in the command line's one-line form (`error: ...`, exit 2)
     instead of the usage text followed by the message."""
@@ -589,12 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (checkpoints, preset, report)")
     train.add_argument("--format", choices=DATASET_FORMATS, default="fsd50k")
     train.add_argument("--preset", default="diverse_fsd50k", help="model configuration")
-    train.add_argument("--epochs", type=non_negative_int, default=10, help="stage 1 (tower) epochs")
-    train.add_argument("--fusion-epochs", type=non_negative_int, default=5)
-    train.add_argument("--joint-epochs", type=non_negative_int, default=0, help="optional stage 3")
-    train.add_argument("--batch-size", type=positive_int, default=32)
-    train.add_argument("--learning-rate", type=positive_float, default=1e-3)
-    train.add_argument("--mixup", type=non_negative_float, default=0.0, help="mixup alpha (0: off)")
+    recipe = _recipe_flags(train)  # defaults and ranges: keras_dae.train_config.TrainConfig
+    recipe("--epochs", "tower_epochs", help="stage 1 (tower) epochs")
+    recipe("--fusion-epochs", "fusion_epochs")
+    recipe("--joint-epochs", "joint_epochs", help="optional stage 3")
+    recipe("--batch-size", "batch_size")
+    recipe("--learning-rate", "learning_rate")
+    recipe("--mixup", "mixup", help="mixup alpha (0: off)")
     train.add_argument("--balanced", action="store_true", help="balanced sampling")
     train.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                        help="SpecAugment-style masking of the towers' features in training "
@@ -615,8 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split every batch over all local devices (JAX: "
                             "keras.distribution.DataParallel; TensorFlow: MirroredStrategy); "
                             "the batch size must divide by the device count")
-    train.add_argument("--patience", type=positive_int, default=3)
-    train.add_argument("--seed", type=non_negative_int, default=0)
+    recipe("--patience", "patience")
+    recipe("--seed", "seed")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN_DIR from its checkpoint")
     train.add_argument("--overwrite", action="store_true",

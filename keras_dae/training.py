@@ -33,67 +33,18 @@ import keras
 import numpy as np
 
 from keras_dae import atomic as _atomic
-from keras_dae import concurrency, metrics, runs, scale, validation
+from keras_dae import concurrency, metrics, runs, scale
 from keras_dae.audio import AudioDecodeError, summarize_problems
 from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader, clip_chunks
 from keras_dae.data.shards import ShardSet
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 from keras_dae.runs import PreflightError
+from keras_dae.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("towers", "fusion", "joint")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """The recipe's settings; defaults suit ~1,000 clips on a 2-core CPU (see README)."""
-
-    tower_epochs: int = 10
-    fusion_epochs: int = 5
-    joint_epochs: int = 0
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    fusion_learning_rate: float = 3e-3
-    joint_learning_rate: float = 1e-4
-    chunk_seconds: float = 1.0
-    hop_seconds: float = 0.5
-    mixup: float = 0.0
-    balanced: bool = False
-    # SpecAugment-style masking in the towers: None keeps the model's own setting, False
-    # turns it off, True sets `DEFAULT_FEATURE_MASKING` (see README for what it does here).
-    feature_masking: bool | None = None
-    # Directory of the on-disk cache of the weight-free (handcrafted) streams' features,
-    # computed once before training (None: computed in every step). See FeatureCache.
-    feature_cache: str | None = None
-    patience: int = 3
-    normalization_chunks: int = 512
-    seed: int = 0
-    # Scale (keras_dae.scale): None (float32) or "bfloat16" (Keras' mixed_bfloat16 policy; build
-    # the model after `scale.set_mixed_precision("bfloat16")`); `compile(jit_compile=...)`
-    # ("auto": XLA on TensorFlow and JAX, eager on PyTorch); data parallelism over every local
-    # device (build the model and train inside `scale.data_parallel(batch_size)`).
-    mixed_precision: str | None = None
-    jit_compile: bool | str = "auto"
-    data_parallel: bool = False
-
-    # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
-    RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
-              "joint_epochs": "non_negative_int", "batch_size": "positive_int",
-              "learning_rate": "positive_float", "fusion_learning_rate": "positive_float",
-              "joint_learning_rate": "positive_float", "chunk_seconds": "positive_float",
-              "hop_seconds": "positive_float", "mixup": "non_negative_float",
-              "patience": "positive_int", "normalization_chunks": "positive_int",
-              "seed": "non_negative_int"}
-
-    def __post_init__(self):
-        for name, rule in self.RANGES.items():
-            validation.check(f"TrainConfig.{name}", getattr(self, name), rule)
-
-    def epochs(self, stage: str) -> int:
-        return {"towers": self.tower_epochs, "fusion": self.fusion_epochs,
-                "joint": self.joint_epochs}[stage]
 
 
 class CheckpointError(_atomic.OutputError):

@@ -1,0 +1,68 @@
+"""The training recipe's settings (`TrainConfig`), in a module that imports no Keras, so the
+command line takes its defaults and ranges from here before a backend loads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from keras_dae import validation
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The recipe's settings; defaults suit ~1,000 clips on a 2-core CPU (see README)."""
+
+    tower_epochs: int = 10
+    fusion_epochs: int = 5
+    joint_epochs: int = 0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    fusion_learning_rate: float = 3e-3
+    joint_learning_rate: float = 1e-4
+    chunk_seconds: float = 1.0
+    hop_seconds: float = 0.5
+    mixup: float = 0.0
+    balanced: bool = False
+    # SpecAugment-style masking in the towers: None keeps the model's own setting, False
+    # turns it off, True sets `DEFAULT_FEATURE_MASKING` (see README for what it does here).
+    feature_masking: bool | None = None
+    # Directory of the on-disk cache of the weight-free (handcrafted) streams' features,
+    # computed once before training (None: computed in every step). See FeatureCache.
+    feature_cache: str | None = None
+    patience: int = 3
+    normalization_chunks: int = 512
+    seed: int = 0
+    # Scale (keras_dae.scale): None (float32) or "bfloat16" (Keras' mixed_bfloat16 policy; build
+    # the model after `scale.set_mixed_precision("bfloat16")`); `compile(jit_compile=...)`
+    # ("auto": XLA on TensorFlow and JAX, eager on PyTorch); data parallelism over every local
+    # device (build the model and train inside `scale.data_parallel(batch_size)`).
+    mixed_precision: str | None = None
+    jit_compile: bool | str = "auto"
+    data_parallel: bool = False
+
+    # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
+    RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
+              "joint_epochs": "non_negative_int", "batch_size": "positive_int",
+              "learning_rate": "positive_float", "fusion_learning_rate": "positive_float",
+              "joint_learning_rate": "positive_float", "chunk_seconds": "positive_float",
+              "hop_seconds": "positive_float", "mixup": "non_negative_float",
+              "patience": "positive_int", "normalization_chunks": "positive_int",
+              "seed": "non_negative_int"}
+
+    def __post_init__(self):
+        for name, rule in self.RANGES.items():
+            validation.check(f"TrainConfig.{name}", getattr(self, name), rule)
+
+    def epochs(self, stage: str) -> int:
+        return {"towers": self.tower_epochs, "fusion": self.fusion_epochs,
+                "joint": self.joint_epochs}[stage]
+
+
+def default(name: str):
+    """The default of the setting `name`."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+
+
+def parse_type(name: str):
+    """The argparse type that refuses what `TrainConfig` refuses for `name` (its `RANGES`)."""
+    return getattr(validation, TrainConfig.RANGES[name])
