@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from keras_dae import native_logs
 from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
 from keras_dae.export import formats as export_formats
@@ -206,88 +207,12 @@ def _evaluate_command(args) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced(enabled: bool = True):
-    """Sends what C++ libraries write to file descriptor 2 to /dev/null for a while.
-
-    TensorFlow 2.21 logs several INFO lines through absl when it loads, whatever
-    TF_CPP_MIN_LOG_LEVEL says. Python's own errors are exceptions, raised after the
-    descriptor is restored; `--debug` leaves everything visible.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-class _QuietImport:
-    """A `sys.meta_path` finder that imports `modules` as usual, with file descriptor 2 sent
-    to /dev/null while they execute: what TensorFlow's C++ side writes through absl before
-    its logging is set up ("All log messages before absl::InitializeLog()", "Could not find
-    cuda drivers") obeys no environment variable."""
-
-    modules = ("tensorflow",)
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.modules:
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _SilencedLoader(spec.loader)
-        return spec
-
-
-class _SilencedLoader:
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        with _native_stderr_silenced():
-            self.loader.exec_module(module)
-
-    def __getattr__(self, name):  # the rest of the loader's interface (resources, ...)
-        return getattr(self.loader, name)
-
-
-@contextlib.contextmanager
-def _quiet_native_logs(enabled: bool):
-    """Native libraries' log lines off for the command (`--debug` keeps them): TensorFlow's
-    C++ logs (CUDA probes, oneDNN and CPU-feature notices) through TF_CPP_MIN_LOG_LEVEL, set
-    before TensorFlow loads, and its pre-absl lines through `_QuietImport`."""
-    if not enabled:
-        yield
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    finder = _QuietImport()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        if finder in sys.meta_path:
-            sys.meta_path.remove(finder)
-
-
 def _load_tagger(args, **kwargs):
     """The `Tagger` of `--model` (in `--mixed-precision`), loaded with the libraries'
     start-up noise silenced."""
     from keras_dae.inference import Tagger, load_model
 
-    with _native_stderr_silenced(not args.debug):
+    with native_logs.stderr_silenced(not args.debug):
         model = args.model
         if getattr(args, "mixed_precision", None):
             from keras_dae import scale
@@ -301,18 +226,14 @@ def _audio_inputs(arguments) -> tuple[list[str], list]:
     by extension, hidden files left out); and a `TagFailure` for each name that is neither
     an existing file nor a directory with audio in it."""
     from keras_dae.audio import AudioDecodeError, audio_info
-    from keras_dae.data import AUDIO_EXTENSIONS
+    from keras_dae.data import AUDIO_EXTENSIONS, find_audio_files
     from keras_dae.inference import TagFailure
 
     paths, failures = [], []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(
-                str(p) for p in path.rglob("*")
-                if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            found = [str(p) for p in find_audio_files(path)]
             if not found:
                 failures.append(TagFailure(argument, f"{argument}: no audio files in this "
                                            f"directory ({', '.join(AUDIO_EXTENSIONS)})"))
@@ -810,7 +731,7 @@ def main(argv=None) -> int:
     if not args.debug:
         warnings.showwarning = _one_line_warning
     try:
-        with _quiet_native_logs(not args.debug):
+        with native_logs.quiet(not args.debug):
             return run_guarded(args.func, args, debug=args.debug)
     finally:
         warnings.showwarning = shown

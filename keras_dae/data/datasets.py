@@ -38,6 +38,7 @@ __all__ = [
     "FSD50K_SPLITS",
     "ClipDataset",
     "detect_format",
+    "find_audio_files",
     "read_csv_dataset",
     "read_folder_dataset",
     "read_fsd50k",
@@ -644,6 +645,17 @@ def read_folder_dataset(
         mids=[""] * len(classes),
         clip_ids=[p.relative_to(root).with_suffix("").as_posix() for p in paths],
         groups=None,
+    )
+
+
+def find_audio_files(directory) -> list[Path]:
+    """The audio files under `directory`, recursively, sorted: regular files whose extension
+    is one of `AUDIO_EXTENSIONS`, hidden files and folders left out."""
+    directory = Path(directory)
+    return sorted(
+        p for p in directory.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
     )
 
 

@@ -15,7 +15,7 @@ DEFAULT_WINDOWS = 200
 def audio_files(source) -> list[Path]:
     """The audio files of `source`: a dataset directory in any layout keras-dae reads (its
     training split), a directory of audio files (searched recursively), or one file."""
-    from keras_dae.data import detect_format, read_split
+    from keras_dae.data import detect_format, find_audio_files, read_split
 
     source = Path(source)
     if source.is_file():
@@ -24,7 +24,7 @@ def audio_files(source) -> list[Path]:
         raise FileNotFoundError(f"{source}: no such file or directory")
     if detect_format(source) is not None:
         return [Path(p) for p in read_split(source, "train").paths]
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = find_audio_files(source)
     if not files:
         raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     return files
