@@ -178,6 +178,9 @@ def test_float32_export_matches_the_keras_model_on_real_audio(exports, windows, 
     np.testing.assert_allclose(one["fused"], got["fused"][:1], atol=1e-5)
 
 
+# The TFLite file's batch is the converter's (TensorFlow's) doing, whatever the model's backend:
+# fast on TensorFlow, slow elsewhere (three exports through the worker process).
+@slow_off_tensorflow
 @subprocess_export
 def test_tflite_batch_is_fixed_or_dynamic_as_asked(model, windows, expected, tmp_path):
     """`batch_size` sets the input's batch in the file: 1 by default (the converter folds the
