@@ -5,17 +5,43 @@
 # Tests marked `one_backend` run under the first backend only: their result does not depend on
 # the backend (decoding, dataset files, command-line checks, run directories, metrics), or they
 # run the other backends themselves (tests/test_cross_backend.py compares all three).
-# Each run ends with its 15 slowest tests.
+# TensorFlow's run prints as it goes; JAX's and then PyTorch's run beside it (most of a test's
+# time is one core's: tracing, compiling, Python) and print when they end. TESTS_SERIAL=1 runs
+# the three one after the other. Each run ends with its 15 slowest tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-status=0
-repeat=()
-for backend in tensorflow jax torch; do
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+run() {  # run BACKEND [pytest args]: exit status 0 for "no tests selected" (5) too
+  local backend=$1
+  shift
   echo "=== KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend python -m pytest -p no:cacheprovider --durations=15 "${repeat[@]}" "$@"
-  rc=$?
-  # Exit code 5 means "no tests selected" (e.g. -m slow before any slow test exists).
-  if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
-  repeat=(--not-first-backend)
-done
+  # Each run its own temporary folder: pytest clears the one it is given.
+  KERAS_BACKEND=$backend python -m pytest -p no:cacheprovider --durations=15 \
+    --basetemp="$scratch/tmp-$backend" "$@"
+  local rc=$?
+  [ $rc -eq 5 ] && rc=0
+  return $rc
+}
+
+others() {
+  local status=0
+  for backend in jax torch; do
+    run "$backend" --not-first-backend "$@" || status=$?
+  done
+  return $status
+}
+
+status=0
+if [ "${TESTS_SERIAL:-0}" = 1 ]; then
+  run tensorflow "$@" || status=$?
+  others "$@" || status=$?
+else
+  others "$@" > "$scratch/others.log" 2>&1 &
+  pid=$!
+  run tensorflow "$@" || status=$?
+  wait $pid || status=$?
+  cat "$scratch/others.log"
+fi
 exit $status
