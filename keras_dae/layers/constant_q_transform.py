@@ -194,7 +194,7 @@ class ConstantQTransform(AudioFrontend):
 
     Examples:
         >>> layer = ConstantQTransform(sample_rate=16000, hop_length=256, n_bins=84)
-        >>> layer(np.zeros((2, 16000), "float32")).shape
+        >>> tuple(layer(np.zeros((2, 16000), "float32")).shape)
         (2, 63, 84)
     """
 

@@ -38,7 +38,7 @@ class LogMelSpectrogram(SpectrogramFrontend):
 
     Examples:
         >>> layer = LogMelSpectrogram(sample_rate=16000, n_fft=512, hop_length=160, n_mels=64)
-        >>> layer(np.zeros((2, 16000), "float32")).shape
+        >>> tuple(layer(np.zeros((2, 16000), "float32")).shape)
         (2, 101, 64)
     """
 

@@ -61,7 +61,7 @@ class MFCC(LogMelSpectrogram):
 
     Examples:
         >>> layer = MFCC(sample_rate=16000, n_mfcc=13, n_mels=40)
-        >>> layer(np.zeros((2, 16000), "float32")).shape
+        >>> tuple(layer(np.zeros((2, 16000), "float32")).shape)
         (2, 101, 13)
     """
 

@@ -91,7 +91,7 @@ class PitchTracker(AudioFrontend):
     Examples:
         >>> layer = PitchTracker(sample_rate=16000)
         >>> out = layer(np.zeros((2, 16000), "float32"))
-        >>> out.shape
+        >>> tuple(out.shape)
         (2, 63, 2)
         >>> f0_hz, confidence = out[..., 0], out[..., 1]
         >>> voiced = layer.is_voiced(out)

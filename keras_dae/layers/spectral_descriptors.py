@@ -125,7 +125,7 @@ class SpectralDescriptors(SpectrogramFrontend):
 
     Examples:
         >>> layer = SpectralDescriptors(sample_rate=16000)
-        >>> layer(np.zeros((2, 16000), "float32")).shape
+        >>> tuple(layer(np.zeros((2, 16000), "float32")).shape)
         (2, 101, 11)
         >>> layer.feature_names[:4]
         ['centroid', 'bandwidth', 'rolloff', 'flatness']
