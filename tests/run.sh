@@ -17,8 +17,9 @@ run() {  # run BACKEND [pytest args]: exit status 0 for "no tests selected" (5) 
   local backend=$1
   shift
   echo "=== KERAS_BACKEND=$backend"
-  # Each run its own temporary folder: pytest clears the one it is given.
-  KERAS_BACKEND=$backend python -m pytest -p no:cacheprovider --durations=15 \
+  # Each run its own temporary folder (pytest clears the one it is given) and its own numba
+  # cache: librosa's compiled functions, written by two processes at once, can be corrupt.
+  NUMBA_CACHE_DIR="$scratch/numba-$backend" KERAS_BACKEND=$backend python -m pytest -p no:cacheprovider --durations=15 \
     --basetemp="$scratch/tmp-$backend" "$@"
   local rc=$?
   [ $rc -eq 5 ] && rc=0
