@@ -38,7 +38,11 @@ def load_module():
     spec = importlib.util.spec_from_file_location("build_sampled_dataset", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["build_sampled_dataset"] = module
-    spec.loader.exec_module(module)
+    path = list(sys.path)
+    try:  # the script puts scripts/ on sys.path for its sampled_dataset package
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
     return module
 
 
