@@ -114,14 +114,15 @@ def assert_same_variables(copy, model):
 def _sys_path_left_as_found():
     """Every test leaves the repository's folders on `sys.path` as it found them (a test that
     needs one for an import puts it there and takes it off again). Entries outside the
-    repository are not compared: libraries add their own on first use (setuptools' vendored
-    packages, for one)."""
+    repository, or inside the running virtualenv, are not compared: libraries add their own on
+    first use (setuptools' vendored packages, for one)."""
     import sys
 
     repository = str(Path(__file__).resolve().parents[1])
 
-    def ours():
-        return [p for p in sys.path if str(p).startswith(repository)]
+    def ours():  # a virtualenv inside the repository (CI's .venv) is not ours
+        return [p for p in sys.path
+                if str(p).startswith(repository) and not str(p).startswith(sys.prefix)]
 
     before = ours()
     yield
