@@ -80,7 +80,7 @@ class _Decimator:
         toeplitz = np.zeros((len(taps) + factor * (block - 1), block))
         for r in range(block):
             toeplitz[factor * r : factor * r + len(taps), r] = taps
-        self.kernel = ops.convert_to_tensor(_block_kernel(toeplitz, factor * block))
+        self.kernel = signal.constant(_block_kernel(toeplitz, factor * block))
 
     def __call__(self, x):
         block, factor = _DECIMATOR_BLOCK, self.factor
@@ -332,7 +332,7 @@ class ConstantQTransform(AudioFrontend):
             downsample = i > 0 and self._octaves[-1][1] != my_hop
             # Converted once here: converting numpy in `call` would break PyTorch's graph
             # capture (torch.compile) at every kernel.
-            kernel = ops.convert_to_tensor(_block_kernel(kernel, my_hop))
+            kernel = signal.constant(_block_kernel(kernel, my_hop))
             self._octaves.append((n_fft, my_hop, downsample, kernel))
             if my_hop % 2 == 0:
                 my_hop //= 2
