@@ -40,6 +40,7 @@ import soundfile
 import soxr
 
 from keras_dae.messages import printable
+from keras_dae.validation import InputError
 
 __all__ = [
     "AudioDecodeError",
@@ -78,7 +79,7 @@ _FOREIGN_MAGIC = (
 )
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(InputError):
     """A file could not be turned into audio; the message names the file and the problem.
 
     `AudioDecodeError(path, problem)` makes the message `"<path>: <problem>"`;
@@ -189,7 +190,7 @@ def _check_rate(sample_rate) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or (
         sample_rate <= 0
     ):
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        raise InputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     return int(sample_rate)
 
 
@@ -392,7 +393,7 @@ def iter_audio_blocks(path, sample_rate: int = 16000,
     """
     sample_rate = _check_rate(sample_rate)
     if not (block_seconds > 0 and math.isfinite(block_seconds)):
-        raise ValueError(f"block_seconds must be a positive number, got {block_seconds!r}")
+        raise InputError(f"block_seconds must be a positive number, got {block_seconds!r}")
     block = max(1, int(round(block_seconds * sample_rate)))
     read_frames = min(_READ_FRAMES, max(1024, block))
     pending, held = [], 0
@@ -419,7 +420,7 @@ def read_audio_segment(path, sample_rate: int, start: int, length: int) -> np.nd
     sample_rate = _check_rate(sample_rate)
     start, length = int(start), int(length)
     if start < 0 or length < 0:
-        raise ValueError(f"start and length must be >= 0, got {start} and {length}")
+        raise InputError(f"start and length must be >= 0, got {start} and {length}")
     sf, info = _open(path)
     with sf:
         total = info.num_samples(sample_rate)

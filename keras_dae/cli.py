@@ -21,6 +21,7 @@ from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
 from keras_dae.export import formats as export_formats
 from keras_dae.validation import (
+    InputError,
     non_negative_int,
     positive_int,
 )
@@ -44,7 +45,7 @@ def _picture_path(requested: str | None, default: str) -> str | None:
     if find_spec("matplotlib") is None:
         if requested is None:
             return None
-        raise ValueError(f"the picture {requested} needs matplotlib: {PLOT_EXTRA}")
+        raise InputError(f"the picture {requested} needs matplotlib: {PLOT_EXTRA}")
     from keras_dae.atomic import check_output_path
 
     return str(check_output_path(requested or default, (), "--plot"))
@@ -392,7 +393,7 @@ def _shard_command(args) -> int:
 
     dataset = read_split(args.data, args.split, args.format)
     if dataset is None:
-        raise ValueError(f"{args.data}: no {args.split} split for --format {args.format}")
+        raise InputError(f"{args.data}: no {args.split} split for --format {args.format}")
     print(f"shard: {len(dataset)} clips of {args.data} ({args.split}) -> {args.out}, "
           f"{args.sample_rate} Hz, 1 s chunks every 0.5 s, {args.workers} workers", flush=True)
     shards = write_shards(dataset, args.out, sample_rate=args.sample_rate,
@@ -431,8 +432,6 @@ def _demo_command(args) -> int:
 
 def _export_command(args) -> int:
     """`keras-dae export`: a preset or run to SavedModel, TFLite or ONNX (see keras_dae.export)."""
-    import json
-
     from keras_dae import extras
 
     missing = extras.missing_for_export(args.format, args.quantize)
@@ -440,7 +439,7 @@ def _export_command(args) -> int:
         print(f"error: {missing}", file=sys.stderr)
         return 2
     from keras_dae import export, zoo
-    from keras_dae.zoo import PresetError
+    from keras_dae.zoo import PresetError, preset_files
 
     export.check_export_path(args.out, args.format)  # before the model loads
     try:
@@ -454,7 +453,7 @@ def _export_command(args) -> int:
         # Default: the data the preset was trained on, when it is still there.
         metadata = model_path / "metadata.json"
         if metadata.is_file():
-            calibration = json.loads(metadata.read_text()).get("training_data")
+            calibration = preset_files.read_json(metadata).get("training_data")
         if not calibration or not Path(calibration).exists():
             print("error: --quantize int8 calibrates on representative audio: give "
                   "--calibration DATASET_OR_AUDIO_DIR", file=sys.stderr)
@@ -654,9 +653,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     Modules that import Keras are consulted only when already loaded (an error of theirs
     cannot have been raised otherwise), so a refusal before Keras loads stays fast and quiet.
     """
-    from keras_dae.audio import AudioDecodeError
-
-    types = [AudioDecodeError, OSError, ValueError]
+    types = [InputError, OSError]  # a ValueError of NumPy's or Keras' is a bug
     if "keras_dae.zoo.preset_files" in sys.modules:
         types.append(sys.modules["keras_dae.zoo.preset_files"].PresetError)
     if "keras_dae.training" in sys.modules:

@@ -23,6 +23,8 @@ import weakref
 import keras
 import numpy as np
 
+from keras_dae.validation import InputError
+
 __all__ = ["model_lock", "predict"]
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -42,7 +44,7 @@ def predict(model, x, batch_size: int = 64):
     """What `model.predict(x, batch_size=batch_size)` returns (numpy, a dict for a model with
     named outputs), safe to call from several threads."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     x = np.asarray(x)
     if keras.backend.backend() == "jax":
         with model_lock(model):
@@ -54,7 +56,7 @@ def _batched(model, x: np.ndarray, batch_size: int):
     parts = [model.predict_on_batch(x[start:start + batch_size])
              for start in range(0, len(x), batch_size)]
     if not parts:
-        raise ValueError("predict needs at least one example, got an empty batch")
+        raise InputError("predict needs at least one example, got an empty batch")
     if isinstance(parts[0], dict):
         return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
     return np.concatenate([np.asarray(p) for p in parts])

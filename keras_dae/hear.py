@@ -35,6 +35,7 @@ import importlib.util
 import numpy as np
 
 from keras_dae.inference import DEFAULT_MODEL, Tagger
+from keras_dae.validation import InputError
 
 __all__ = ["HOP_MS", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
 
@@ -107,9 +108,9 @@ def load_model(model_file_path: str = "", hop_ms: float = HOP_MS, batch_size: in
     """
     framework = framework or _default_framework()
     if framework not in _FRAMEWORKS:
-        raise ValueError(f"framework must be one of {_FRAMEWORKS}, got {framework!r}")
+        raise InputError(f"framework must be one of {_FRAMEWORKS}, got {framework!r}")
     if not hop_ms > 0:
-        raise ValueError(f"hop_ms must be positive, got {hop_ms!r}")
+        raise InputError(f"hop_ms must be positive, got {hop_ms!r}")
     tagger = Tagger(model_file_path or DEFAULT_MODEL, batch_size=batch_size)
     return _wrapper_class(framework)(tagger, hop_ms)
 
@@ -121,11 +122,11 @@ def _as_numpy(audio) -> np.ndarray:
         audio = audio.numpy()
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 2:
-        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {audio.shape}")
+        raise InputError(f"audio must be (n_sounds, n_samples), got shape {audio.shape}")
     if audio.shape[1] == 0:
-        raise ValueError("audio has no samples (n_samples is 0)")
+        raise InputError("audio has no samples (n_samples is 0)")
     if not np.isfinite(audio).all():
-        raise ValueError("audio has NaN or infinite samples")
+        raise InputError("audio has NaN or infinite samples")
     return audio
 
 
@@ -179,6 +180,6 @@ def get_scene_embeddings(audio, model):
     results = list(tagger.tag_many(list(sounds), sample_rate=model.sample_rate, top_k=0))
     for result in results:
         if not hasattr(result, "embedding"):
-            raise ValueError(result.reason)
+            raise InputError(result.reason)
     scene = np.stack([result.embedding for result in results]).astype(np.float32)
     return _to_framework(scene, model, audio)

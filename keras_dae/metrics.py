@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.stats
 
+from keras_dae.validation import InputError
+
 __all__ = [
     "aggregate_chunks",
     "average_precision_per_class",
@@ -41,14 +43,14 @@ def _as_scores(scores, name: str = "scores") -> np.ndarray:
     try:
         array = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name}: not a numeric array ({error})") from None
+        raise InputError(f"{name}: not a numeric array ({error})") from None
     if array.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a 2-D array (n_clips, n_classes), got shape {array.shape}"
             + ("; for a single class pass x[:, None]" if array.ndim == 1 else "")
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: empty input, shape {array.shape} (need at least one clip and one class)"
         )
     finite = np.isfinite(array)
@@ -56,7 +58,7 @@ def _as_scores(scores, name: str = "scores") -> np.ndarray:
         n_nan = int(np.isnan(array).sum())
         n_inf = int((~finite).sum()) - n_nan
         clip, label = np.argwhere(~finite)[0]
-        raise ValueError(
+        raise InputError(
             f"{name}: {n_nan} NaN and {n_inf} infinite values (first at clip {clip}, class "
             f"{label}); every score must be finite"
         )
@@ -69,18 +71,18 @@ def _validate(targets, scores) -> tuple[np.ndarray, np.ndarray]:
     try:
         raw = np.asarray(targets)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"targets: not an array ({error})") from None
+        raise InputError(f"targets: not an array ({error})") from None
     if not (raw.dtype == np.bool_ or np.issubdtype(raw.dtype, np.number)):
-        raise ValueError(f"targets: must be a numeric or bool array of 0/1, got dtype {raw.dtype}")
+        raise InputError(f"targets: must be a numeric or bool array of 0/1, got dtype {raw.dtype}")
     if raw.shape != scores.shape:
-        raise ValueError(
+        raise InputError(
             f"targets and scores: shape mismatch, targets {raw.shape} vs scores {scores.shape} "
             "(both must be (n_clips, n_classes))"
         )
     binary = (raw == 0) | (raw == 1)
     if not binary.all():
         clip, label = np.argwhere(~binary)[0]
-        raise ValueError(
+        raise InputError(
             f"targets: must be multi-hot 0/1; {int((~binary).sum())} values are not (first at "
             f"clip {clip}, class {label}: {raw[clip, label]!r})"
         )
@@ -136,7 +138,7 @@ def mean_average_precision(targets, scores) -> float:
     """
     value = _nanmean_or_nan(average_precision_per_class(targets, scores))
     if math.isnan(value):
-        raise ValueError("targets: no class has a positive clip, so mAP is undefined")
+        raise InputError("targets: no class has a positive clip, so mAP is undefined")
     return value
 
 
@@ -179,7 +181,7 @@ def d_prime(targets, scores) -> float:
     """
     mean_auc = _nanmean_or_nan(roc_auc_per_class(targets, scores))
     if math.isnan(mean_auc):
-        raise ValueError(
+        raise InputError(
             "targets: no class has both a positive and a negative clip, so AUC and d' are undefined"
         )
     return _d_prime_from_auc(mean_auc)
@@ -221,7 +223,7 @@ def lwlrap(targets, scores) -> float:
     positive, scores = _validate(targets, scores)
     value = _lwlrap(positive, scores)
     if math.isnan(value):
-        raise ValueError("targets: no clip has a positive label, so lwlrap is undefined")
+        raise InputError("targets: no clip has a positive label, so lwlrap is undefined")
     return value
 
 
@@ -243,20 +245,20 @@ def aggregate_chunks(
         belonging to `unique_clip_ids[i]`.
     """
     if method not in ("mean", "max"):
-        raise ValueError(f"method: must be 'mean' or 'max', got {method!r}")
+        raise InputError(f"method: must be 'mean' or 'max', got {method!r}")
     scores = _as_scores(chunk_scores, "chunk_scores")
     ids = np.asarray(clip_ids)
     if ids.ndim != 1:
-        raise ValueError(f"clip_ids: expected a 1-D sequence of ids, got shape {ids.shape}")
+        raise InputError(f"clip_ids: expected a 1-D sequence of ids, got shape {ids.shape}")
     if ids.shape[0] != scores.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"clip_ids and chunk_scores: length mismatch, {ids.shape[0]} clip ids for "
             f"{scores.shape[0]} chunks"
         )
     try:
         unique_sorted, first_index, inverse = np.unique(ids, return_index=True, return_inverse=True)
     except TypeError as error:
-        raise ValueError(f"clip_ids: ids must be mutually comparable ({error})") from None
+        raise InputError(f"clip_ids: ids must be mutually comparable ({error})") from None
     # Renumber clips by first appearance, then pool each clip's chunks with one reduceat.
     appearance = np.argsort(first_index, kind="stable")
     renumber = np.empty_like(appearance)
@@ -295,10 +297,10 @@ def tagging_report(targets, scores, labels: Sequence[str]) -> dict:
     positive, scores = _validate(targets, scores)
     labels = [str(label) for label in labels]
     if len(labels) != scores.shape[1]:
-        raise ValueError(f"labels: {len(labels)} labels for {scores.shape[1]} score columns")
+        raise InputError(f"labels: {len(labels)} labels for {scores.shape[1]} score columns")
     if len(set(labels)) != len(labels):
         duplicates = sorted(label for label, count in Counter(labels).items() if count > 1)
-        raise ValueError(f"labels: duplicate class names {duplicates[:5]}")
+        raise InputError(f"labels: duplicate class names {duplicates[:5]}")
     per_class_ap = _average_precision(positive, scores)
     mean_auc = _nanmean_or_nan(_roc_auc(positive, scores))
     return {

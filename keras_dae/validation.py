@@ -1,7 +1,12 @@
-"""The ranges numeric settings must fall in, checked the same way by the API and the CLI.
+"""Bad input to keras-dae, and the ranges numeric settings must fall in.
+
+`InputError` (a `ValueError`) is what keras-dae raises when what it is given is wrong: a
+setting out of range, an array of the wrong shape, a dataset file that does not parse. The
+command line turns it into one line and exit status 2; a `ValueError` from elsewhere (NumPy,
+Keras) is a bug, exit status 1.
 
 `check(name, value, rule)` refuses a value of the Python API (`TrainConfig`, the loaders)
-with a `ValueError` naming the setting; the argparse types below (`positive_int`, ...) refuse
+with an `InputError` naming the setting; the argparse types below (`positive_int`, ...) refuse
 the same values on the command line, when they are parsed, naming the flag. NaN and the
 infinities are never in range. Imports no Keras.
 """
@@ -11,6 +16,11 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+
+
+class InputError(ValueError):
+    """keras-dae refuses what it was given; the message says what and why, in one line."""
+
 
 # rule -> (kind, test, what the value must be)
 RULES = {
@@ -35,9 +45,9 @@ def _in_range(value, rule: str) -> bool:
 
 
 def check(name: str, value, rule: str):
-    """Returns `value`, or raises `ValueError("<name> must be <range>, got <value>")`."""
+    """Returns `value`, or raises `InputError("<name> must be <range>, got <value>")`."""
     if not _in_range(value, rule):
-        raise ValueError(f"{name} must be {RULES[rule][2]}, got {value!r}")
+        raise InputError(f"{name} must be {RULES[rule][2]}, got {value!r}")
     return value
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_dae.atomic import write_text
+from keras_dae.validation import InputError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -77,12 +78,12 @@ def _read_text(path: Path, what: str, encoding: str = "utf-8") -> str:
     nul = data.find(b"\0")
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1
-        raise ValueError(f"{path}, line {line}: {what} is not text (it holds a NUL byte)")
+        raise InputError(f"{path}, line {line}: {what} is not text (it holds a NUL byte)")
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise ValueError(
+        raise InputError(
             f"{path}, line {line}: {what} is not valid UTF-8 (byte 0x{data[error.start]:02x})"
         ) from None
 
@@ -98,7 +99,7 @@ def _csv_records(path: Path, reader) -> Iterator[tuple[int, object]]:
         except StopIteration:
             return
         except csv.Error as error:
-            raise ValueError(f"{path}, line {line}: not valid CSV ({error})") from None
+            raise InputError(f"{path}, line {line}: not valid CSV ({error})") from None
         yield line, record
 
 
@@ -113,7 +114,7 @@ def _check_fname(fname: str, where: str) -> None:
     audio folder: `../x`, `/abs/x`), no comma, not `.` or `..`."""
     if (not fname or fname in (".", "..")
             or any(c in fname for c in ("/", "\\", ",", "\0"))):
-        raise ValueError(
+        raise InputError(
             f"{where}: bad fname {_shown(fname)} (a plain file name: no '/', '\\' or ',')"
         )
 
@@ -149,21 +150,21 @@ class ClipDataset:
         self.targets = np.asarray(self.targets, dtype=np.float32)
         n, k = len(self.paths), len(self.labels)
         if self.targets.ndim != 2 or self.targets.shape != (n, k):
-            raise ValueError(
+            raise InputError(
                 f"targets must have shape (n_clips, n_classes) = ({n}, {k}), "
                 f"got {self.targets.shape}"
             )
         if len(self.mids) != k:
-            raise ValueError(f"mids has {len(self.mids)} entries for {k} labels")
+            raise InputError(f"mids has {len(self.mids)} entries for {k} labels")
         if len(set(self.labels)) != k:
             duplicates = sorted({x for x in self.labels if self.labels.count(x) > 1})
-            raise ValueError(f"labels must be unique, repeated: {duplicates}")
+            raise InputError(f"labels must be unique, repeated: {duplicates}")
         if len(self.clip_ids) != n:
-            raise ValueError(f"clip_ids has {len(self.clip_ids)} entries for {n} clips")
+            raise InputError(f"clip_ids has {len(self.clip_ids)} entries for {n} clips")
         if self.groups is not None:
             self.groups = [str(g) for g in self.groups]
             if len(self.groups) != n:
-                raise ValueError(f"groups has {len(self.groups)} entries for {n} clips")
+                raise InputError(f"groups has {len(self.groups)} entries for {n} clips")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -184,7 +185,7 @@ class ClipDataset:
         idx = np.asarray(indices)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
-                raise ValueError(f"boolean mask must have shape ({len(self)},), got {idx.shape}")
+                raise InputError(f"boolean mask must have shape ({len(self)},), got {idx.shape}")
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
@@ -209,7 +210,7 @@ class ClipDataset:
             return self
         unknown = sorted(set(self.labels) - set(labels))
         if unknown:
-            raise ValueError(f"{name}: labels {unknown} are not {classes}")
+            raise InputError(f"{name}: labels {unknown} are not {classes}")
         column = {label: i for i, label in enumerate(labels)}
         targets = np.zeros((len(self), len(labels)), np.float32)
         for j, label in enumerate(self.labels):
@@ -249,27 +250,27 @@ def read_fsd50k_vocabulary(path) -> tuple[list[str], list[str]]:
         if not row or not "".join(row).strip():
             continue
         if len(row) != 3:
-            raise ValueError(
+            raise InputError(
                 f"{path}, line {line}: expected 3 fields index,label,mid, "
                 f"got {len(row)}: {_shown(row)}"
             )
         try:
             index = int(row[0])
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"{path}, line {line}: index {_shown(row[0])} is not an integer "
                 "(vocabulary.csv has no header row)"
             ) from None
         rows.append((index, row[1].strip(), row[2].strip()))
     if not rows:
-        raise ValueError(f"{path}: vocabulary is empty")
+        raise InputError(f"{path}: vocabulary is empty")
     rows.sort()
     indices = [r[0] for r in rows]
     labels = [r[1] for r in rows]
     if len(set(indices)) != len(indices):
-        raise ValueError(f"{path}: repeated class indices")
+        raise InputError(f"{path}: repeated class indices")
     if len(set(labels)) != len(labels):
-        raise ValueError(f"{path}: repeated labels")
+        raise InputError(f"{path}: repeated labels")
     return labels, [r[2] for r in rows]
 
 
@@ -279,9 +280,9 @@ def _read_uploaders(path: Path) -> dict[str, str] | None:
     try:
         info = json.loads(_read_text(path, "clip metadata"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+        raise InputError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(info, dict):
-        raise ValueError(
+        raise InputError(
             f"{path}, line 1: expected a JSON object (fname -> clip info), "
             f"got a {type(info).__name__}"
         )
@@ -309,7 +310,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
     out, listed in `missing` and reported with a warning.
     """
     if split not in FSD50K_SPLITS:
-        raise ValueError(f"split must be one of {FSD50K_SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {FSD50K_SPLITS}, got {split!r}")
     root = Path(root)
     truth = root / _GROUND_TRUTH
     if not truth.is_dir():
@@ -327,7 +328,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
     records = _read_csv(csv_path, "the ground truth")
     line, header = next(records, (1, None))
     if header is None or [h.strip() for h in header] != expected:
-        raise ValueError(
+        raise InputError(
             f"{csv_path}: header must be {','.join(expected)}, got {_shown(header)}"
         )
     seen: dict[str, int] = {}
@@ -335,16 +336,16 @@ def read_fsd50k(root, split: str) -> ClipDataset:
         if not row or not "".join(row).strip():
             continue
         if len(row) != len(expected):
-            raise ValueError(
+            raise InputError(
                 f"{csv_path}, line {line}: expected {len(expected)} fields, got {len(row)}"
             )
         fname = row[0].strip()
         if not fname:
-            raise ValueError(f"{csv_path}, line {line}: empty fname")
+            raise InputError(f"{csv_path}, line {line}: empty fname")
         _check_fname(fname, f"{csv_path}, line {line}")
         fname_shown = _cut(fname)
         if fname in seen:
-            raise ValueError(
+            raise InputError(
                 f"{csv_path}, line {line}: fname {fname_shown} appears twice (first on line "
                 f"{seen[fname]})"
             )
@@ -352,7 +353,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
         if part == "dev":
             row_split = row[3].strip()
             if row_split not in ("train", "val"):
-                raise ValueError(
+                raise InputError(
                     f"{csv_path}, line {line} (fname {fname_shown}): split must be train or "
                     f"val, got {_shown(row_split)}"
                 )
@@ -361,7 +362,7 @@ def read_fsd50k(root, split: str) -> ClipDataset:
         row_labels = _split_field(row[1])
         for label in row_labels:
             if label not in column:
-                raise ValueError(
+                raise InputError(
                     f"{csv_path}, line {line} (fname {fname_shown}): label {_shown(label)} is not "
                     f"in {truth / 'vocabulary.csv'}"
                 )
@@ -426,9 +427,9 @@ def write_fsd50k_layout(
     known = {label for label, _ in vocabulary}
     for label, mid in vocabulary:
         if not label or "," in label or "," in mid:
-            raise ValueError(f"vocabulary: label {label!r} / mid {mid!r} may not hold a comma")
+            raise InputError(f"vocabulary: label {label!r} / mid {mid!r} may not hold a comma")
     if len(known) != len(vocabulary):
-        raise ValueError("vocabulary: repeated labels")
+        raise InputError("vocabulary: repeated labels")
 
     def check(fname, labels, mids, where):
         fname = str(fname)
@@ -436,9 +437,9 @@ def write_fsd50k_layout(
         labels, mids = [str(x) for x in labels], [str(x) for x in mids]
         unknown = [x for x in labels if x not in known]
         if unknown:
-            raise ValueError(f"{where} (fname {fname}): labels {unknown} not in the vocabulary")
+            raise InputError(f"{where} (fname {fname}): labels {unknown} not in the vocabulary")
         if len(mids) != len(labels):
-            raise ValueError(f"{where} (fname {fname}): {len(labels)} labels, {len(mids)} mids")
+            raise InputError(f"{where} (fname {fname}): {len(labels)} labels, {len(mids)} mids")
         return fname, ",".join(labels), ",".join(mids)
 
     paths = {
@@ -466,15 +467,15 @@ def write_fsd50k_layout(
     dev = []
     for i, row in enumerate(dev_rows):
         if len(row) != 4:
-            raise ValueError(f"dev_rows[{i}]: expected (fname, labels, mids, split)")
+            raise InputError(f"dev_rows[{i}]: expected (fname, labels, mids, split)")
         fname, labels, mids, split = row
         if split not in ("train", "val"):
-            raise ValueError(f"dev_rows[{i}]: split must be train or val, got {split!r}")
+            raise InputError(f"dev_rows[{i}]: split must be train or val, got {split!r}")
         dev.append([*check(fname, labels, mids, f"dev_rows[{i}]"), split])
     evaluation = []
     for i, row in enumerate(eval_rows):
         if len(row) not in (3, 4):
-            raise ValueError(f"eval_rows[{i}]: expected (fname, labels, mids)")
+            raise InputError(f"eval_rows[{i}]: expected (fname, labels, mids)")
         evaluation.append(check(*row[:3], f"eval_rows[{i}]"))
     # Every row is checked before anything is written, and each file is whole or absent.
     write_text(paths["vocabulary_csv"],
@@ -512,22 +513,22 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
     try:
         header = reader.fieldnames or []
     except csv.Error as error:
-        raise ValueError(f"{csv_path}, line 1: not valid CSV ({error})") from None
+        raise InputError(f"{csv_path}, line 1: not valid CSV ({error})") from None
     fields = [h.strip() for h in header]
     if "path" not in fields or "labels" not in fields:
-        raise ValueError(
+        raise InputError(
             f"{csv_path}: header must name the columns path,labels; got {_shown(fields)}"
         )
     reader.fieldnames = fields
     for line, row in _csv_records(csv_path, reader):
         if row.get(None):
-            raise ValueError(
+            raise InputError(
                 f"{csv_path}, line {line}: more fields than the header has; quote a labels "
                 "field that holds commas, or separate labels with ';'"
             )
         raw_path = (row.get("path") or "").strip()
         if not raw_path:
-            raise ValueError(f"{csv_path}, line {line}: empty path")
+            raise InputError(f"{csv_path}, line {line}: empty path")
         key = os.path.normpath(base / raw_path)
         if key in first_line:
             repeated.append((line, first_line[key], raw_path))
@@ -555,7 +556,7 @@ def read_csv_dataset(csv_path, labels: Sequence[str] | None = None) -> ClipDatas
     for line, raw_path, row_labels, group in entries:
         for label in row_labels:
             if label not in column:
-                raise ValueError(
+                raise InputError(
                     f"{csv_path}, line {line} ({_shown(raw_path)}): label {_shown(label)} is "
                     "not in the given labels"
                 )
@@ -635,7 +636,7 @@ def read_folder_dataset(
             f"(allow_links_outside=True reads them): {_first_five(outside, root)}", stacklevel=2
         )
     if not classes:
-        raise ValueError(f"{root}: no class folder holds audio files ({', '.join(extensions)})")
+        raise InputError(f"{root}: no class folder holds audio files ({', '.join(extensions)})")
     paths = [p for found in files for p in found]
     rows = [[k] for k, found in enumerate(files) for _ in found]
     return ClipDataset(
@@ -694,7 +695,7 @@ def read_split(root, split: str, format: str | None = None) -> ClipDataset | Non
             raise FileNotFoundError(
                 f"{root}: not a dataset directory (no {_GROUND_TRUTH}/, train.csv or train/)")
     if format not in DATASET_FORMATS:
-        raise ValueError(f"format must be one of {DATASET_FORMATS}, got {format!r}")
+        raise InputError(f"format must be one of {DATASET_FORMATS}, got {format!r}")
     if format == "fsd50k":
         return read_fsd50k(root, split)
     if format == "csv":

@@ -27,6 +27,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_dae.validation import InputError
+
 __all__ = ["FeatureCache"]
 
 INDEX_FILE = "cache.json"
@@ -119,10 +121,10 @@ class FeatureCache:
         streams = list(streams or featurizer.fixed_streams())
         learned = sorted(set(streams) - set(featurizer.fixed_streams()))
         if learned:
-            raise ValueError(f"Streams {learned} have trainable front ends; their features "
+            raise InputError(f"Streams {learned} have trainable front ends; their features "
                              "change in training and cannot be cached.")
         if not streams:
-            raise ValueError("The featurizer has no stream without weights to cache.")
+            raise InputError("The featurizer has no stream without weights to cache.")
         cached = cls.open(directory, loader, featurizer, streams)
         if cached is not None:
             if verbose:

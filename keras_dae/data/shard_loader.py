@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_dae.data.loader import ChunkLoader, _EpochSync, check_sampling
 from keras_dae.data.shards import ShardSet, decode_chunk
+from keras_dae.validation import InputError
 
 __all__ = ["ShardLoader"]
 
@@ -135,7 +136,7 @@ class ShardLoader(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Makes the next batches those of epoch `epoch` (any non-negative int)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+            raise InputError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = int(epoch)
         self._items = self.epoch_items(self.epoch)
         self._dataset = self.grain_dataset(self.epoch)

@@ -55,6 +55,7 @@ import numpy as np
 from keras_dae.audio import AudioDecodeError, load_audio
 from keras_dae.data.chunking import _lengths, chunk_waveform
 from keras_dae.data.datasets import ClipDataset
+from keras_dae.validation import InputError
 
 __all__ = ["INDEX_FILE", "ShardSet", "ShardWriter", "decode_chunk", "encode_chunk",
            "write_shards"]
@@ -90,10 +91,10 @@ def decode_chunk(record: bytes) -> dict:
     """A record as `{"waveform": float32 (n_samples,), "labels": int (n_labels,), "clip": int,
     "chunk": int}`; raises `ValueError` for bytes that are not a keras-dae chunk record."""
     if len(record) < _HEADER.size:
-        raise ValueError(f"not a keras-dae chunk record ({len(record)} bytes)")
+        raise InputError(f"not a keras-dae chunk record ({len(record)} bytes)")
     magic, clip, chunk, scale, n_samples, n_labels = _HEADER.unpack_from(record)
     if magic != MAGIC or len(record) != _HEADER.size + 2 * (n_labels + n_samples):
-        raise ValueError(f"not a keras-dae chunk record (magic {magic!r}, {len(record)} bytes)")
+        raise InputError(f"not a keras-dae chunk record (magic {magic!r}, {len(record)} bytes)")
     labels = np.frombuffer(record, "<u2", n_labels, _HEADER.size)
     samples = np.frombuffer(record, "<i2", n_samples, _HEADER.size + 2 * n_labels)
     return {"waveform": samples.astype(np.float32) * np.float32(scale),
@@ -163,12 +164,12 @@ class ShardWriter:
         self.labels = [str(x) for x in labels]
         self.mids = [str(x) for x in (mids if mids is not None else [""] * len(self.labels))]
         if len(self.labels) > 65535 or len(self.mids) != len(self.labels):
-            raise ValueError(f"{len(self.labels)} labels and {len(self.mids)} mids: need as "
+            raise InputError(f"{len(self.labels)} labels and {len(self.mids)} mids: need as "
                              "many of each, at most 65535")
         if not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
-            raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+            raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
         if short not in ("tile", "pad"):
-            raise ValueError(f"short must be 'tile' or 'pad', got {short!r}")
+            raise InputError(f"short must be 'tile' or 'pad', got {short!r}")
         self.chunk_samples, _ = _lengths(sample_rate, chunk_seconds, hop_seconds)
         self.sample_rate, self.chunk_seconds = int(sample_rate), float(chunk_seconds)
         self.hop_seconds, self.short, self.shard_size = float(hop_seconds), short, int(shard_size)
@@ -206,11 +207,11 @@ class ShardWriter:
         (into `labels`)."""
         chunks = np.asarray(chunks)
         if chunks.ndim != 2 or chunks.shape[1] != self.chunk_samples or not len(chunks):
-            raise ValueError(f"clip {clip_id}: chunks must have shape (n >= 1, "
+            raise InputError(f"clip {clip_id}: chunks must have shape (n >= 1, "
                              f"{self.chunk_samples}), got {chunks.shape}")
         labels = np.asarray(labels, np.int64).reshape(-1)
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.labels)):
-            raise ValueError(f"clip {clip_id}: class indices {labels} outside the "
+            raise InputError(f"clip {clip_id}: class indices {labels} outside the "
                              f"{len(self.labels)} labels")
         clip = len(self.clip_ids)
         self.clip_ids.append(str(clip_id))
@@ -252,7 +253,7 @@ class ShardWriter:
         try:
             if not self.clip_ids:
                 first = next(iter(self.skipped.items()), None)
-                raise ValueError(f"no clip was written (skipped {len(self.skipped)}; first: "
+                raise InputError(f"no clip was written (skipped {len(self.skipped)}; first: "
                                  f"{first})")
             n = len(self._counts)
             names = [f"chunks-{k:05d}-of-{n:05d}.array_record" for k in range(n)]
@@ -315,7 +316,7 @@ def write_shards(dataset: ClipDataset, out_dir, sample_rate: int = 16000,
     if not isinstance(dataset, ClipDataset):
         raise TypeError(f"dataset must be a ClipDataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
-        raise ValueError("dataset has no clips")
+        raise InputError("dataset has no clips")
     args = (int(sample_rate), float(chunk_seconds), float(hop_seconds), short)
     with ShardWriter(out_dir, dataset.labels, dataset.mids, sample_rate, chunk_seconds,
                      hop_seconds, short, shard_size, overwrite) as writer:
@@ -360,9 +361,9 @@ class ShardSet:
         try:
             index = json.loads(path.read_text())
         except ValueError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+            raise InputError(f"{path}: not valid JSON ({error})") from None
         if index.get("format") != FORMAT or index.get("version") != VERSION:
-            raise ValueError(f"{path}: not a {FORMAT} index of version {VERSION}")
+            raise InputError(f"{path}: not a {FORMAT} index of version {VERSION}")
         self.index = index
         self.labels = list(index["labels"])
         self.mids = list(index["mids"])
@@ -380,7 +381,7 @@ class ShardSet:
         self.clip_targets = np.load(self.directory / "targets.npy", mmap_mode="r")
         if self.items.shape != (index["n_items"], 2) or self.clip_targets.shape != (
                 index["n_clips"], len(self.labels)):
-            raise ValueError(f"{self.directory}: items.npy or targets.npy do not match "
+            raise InputError(f"{self.directory}: items.npy or targets.npy do not match "
                              f"{INDEX_FILE}")
         try:
             import grain
@@ -388,7 +389,7 @@ class ShardSet:
             raise _requirement_error(error) from None
         self.source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
         if len(self.source) != index["n_items"]:
-            raise ValueError(f"{self.directory}: the files hold {len(self.source)} records, "
+            raise InputError(f"{self.directory}: the files hold {len(self.source)} records, "
                              f"the index says {index['n_items']}")
 
     def __len__(self) -> int:

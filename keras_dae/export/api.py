@@ -17,6 +17,7 @@ from keras_dae.atomic import OutputError, check_output_path
 from keras_dae.export.artifact import check_sidecars, describe, write_sidecars
 from keras_dae.export.export_ready import ExportError, export_ready_model, max_abs_diff, probe_audio
 from keras_dae.export.formats import DEFAULT_DFT_MODE, FORMATS, QUANTIZATIONS
+from keras_dae.validation import InputError
 
 # The input's batch per format when `batch_size="auto"`: TFLite files take one window per
 # call, the on-device norm; a static shape lets the converter fold the shape arithmetic that
@@ -78,20 +79,20 @@ def artifact_size(path) -> int:
 
 def _check_args(fmt, quantize, dft_mode, calibration, batch_size):
     if fmt not in FORMATS:
-        raise ValueError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
+        raise InputError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
     if batch_size is not None and (isinstance(batch_size, bool)
                                    or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive integer, None (any batch) or "
+        raise InputError(f"`batch_size` must be a positive integer, None (any batch) or "
                          f"'auto', got {batch_size!r}")
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+        raise InputError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
     if quantize != "none" and fmt != "tflite":
-        raise ValueError(f"--quantize {quantize} is for TFLite; {fmt} exports float32 only")
+        raise InputError(f"--quantize {quantize} is for TFLite; {fmt} exports float32 only")
     if quantize == "int8" and calibration is None:
-        raise ValueError("int8 quantization needs representative audio: pass calibration= "
+        raise InputError("int8 quantization needs representative audio: pass calibration= "
                          "(a dataset or audio directory, or waveforms)")
     if fmt == "onnx" and dft_mode == "fft":
-        raise ValueError("ONNX export needs dft_mode='matmul' (tf2onnx leaves FFTs that "
+        raise InputError("ONNX export needs dft_mode='matmul' (tf2onnx leaves FFTs that "
                          "onnxruntime cannot run)")
 
 
@@ -106,7 +107,7 @@ def check_export_path(path, fmt: str) -> Path:
     wrote. Returns `path`."""
     path = Path(path)
     if fmt not in FORMATS:
-        raise ValueError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
+        raise InputError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}")
     directory = fmt == "savedmodel"
     suffixes = () if directory and path.is_dir() else SUFFIXES[fmt]
     check_output_path(path, suffixes, directory=directory)

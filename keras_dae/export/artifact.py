@@ -15,6 +15,7 @@ from pathlib import Path
 
 from keras_dae import atomic
 from keras_dae.atomic import OutputError
+from keras_dae.validation import InputError
 from keras_dae.version import __version__
 
 METADATA_KEY = "keras_dae"
@@ -111,6 +112,9 @@ def write_sidecars(artifact, description: dict) -> tuple[Path, Path]:
 def read_description(artifact) -> dict | None:
     """The JSON description beside `artifact`, or None."""
     _, json_path = sidecar_paths(artifact)
-    if json_path.is_file():
-        return json.loads(json_path.read_text())
-    return None
+    if not json_path.is_file():
+        return None
+    try:
+        return json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{json_path}: not a readable export description ({error})") from None

@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_dae.audio import AudioDecodeError, load_audio
 from keras_dae.data import AUDIO_EXTENSIONS, chunk_waveform
+from keras_dae.validation import InputError
 
 DEFAULT_WINDOWS = 200
 
@@ -42,7 +43,7 @@ def calibration_windows(source, sample_rate: int, window: int,
     if not isinstance(source, (str, Path)):
         windows = np.asarray(source, np.float32)
         if windows.ndim != 2 or windows.shape[1] != window:
-            raise ValueError(f"calibration audio must have shape (n, {window}), got "
+            raise InputError(f"calibration audio must have shape (n, {window}), got "
                              f"{windows.shape}")
         return windows[:max_windows]
     files = audio_files(source)
@@ -58,5 +59,5 @@ def calibration_windows(source, sample_rate: int, window: int,
         if len(out) >= max_windows:
             break
     if not out:
-        raise ValueError(f"{source}: no decodable audio for calibration")
+        raise InputError(f"{source}: no decodable audio for calibration")
     return np.stack(out).astype(np.float32)

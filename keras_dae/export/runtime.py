@@ -18,6 +18,7 @@ import numpy as np
 from keras_dae import extras
 from keras_dae.export.artifact import INPUT_NAME, METADATA_KEY, read_description
 from keras_dae.export.savedmodel import SIGNATURE
+from keras_dae.validation import InputError
 
 
 def _tflite_interpreter(path: Path, num_threads: int | None):
@@ -62,11 +63,11 @@ class ExportedModel:
         elif self.path.suffix == ".onnx":
             self.format = "onnx"
         else:
-            raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
+            raise InputError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
         with extras.naming_the_extra(f"{path}: "):  # its runtime: which extra
             self.description = read_description(self.path) or self._embedded_description()
             if self.description is None:
-                raise ValueError(f"{path}: no keras-dae description in or beside it")
+                raise InputError(f"{path}: no keras-dae description in or beside it")
             self.labels = list(self.description["labels"])
             self.sample_rate = int(self.description["sample_rate"])
             self.window = int(self.description["input"]["shape"][1])
@@ -107,7 +108,7 @@ class ExportedModel:
     def __call__(self, waveform) -> dict[str, np.ndarray]:
         x = np.asarray(waveform, np.float32)
         if x.ndim != 2 or x.shape[1] != self.window:
-            raise ValueError(f"expected waveform of shape (batch, {self.window}), got {x.shape}")
+            raise InputError(f"expected waveform of shape (batch, {self.window}), got {x.shape}")
         if self.batch_size is not None and len(x) != self.batch_size:
             return self._in_batches(x)
         if self.format == "tflite":
@@ -125,7 +126,7 @@ class ExportedModel:
         """Rows of `x` run `batch_size` at a time (the last group padded with zeros)."""
         b = self.batch_size
         if len(x) == 0:
-            raise ValueError(f"expected at least one window of {self.window} samples")
+            raise InputError(f"expected at least one window of {self.window} samples")
         padded = np.concatenate([x, np.zeros((-len(x) % b, x.shape[1]), np.float32)])
         parts = [self(padded[i : i + b]) for i in range(0, len(padded), b)]
         return {k: np.concatenate([p[k] for p in parts])[: len(x)] for k in parts[0]}

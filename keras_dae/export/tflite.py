@@ -42,6 +42,7 @@ from keras_dae import atomic
 from keras_dae.export.artifact import INPUT_NAME, METADATA_KEY
 from keras_dae.export.formats import QUANTIZATIONS
 from keras_dae.export.savedmodel import SIGNATURE, write_savedmodel
+from keras_dae.validation import InputError
 
 
 def convert_float(model, window: int, batch_size: int | None = 1) -> bytes:
@@ -135,7 +136,7 @@ def _recipe(quantizer, model, quantize: str) -> None:
             store_float16(layer_scope(head.name))
         return
     if quantize not in ("dynamic-int8", "int8"):
-        raise ValueError(f"unknown quantization {quantize!r}")
+        raise InputError(f"unknown quantization {quantize!r}")
     store_float16(int8_front_end)
     # Every dense layer of the towers except their input projections.
     towers = r"^(?!.*/projection(_\d+)?/).*" + backbone
@@ -167,7 +168,7 @@ def quantize_tflite(float_model: bytes, model, quantize: str,
     result = None
     if quantizer.need_calibration:
         if calibration is None or len(calibration) == 0:
-            raise ValueError("int8 quantization needs representative audio to calibrate on "
+            raise InputError("int8 quantization needs representative audio to calibrate on "
                              "(calibration=...)")
         windows = np.asarray(calibration, np.float32)
         batch = _input_batch(float_model)
@@ -246,7 +247,7 @@ def write_tflite(model, path, window: int, quantize: str, description: dict,
                  calibration: np.ndarray | None = None, batch_size: int | None = 1) -> Path:
     """Converts, quantizes, embeds the description and writes `path`. Returns `path`."""
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+        raise InputError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
     flat = quantize_tflite(convert_float(model, window, batch_size), model, quantize,
                            calibration)
     # For runtimes without signature runners: which of the interpreter's outputs is which.

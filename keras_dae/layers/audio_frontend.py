@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_dae.layers import signal
+from keras_dae.validation import InputError
 
 
 class AudioFrontend(keras.layers.Layer):
@@ -59,7 +60,7 @@ class AudioFrontend(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 2:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects waveform of shape (batch, samples), "
                 f"got shape {tuple(input_shape)}."
             )

@@ -12,6 +12,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 # Outputs per row of the matrix-product form of the decimators (see `_Decimator`).
 _DECIMATOR_BLOCK = 32
@@ -221,25 +222,25 @@ class ConstantQTransform(AudioFrontend):
         signal.check_positive_int("n_bins", n_bins)
         signal.check_positive_int("bins_per_octave", bins_per_octave)
         if not fmin > 0:
-            raise ValueError(f"`fmin` must be positive, got {fmin!r}.")
+            raise InputError(f"`fmin` must be positive, got {fmin!r}.")
         if not filter_scale > 0:
-            raise ValueError(f"`filter_scale` must be positive, got {filter_scale!r}.")
+            raise InputError(f"`filter_scale` must be positive, got {filter_scale!r}.")
         if not 0 <= sparsity < 1:
-            raise ValueError(f"`sparsity` must lie in [0, 1), got {sparsity!r}.")
+            raise InputError(f"`sparsity` must lie in [0, 1), got {sparsity!r}.")
         is_number = isinstance(norm, (int, float, np.integer, np.floating))
         if norm is not None and (isinstance(norm, bool) or not is_number or not norm > 0):
-            raise ValueError(f"`norm` must be a positive number (or inf) or None, got {norm!r}.")
+            raise InputError(f"`norm` must be a positive number (or inf) or None, got {norm!r}.")
         if not amin > 0:
-            raise ValueError(f"`amin` must be positive, got {amin!r}.")
+            raise InputError(f"`amin` must be positive, got {amin!r}.")
         if not ref > 0:
-            raise ValueError(f"`ref` must be positive, got {ref!r}.")
+            raise InputError(f"`ref` must be positive, got {ref!r}.")
         if top_db is not None and top_db < 0:
-            raise ValueError(f"`top_db` must be non-negative or None, got {top_db!r}.")
+            raise InputError(f"`top_db` must be non-negative or None, got {top_db!r}.")
         window = tuple(window) if isinstance(window, list) else window
         try:
             librosa.filters.get_window(window, 8, fftbins=True)
         except Exception as error:  # scipy raises ValueError or TypeError
-            raise ValueError(f"`window` {window!r} is not a known window: {error}") from None
+            raise InputError(f"`window` {window!r} is not a known window: {error}") from None
 
         self.hop_length = int(hop_length)
         self.fmin = float(fmin)
@@ -276,14 +277,14 @@ class ConstantQTransform(AudioFrontend):
             alpha=alpha,
         )
         if not np.max(full_lengths) <= MAX_FILTER_LENGTH:
-            raise ValueError(
+            raise InputError(
                 f"The lowest CQT filter ({freqs[0]:.3g} Hz) would be {np.max(full_lengths):.3g} "
                 f"samples long, more than {MAX_FILTER_LENGTH}: raise `fmin` or lower "
                 f"`filter_scale`."
             )
         nyquist = sr / 2
         if cutoff > nyquist:
-            raise ValueError(
+            raise InputError(
                 f"The highest CQT filter (bin {freqs[-1]:.1f} Hz, bandwidth up to {cutoff:.1f} Hz)"
                 f" exceeds the Nyquist frequency {nyquist} Hz: lower `fmin`, `n_bins` or "
                 f"`filter_scale`, or raise `bins_per_octave`."

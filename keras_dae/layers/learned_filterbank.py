@@ -10,6 +10,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 INITIALIZERS = ("gabor", "random")
 COMPRESSIONS = ("log", "none")
@@ -92,12 +93,12 @@ class LearnedFilterbank(AudioFrontend):
         signal.check_choice("compression", compression, COMPRESSIONS)
         nyquist = self.sample_rate / 2
         if not 0 <= fmin < (fmax or nyquist) <= nyquist:
-            raise ValueError(
+            raise InputError(
                 f"Need 0 <= fmin < fmax <= sample_rate / 2 = {nyquist}, got fmin={fmin}, "
                 f"fmax={fmax}."
             )
         if eps <= 0:
-            raise ValueError(f"`eps` must be positive, got {eps!r}.")
+            raise InputError(f"`eps` must be positive, got {eps!r}.")
         self.n_filters = int(n_filters)
         self.win_length = int(win_length)
         self.hop_length = int(hop_length)

@@ -9,6 +9,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.spectrogram_frontend import SpectrogramFrontend
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 @register
@@ -58,14 +59,14 @@ class LogMelSpectrogram(SpectrogramFrontend):
         super().__init__(**kwargs)
         signal.check_positive_int("n_mels", n_mels)
         if power <= 0:
-            raise ValueError(f"`power` must be positive, got {power!r}.")
+            raise InputError(f"`power` must be positive, got {power!r}.")
         if amin <= 0:
-            raise ValueError(f"`amin` must be positive, got {amin!r}.")
+            raise InputError(f"`amin` must be positive, got {amin!r}.")
         if top_db is not None and top_db < 0:
-            raise ValueError(f"`top_db` must be non-negative or None, got {top_db!r}.")
+            raise InputError(f"`top_db` must be non-negative or None, got {top_db!r}.")
         nyquist = self.sample_rate / 2
         if fmax is not None and not 0 <= fmin < fmax <= nyquist:
-            raise ValueError(
+            raise InputError(
                 f"Need 0 <= fmin < fmax <= sample_rate / 2 = {nyquist}, got fmin={fmin}, "
                 f"fmax={fmax}."
             )

@@ -9,6 +9,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.log_mel_spectrogram import LogMelSpectrogram
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 DCT_TYPES = (1, 2, 3, 4)
 DCT_NORMS = (None, "ortho")
@@ -79,16 +80,16 @@ class MFCC(LogMelSpectrogram):
         super().__init__(n_mels=n_mels, norm=mel_norm, **kwargs)
         signal.check_positive_int("n_mfcc", n_mfcc)
         if n_mfcc > self.n_mels:
-            raise ValueError(f"`n_mfcc` ({n_mfcc}) must be <= `n_mels` ({self.n_mels}).")
+            raise InputError(f"`n_mfcc` ({n_mfcc}) must be <= `n_mels` ({self.n_mels}).")
         if isinstance(dct_type, bool) or dct_type not in DCT_TYPES:
-            raise ValueError(f"`dct_type` must be one of {list(DCT_TYPES)}, got {dct_type!r}.")
+            raise InputError(f"`dct_type` must be one of {list(DCT_TYPES)}, got {dct_type!r}.")
         if dct_type == 1 and self.n_mels < 2:
-            raise ValueError("`dct_type` 1 needs `n_mels` >= 2.")
+            raise InputError("`dct_type` 1 needs `n_mels` >= 2.")
         signal.check_choice("norm", norm, DCT_NORMS)
         if isinstance(lifter, bool) or not isinstance(lifter, (int, float, np.number)):
-            raise ValueError(f"`lifter` must be a non-negative number, got {lifter!r}.")
+            raise InputError(f"`lifter` must be a non-negative number, got {lifter!r}.")
         if not lifter >= 0:
-            raise ValueError(f"`lifter` must be a non-negative number, got {lifter!r}.")
+            raise InputError(f"`lifter` must be a non-negative number, got {lifter!r}.")
         self.n_mfcc = int(n_mfcc)
         self.dct_type = int(dct_type)
         self.mel_norm = mel_norm

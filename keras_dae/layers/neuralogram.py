@@ -10,6 +10,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 def default_embedding_network(
@@ -86,7 +87,7 @@ class Neuralogram(AudioFrontend):
             embedding_network = default_embedding_network(win_length)
         network_length = _input_length(embedding_network)
         if network_length is not None and network_length != win_length:
-            raise ValueError(
+            raise InputError(
                 f"`win_length` ({win_length}) must equal the embedding network's input length "
                 f"({network_length})."
             )
@@ -103,7 +104,7 @@ class Neuralogram(AudioFrontend):
     def num_features(self) -> int:
         shape = self.embedding_network.compute_output_shape((None, self.win_length))
         if len(shape) != 2:
-            raise ValueError(
+            raise InputError(
                 "The embedding network must map (batch, win_length) to (batch, embedding_dim), "
                 f"but it outputs shape {shape}."
             )
@@ -138,7 +139,7 @@ def _input_length(network) -> int | None:
     if inputs:
         shape = inputs[0].shape
         if len(shape) != 2:
-            raise ValueError(
+            raise InputError(
                 f"The embedding network must take (batch, win_length) windows, got input shape "
                 f"{tuple(shape)}."
             )

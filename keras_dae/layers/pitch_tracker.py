@@ -10,6 +10,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 # librosa.util.tiny(float32): the smallest normal float32, added to the YIN denominators.
 _TINY = float(np.finfo(np.float32).tiny)
@@ -118,15 +119,15 @@ class PitchTracker(AudioFrontend):
         signal.check_choice("dft_mode", dft_mode, signal.DFT_MODES)
         sr = self.sample_rate
         if not fmin > 0:
-            raise ValueError(f"`fmin` must be strictly positive, got fmin={fmin!r}.")
+            raise InputError(f"`fmin` must be strictly positive, got fmin={fmin!r}.")
         if fmax > sr / 2:
-            raise ValueError(
+            raise InputError(
                 f"`fmax`={fmax!r} cannot exceed the Nyquist frequency sample_rate / 2 = {sr / 2}."
             )
         if fmin >= fmax:
-            raise ValueError(f"`fmin`={fmin!r} must be less than `fmax`={fmax!r}.")
+            raise InputError(f"`fmin`={fmin!r} must be less than `fmax`={fmax!r}.")
         if sr / fmin >= frame_length - 1:
-            raise ValueError(
+            raise InputError(
                 f"`frame_length`={frame_length} is too short for `fmin`={fmin!r} at "
                 f"sample_rate={sr}: one period must fit, i.e. sample_rate / fmin < "
                 f"frame_length - 1. Use frame_length >= {int(np.ceil(sr / fmin) + 2)} or "
@@ -140,11 +141,11 @@ class PitchTracker(AudioFrontend):
                 stacklevel=2,
             )
         if isinstance(trough_threshold, bool) or not trough_threshold > 0:
-            raise ValueError(
+            raise InputError(
                 f"`trough_threshold` must be a positive number, got {trough_threshold!r}."
             )
         if isinstance(voicing_threshold, bool) or not 0 <= voicing_threshold <= 1:
-            raise ValueError(f"`voicing_threshold` must lie in [0, 1], got {voicing_threshold!r}.")
+            raise InputError(f"`voicing_threshold` must lie in [0, 1], got {voicing_threshold!r}.")
         self.fmin = float(fmin)
         self.fmax = float(fmax)
         self.frame_length = int(frame_length)

@@ -18,6 +18,8 @@ import librosa
 import numpy as np
 from keras import ops
 
+from keras_dae.validation import InputError
+
 PAD_MODES = ("constant", "reflect")
 DFT_MODES = ("matmul", "fft")
 
@@ -27,13 +29,13 @@ def check_positive_int(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def check_choice(name: str, value, choices) -> None:
     """Raises ValueError unless `value` is one of `choices`."""
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+        raise InputError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
 
 
 def num_frames(num_samples: int, frame_length: int, hop_length: int, center: bool) -> int | None:
@@ -81,7 +83,7 @@ def frame(x, frame_length: int, hop_length: int, output_length: int | None = Non
     if output_length is None:
         output_length = frame_length
     if not frame_length <= output_length <= block_span:
-        raise ValueError(
+        raise InputError(
             f"output_length must lie in [{frame_length}, {block_span}], got {output_length}."
         )
     num_samples = ops.shape(x)[1]

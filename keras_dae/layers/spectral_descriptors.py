@@ -8,6 +8,7 @@ from keras import ops
 from keras_dae.layers import signal
 from keras_dae.layers.spectrogram_frontend import SpectrogramFrontend
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 DESCRIPTORS = ("centroid", "bandwidth", "rolloff", "flatness", "contrast")
 # librosa.util.normalize leaves columns whose sum is below tiny(float32) unnormalised.
@@ -32,7 +33,7 @@ def contrast_bands(
         current = np.logical_and(freq >= f_low, freq <= f_high)
         idx = np.flatnonzero(current)
         if idx.size == 0:
-            raise ValueError(
+            raise InputError(
                 f"Spectral-contrast band {k} ({f_low:g}-{f_high:g} Hz) holds no STFT bin: "
                 f"raise `contrast_fmin` ({fmin}) or `n_fft`."
             )
@@ -45,7 +46,7 @@ def contrast_bands(
         if k < n_bands:
             stop -= 1
         if stop <= start:
-            raise ValueError(
+            raise InputError(
                 f"Spectral-contrast band {k} ({f_low:g}-{f_high:g} Hz) is empty once librosa "
                 f"drops its top bin: raise `contrast_fmin` ({fmin}) or `n_fft`."
             )
@@ -152,35 +153,35 @@ class SpectralDescriptors(SpectrogramFrontend):
             descriptors = (descriptors,)
         descriptors = tuple(descriptors)
         if not descriptors:
-            raise ValueError("`descriptors` must name at least one descriptor.")
+            raise InputError("`descriptors` must name at least one descriptor.")
         for name in descriptors:
             signal.check_choice("descriptors", name, DESCRIPTORS)
         if len(set(descriptors)) != len(descriptors):
-            raise ValueError(f"`descriptors` must not repeat a name, got {descriptors!r}.")
+            raise InputError(f"`descriptors` must not repeat a name, got {descriptors!r}.")
         if not 0.0 < roll_percent < 1.0:
-            raise ValueError(f"`roll_percent` must lie in (0, 1), got {roll_percent!r}.")
+            raise InputError(f"`roll_percent` must lie in (0, 1), got {roll_percent!r}.")
         signal.check_positive_int("n_bands", n_bands)
         if not contrast_fmin > 0:
-            raise ValueError(f"`contrast_fmin` must be positive, got {contrast_fmin!r}.")
+            raise InputError(f"`contrast_fmin` must be positive, got {contrast_fmin!r}.")
         nyquist = self.sample_rate / 2
         if contrast_fmin * 2.0 ** (n_bands - 1) >= nyquist:
-            raise ValueError(
+            raise InputError(
                 f"Spectral-contrast bands exceed Nyquist ({nyquist} Hz): need "
                 f"`contrast_fmin` * 2 ** (`n_bands` - 1) < {nyquist}, got contrast_fmin="
                 f"{contrast_fmin}, n_bands={n_bands}."
             )
         if not 0.0 < quantile < 1.0:
-            raise ValueError(f"`quantile` must lie in (0, 1), got {quantile!r}.")
+            raise InputError(f"`quantile` must lie in (0, 1), got {quantile!r}.")
         if contrast_floor is not None and not 0 <= contrast_floor < 1:
-            raise ValueError(
+            raise InputError(
                 f"`contrast_floor` must lie in [0, 1) or be None, got {contrast_floor!r}."
             )
         if not p > 0:
-            raise ValueError(f"`p` must be positive, got {p!r}.")
+            raise InputError(f"`p` must be positive, got {p!r}.")
         if not flatness_power > 0:
-            raise ValueError(f"`flatness_power` must be positive, got {flatness_power!r}.")
+            raise InputError(f"`flatness_power` must be positive, got {flatness_power!r}.")
         if not amin > 0:
-            raise ValueError(f"`amin` must be positive, got {amin!r}.")
+            raise InputError(f"`amin` must be positive, got {amin!r}.")
         self.descriptors = descriptors
         self.roll_percent = float(roll_percent)
         self.n_bands = int(n_bands)

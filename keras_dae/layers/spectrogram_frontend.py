@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
+from keras_dae.validation import InputError
 
 
 class SpectrogramFrontend(AudioFrontend):
@@ -46,7 +47,7 @@ class SpectrogramFrontend(AudioFrontend):
         signal.check_positive_int("hop_length", hop_length)
         signal.check_positive_int("win_length", win_length, allow_none=True)
         if win_length is not None and win_length > n_fft:
-            raise ValueError(f"`win_length` ({win_length}) must be <= `n_fft` ({n_fft}).")
+            raise InputError(f"`win_length` ({win_length}) must be <= `n_fft` ({n_fft}).")
         signal.check_choice("pad_mode", pad_mode, signal.PAD_MODES)
         signal.check_choice("dft_mode", dft_mode, signal.DFT_MODES)
         self.n_fft = int(n_fft)

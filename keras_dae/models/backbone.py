@@ -6,6 +6,7 @@ import keras
 
 from keras_dae.models.stream_tower import StreamTower
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 # SpecAugment-style masking for `keras-dae train --feature-masking on`: two spans of up to 10%
 # of the frames and two of up to 10% of the feature channels per example. Off by default: on
@@ -42,7 +43,7 @@ class DiverseBackbone(keras.Model):
         tower_overrides = {k: dict(v) for k, v in (tower_overrides or {}).items()}
         unknown = set(tower_overrides) - set(feature_dims)
         if unknown:
-            raise ValueError(f"tower_overrides names unknown streams {sorted(unknown)}.")
+            raise InputError(f"tower_overrides names unknown streams {sorted(unknown)}.")
         inputs = {
             name: keras.Input(shape=(None, dim), name=name)
             for name, dim in feature_dims.items()

@@ -7,6 +7,7 @@ import keras
 from keras_dae.models.backbone import DiverseBackbone
 from keras_dae.models.featurizer import DiverseFeaturizer
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 @register
@@ -47,16 +48,16 @@ class DiverseClassifier(keras.Model):
         if isinstance(featurizer, dict):
             featurizer = keras.saving.deserialize_keras_object(featurizer)
         if num_classes is None or num_classes <= 0:
-            raise ValueError(f"`num_classes` must be positive, got {num_classes!r}.")
+            raise InputError(f"`num_classes` must be positive, got {num_classes!r}.")
         class_names = list(class_names) if class_names is not None else default_class_names(
             num_classes)
         class_mids = list(class_mids) if class_mids is not None else [""] * num_classes
         for what, values in (("class_names", class_names), ("class_mids", class_mids)):
             if len(values) != num_classes:
-                raise ValueError(f"{len(values)} {what} for a model with {num_classes} classes.")
+                raise InputError(f"{len(values)} {what} for a model with {num_classes} classes.")
         dims = featurizer.feature_dims()
         if dims != backbone.feature_dims:
-            raise ValueError(
+            raise InputError(
                 f"The featurizer's streams {dims} do not match the backbone's inputs "
                 f"{backbone.feature_dims}."
             )
@@ -102,7 +103,7 @@ class DiverseClassifier(keras.Model):
         streams = list(streams)
         unknown = set(streams) - set(self.stream_names)
         if unknown:
-            raise ValueError(f"Unknown streams {sorted(unknown)}; this model has "
+            raise InputError(f"Unknown streams {sorted(unknown)}; this model has "
                              f"{self.stream_names}.")
         dims = self.featurizer.feature_dims()
         inputs = {f"{name}_features": keras.Input(shape=(None, dims[name]),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_dae.validation import InputError
+
 
 def copy_variables(source: keras.Model, target: keras.Model) -> None:
     """Copies every variable of `source` into `target`, a model of the same architecture
@@ -26,7 +28,7 @@ def copy_variables(source: keras.Model, target: keras.Model) -> None:
     sources = list(source._flatten_layers(include_self=True))
     targets = list(target._flatten_layers(include_self=True))
     if [type(a) for a in sources] != [type(b) for b in targets]:
-        raise ValueError(f"cannot copy the variables of {source.name!r} into {target.name!r}: "
+        raise InputError(f"cannot copy the variables of {source.name!r} into {target.name!r}: "
                          "their layers differ")
     for a, b in zip(sources, targets, strict=True):
         store = {}

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 @register
@@ -40,11 +41,11 @@ class FeatureMasking(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("time_masks", time_masks), ("feature_masks", feature_masks)):
             if value is None or int(value) != value or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+                raise InputError(f"`{name}` must be a non-negative integer, got {value!r}.")
         for name, value in (("time_mask_fraction", time_mask_fraction),
                             ("feature_mask_fraction", feature_mask_fraction)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
+                raise InputError(f"`{name}` must be in [0, 1], got {value!r}.")
         self.time_masks = int(time_masks)
         self.time_mask_fraction = float(time_mask_fraction)
         self.feature_masks = int(feature_masks)

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_dae import layers
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 STREAMS = ("pitch", "timbre", "neuralogram", "end_to_end")
 
@@ -73,16 +74,16 @@ class DiverseFeaturizer(keras.layers.Layer):
                 for f in frontends
             ]
             if not built:
-                raise ValueError(f"Stream {name!r} has no front end.")
+                raise InputError(f"Stream {name!r} has no front end.")
             for f in built:
                 if getattr(f, "sample_rate", sample_rate) != sample_rate:
-                    raise ValueError(
+                    raise InputError(
                         f"Stream {name!r}: {type(f).__name__} has sample_rate={f.sample_rate}, "
                         f"but the featurizer's is {sample_rate}."
                     )
             frames = {type(f).__name__: f.num_frames(16000) for f in built}
             if len(set(frames.values())) > 1:
-                raise ValueError(
+                raise InputError(
                     f"Stream {name!r}: front ends give different frame counts for 1 s of audio "
                     f"({frames}); give them the same hop_length."
                 )

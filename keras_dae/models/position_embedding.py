@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 @register
@@ -22,14 +23,14 @@ class PositionEmbedding(keras.layers.Layer):
     def __init__(self, sequence_length: int, initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if sequence_length is None or sequence_length <= 0:
-            raise ValueError(f"`sequence_length` must be positive, got {sequence_length!r}.")
+            raise InputError(f"`sequence_length` must be positive, got {sequence_length!r}.")
         self.sequence_length = int(sequence_length)
         self.initializer = keras.initializers.get(initializer)
 
     def build(self, inputs_shape):
         frames = inputs_shape[-2]
         if frames is not None and frames > self.sequence_length:
-            raise ValueError(
+            raise InputError(
                 f"Input has {frames} frames, more than this PositionEmbedding's "
                 f"sequence_length={self.sequence_length}; raise it in the config."
             )

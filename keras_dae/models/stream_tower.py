@@ -8,6 +8,7 @@ from keras_dae.models.feature_masking import FeatureMasking
 from keras_dae.models.position_embedding import PositionEmbedding
 from keras_dae.models.transformer_encoder import TransformerEncoder
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 @register
@@ -52,7 +53,7 @@ class StreamTower(keras.layers.Layer):
         for name, value in (("d_model", d_model), ("num_layers", num_layers),
                             ("max_frames", max_frames)):
             if value is None or value <= 0:
-                raise ValueError(f"`{name}` must be positive, got {value!r}.")
+                raise InputError(f"`{name}` must be positive, got {value!r}.")
         self.d_model = int(d_model)
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_dae.serialization import register
+from keras_dae.validation import InputError
 
 
 @register
@@ -43,12 +44,12 @@ class TransformerEncoder(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if intermediate_dim <= 0 or num_heads <= 0:
-            raise ValueError(
+            raise InputError(
                 f"`intermediate_dim` and `num_heads` must be positive, got {intermediate_dim} "
                 f"and {num_heads}."
             )
         if not 0 <= dropout < 1:
-            raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
+            raise InputError(f"`dropout` must lie in [0, 1), got {dropout}.")
         self.intermediate_dim = int(intermediate_dim)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
@@ -73,7 +74,7 @@ class TransformerEncoder(keras.layers.Layer):
     def build(self, inputs_shape):
         hidden_dim = inputs_shape[-1]
         if hidden_dim % self.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({self.num_heads})."
             )
         self._attention = keras.layers.MultiHeadAttention(

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from keras_dae import atomic
+from keras_dae.validation import InputError
 from keras_dae.version import __version__
 from keras_dae.zoo import preset_files as files
 from keras_dae.zoo.preset_files import PresetError
@@ -37,7 +38,7 @@ def save_preset(model, directory, labels=None, mids=None, metadata=None) -> Path
     directory.mkdir(parents=True, exist_ok=True)
     labels = list(labels) if labels is not None else model.class_names
     if len(labels) != model.num_classes:
-        raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} classes.")
+        raise InputError(f"{len(labels)} labels for a model with {model.num_classes} classes.")
     if mids is None:
         mids = model.class_mids if labels == model.class_names else [""] * len(labels)
     config = keras.saving.serialize_keras_object(model)

@@ -27,6 +27,7 @@ import keras
 
 from keras_dae import atomic
 from keras_dae.messages import one_line
+from keras_dae.validation import InputError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -83,7 +84,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-class PresetError(ValueError):
+class PresetError(InputError):
     """A preset is missing, incomplete or unsafe; the message says which file and why."""
 
 
