@@ -12,9 +12,10 @@
 A clip is cut into 1 s chunks every 0.5 s (`keras_dae.data.chunking`, the protocol the model
 was trained and evaluated with: shorter clips are tiled, the last chunk is aligned to the
 clip's end), every chunk is scored, and the clip's score is the mean of its chunks' scores
-(`keras_dae.metrics.aggregate_chunks`, as in evaluation). Chunks are cut and scored batch by
-batch, so a long file costs its decoded waveform plus one batch of chunks, never all of its
-chunks at once, and `tag_many` packs the chunks of several short files into one batch.
+(or their maximum), as in evaluation. Reading, chunking, batching and pooling are
+`keras_dae.clip_pipeline`'s, the path every keras-dae function that scores clips takes: a file
+longer than 256 chunks is decoded in blocks, and `tag_many` packs the chunks of several short
+files into one batch.
 
 A `Tagger` holds no per-call state: its model function is pure (variables in, outputs out),
 so several threads may share one `Tagger` and get the results one thread would get.
@@ -22,7 +23,6 @@ so several threads may share one `Tagger` and get the results one thread would g
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import os
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_dae.data.chunking import chunk_sample_starts, chunk_waveform
+from keras_dae.clip_pipeline import ClipPipeline, ScoredClip
 from keras_dae.messages import printable
+from keras_dae.validation import InputError
 
 # keras_dae.audio (librosa) and keras_dae.metrics (scipy) are imported where they are used, so
 # that `keras-dae --help` does not wait for them.
@@ -221,51 +222,6 @@ def _forward_function(model):
     raise RuntimeError(f"keras backend {backend!r} is not supported")
 
 
-def _as_waveform(array, sample_rate: int, target_rate: int) -> np.ndarray:
-    """A numpy (or tensor) clip as mono float32 at `target_rate`; raises `ValueError`."""
-    if hasattr(array, "detach"):  # torch
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    if array.ndim != 1:
-        raise ValueError(f"expected mono audio of shape (samples,), got shape {array.shape}; "
-                         "average the channels first")
-    if array.size == 0:
-        raise ValueError("the audio is empty (0 samples)")
-    if np.issubdtype(array.dtype, np.integer):  # PCM: scale full range to [-1, 1]
-        info = np.iinfo(array.dtype)
-        array = (array.astype(np.float64) - (info.max + 1 + info.min) / 2) / (info.max + 1
-                                                                               - info.min) * 2
-    elif not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"expected real-valued audio, got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-    if bad:
-        raise ValueError(f"{bad} of {array.size} samples are NaN or infinite")
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    if sample_rate != target_rate:
-        import librosa
-
-        array = librosa.resample(array, orig_sr=int(sample_rate), target_sr=target_rate,
-                                 res_type="soxr_hq").astype(np.float32)
-    return array
-
-
-class _Clip:
-    """A clip on its way through the batches: its chunks' outputs so far."""
-
-    def __init__(self, source, waveform=None, starts=None, reason=None):
-        self.source, self.waveform, self.starts, self.reason = source, waveform, starts, reason
-        self.n_samples = 0 if waveform is None else len(waveform)
-        self.cut = 0      # chunks cut into batches so far
-        self.scored = 0   # chunks whose outputs came back
-        self.parts = collections.defaultdict(list)
-
-    @property
-    def done(self) -> bool:
-        return self.reason is not None or self.scored == len(self.starts)
-
-
 class Tagger:
     """Tags and embeds clips with one loaded model.
 
@@ -282,9 +238,9 @@ class Tagger:
     def __init__(self, model=DEFAULT_MODEL, batch_size: int = 32, chunk_seconds: float = 1.0,
                  hop_seconds: float = 0.5, aggregate: str = "mean"):
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size!r}")
         if aggregate not in ("mean", "max"):
-            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+            raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
         self.model = load_model(model)
         self.batch_size = int(batch_size)
         self.chunk_seconds = float(chunk_seconds)
@@ -292,13 +248,14 @@ class Tagger:
         self.aggregate = aggregate
         self.sample_rate = int(self.model.sample_rate)
         self.chunk_samples = int(round(self.chunk_seconds * self.sample_rate))
-        chunk_sample_starts(1, self.sample_rate, self.chunk_seconds, self.hop_seconds)  # checks
         self.class_names = tuple(self.model.class_names)
         self.class_mids = tuple(self.model.class_mids)
         self.stream_names = tuple(self.model.stream_names)
         self.outputs = ("fused", *self.stream_names)
         self.embedding_size = int(self.model.output["embedding"].shape[-1])
-        self._forward = _forward_function(self.model)
+        self._pipeline = ClipPipeline(
+            _forward_function(self.model), self.sample_rate, self.chunk_seconds,
+            self.hop_seconds, self.batch_size, small_batch=_SMALL_BATCH, keep_chunks=True)
 
     # -- the model on chunks ---------------------------------------------------------------
     def forward(self, chunks: np.ndarray) -> dict[str, np.ndarray]:
@@ -307,124 +264,35 @@ class Tagger:
         Returns `{output: (n, ...)}`: `"fused"` and each stream `(n, num_classes)`,
         `"embedding"` `(n, embedding_size)`.
         """
-        chunks = np.asarray(chunks, np.float32)
-        parts = collections.defaultdict(list)
-        for begin in range(0, len(chunks), self.batch_size):
-            for name, value in self._run_batch(chunks[begin:begin + self.batch_size]).items():
-                parts[name].append(value)
-        if not parts:
+        outputs = self._pipeline.score_rows(chunks)
+        if outputs is None:
             return {name: np.zeros((0, self.model.num_classes), np.float32)
                     for name in self.outputs} | {
                         "embedding": np.zeros((0, self.embedding_size), np.float32)}
-        return {name: np.concatenate(value) for name, value in parts.items()}
-
-    def _run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        n = len(batch)
-        padded = min(self.batch_size, _SMALL_BATCH) if n <= _SMALL_BATCH else self.batch_size
-        if padded > n:
-            batch = np.concatenate([batch, np.zeros((padded - n, batch.shape[1]), batch.dtype)])
-        outputs = self._forward(np.ascontiguousarray(batch, np.float32))
-        return {name: np.asarray(value[:n], np.float32) for name, value in outputs.items()}
+        return {name: value.astype(np.float32, copy=False) for name, value in outputs.items()}
 
     # -- clips -----------------------------------------------------------------------------
-    def _open(self, item, sample_rate) -> _Clip:
-        from keras_dae.audio import AudioDecodeError, load_audio
+    def _scored_clips(self, items: Iterable, sample_rate) -> Iterator[ScoredClip]:
+        """Every item as a `ScoredClip` with all its chunk outputs, in input order
+        (`keras_dae.clip_pipeline`)."""
+        return self._pipeline.run(items, input_rate=sample_rate)
 
-        if isinstance(item, (str, os.PathLike)):
-            source = str(item)
-            try:
-                waveform = load_audio(item, self.sample_rate)
-            except AudioDecodeError as error:
-                return _Clip(source, reason=str(error))
-            except (OSError, ValueError, RuntimeError) as error:
-                return _Clip(source, reason=f"{source}: {error}")
-        else:
-            source = "<array>"
-            try:
-                waveform = _as_waveform(item, self.sample_rate if sample_rate is None
-                                        else sample_rate, self.sample_rate)
-            except ValueError as error:
-                return _Clip(source, reason=f"{source}: {error}")
-        starts = chunk_sample_starts(len(waveform), self.sample_rate, self.chunk_seconds,
-                                     self.hop_seconds)
-        return _Clip(source, waveform, starts)
-
-    def _cut(self, clip: _Clip, count: int) -> np.ndarray:
-        """The clip's next `count` chunks (a copy of just those rows)."""
-        begin, end = clip.cut, clip.cut + count
-        clip.cut = end
-        if clip.n_samples <= self.chunk_samples:  # one chunk: tiled, as in training
-            return chunk_waveform(clip.waveform, self.sample_rate, self.chunk_seconds,
-                                  self.hop_seconds, short="tile")
-        windows = np.lib.stride_tricks.sliding_window_view(clip.waveform, self.chunk_samples)
-        return windows[clip.starts[begin:end]].astype(np.float32, copy=True)
-
-    def _scored_clips(self, items: Iterable, sample_rate) -> Iterator[_Clip]:
-        """Every item as a `_Clip` with all its chunk outputs, in input order.
-
-        Chunks from consecutive clips share batches; a clip is yielded (and its waveform
-        released) as soon as its last chunk is scored and every clip before it is out.
-        """
-        queue: collections.deque[_Clip] = collections.deque()
-        rows: list[np.ndarray] = []
-        owners: list[tuple[_Clip, int]] = []
-
-        def run():
-            outputs = self._run_batch(np.concatenate(rows))
-            offset = 0
-            for clip, count in owners:
-                for name, value in outputs.items():
-                    clip.parts[name].append(value[offset:offset + count])
-                clip.scored += count
-                offset += count
-            rows.clear()
-            owners.clear()
-
-        def finished():
-            while queue and queue[0].done:
-                clip = queue.popleft()
-                clip.waveform = None
-                yield clip
-
-        for item in items:
-            clip = self._open(item, sample_rate)
-            queue.append(clip)
-            if clip.reason is None:
-                while clip.cut < len(clip.starts):
-                    free = self.batch_size - sum(count for _, count in owners)
-                    count = min(free, len(clip.starts) - clip.cut)
-                    rows.append(self._cut(clip, count))
-                    owners.append((clip, count))
-                    if count == free:
-                        run()
-                        yield from finished()
-            yield from finished()
-        if rows:
-            run()
-        yield from finished()
-
-    def _result(self, clip: _Clip, top_k: int, timestamps: bool) -> TagResult:
-        from keras_dae import metrics
-
-        chunk = {name: np.concatenate(parts) for name, parts in clip.parts.items()}
-        ids = np.zeros(len(clip.starts), np.int64)
-        scores = {name: metrics.aggregate_chunks(chunk[name], ids, self.aggregate)[1][0]
-                  for name in self.outputs}
-        embedding = chunk["embedding"].mean(axis=0).astype(np.float32)
-        duration = clip.n_samples / self.sample_rate
+    def _result(self, clip: ScoredClip, top_k: int, timestamps: bool) -> TagResult:
+        chunk = clip.chunks
+        scores = {name: clip.pooled(name, self.aggregate) for name in self.outputs}
         per_second = ()
         if timestamps:
             per_second = self._per_second(clip, chunk["fused"], top_k)
         return TagResult(
-            source=clip.source, duration=duration,
-            labels=self._top(scores["fused"], top_k), scores=scores, embedding=embedding,
-            stream_names=self.stream_names, per_second=per_second,
-            chunk_starts=clip.starts / self.sample_rate,
+            source=clip.source, duration=clip.n_samples / self.sample_rate,
+            labels=self._top(scores["fused"], top_k), scores=scores,
+            embedding=clip.pooled("embedding").astype(np.float32), stream_names=self.stream_names,
+            per_second=per_second, chunk_starts=clip.chunk_starts() / self.sample_rate,
             chunk_scores={name: chunk[name] for name in self.outputs},
             chunk_embeddings=chunk["embedding"],
         )
 
-    def _per_second(self, clip: _Clip, fused: np.ndarray, top_k: int) -> tuple[Segment, ...]:
+    def _per_second(self, clip: ScoredClip, fused: np.ndarray, top_k: int) -> tuple[Segment, ...]:
         """One segment per second, scored by the chunk whose centre is nearest its centre
         (with 1 s chunks every 0.5 s: exactly the chunk over that second; a last, partial
         second gets the end-aligned chunk). A remainder under 0.25 s joins the second before
@@ -437,7 +305,7 @@ class Tagger:
             edges[-1] = duration
         elif remainder:
             edges.append(duration)
-        centres = (clip.starts + min(self.chunk_samples, clip.n_samples) / 2) / sr
+        centres = clip.chunk_times()
         segments = []
         for start, end in zip(edges[:-1], edges[1:], strict=True):
             nearest = int(np.argmin(np.abs(centres - (start + end) / 2)))
@@ -456,9 +324,13 @@ class Tagger:
         order. A file that cannot be decoded (or a bad array) is a `TagFailure` with a one-line
         reason naming it; the others are unaffected. `sample_rate` applies to arrays (default:
         the model's rate); files are resampled from their own rate."""
+        from keras_dae.audio import AudioDecodeError
+
         for clip in self._scored_clips(items, sample_rate):
-            if clip.reason is not None:
-                yield TagFailure(clip.source, clip.reason)
+            if isinstance(clip.error, AudioDecodeError):  # its message names the file
+                yield TagFailure(clip.source, str(clip.error))
+            elif clip.error is not None:
+                yield TagFailure(clip.source, f"{clip.source}: {clip.error}")
             else:
                 yield self._result(clip, top_k, timestamps)
 
@@ -473,7 +345,7 @@ class Tagger:
         if isinstance(result, TagFailure):
             if isinstance(audio, (str, os.PathLike)):
                 raise AudioDecodeError(result.reason)
-            raise ValueError(result.reason)
+            raise InputError(result.reason)
         return result
 
     def embed(self, audio, sample_rate: int | None = None) -> np.ndarray:

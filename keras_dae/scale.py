@@ -24,7 +24,7 @@ same context uses `tf.distribute.MirroredStrategy` (variables and the optimizer 
 created inside it, which the context covers when the model is built inside it). Keras' PyTorch
 backend has neither, so there it is refused. Every global batch must divide by the number of
 devices: the context checks `batch_size`, the trainer drops an epoch's last, smaller batch,
-and `keras_dae.training.predict_clips` pads its batches.
+and `keras_dae.clip_pipeline` pads every batch to `batch_size` rows.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 
 import keras
+
+from keras_dae.validation import InputError
 
 __all__ = [
     "PRECISIONS",
@@ -55,7 +57,7 @@ def dtype_policy_name(mixed_precision: str | None) -> str:
     """Keras' policy for a `mixed_precision` setting: None/"float32" -> "float32",
     "bfloat16" -> "mixed_bfloat16"; anything else raises `ValueError`."""
     if mixed_precision not in PRECISIONS:
-        raise ValueError(
+        raise InputError(
             f"mixed_precision must be None or 'bfloat16', got {mixed_precision!r} (float16 is "
             "not offered: the front ends' squared magnitudes overflow it)")
     return PRECISIONS[mixed_precision]
@@ -135,12 +137,12 @@ def check_data_parallel(batch_size: int | None = None) -> list[str]:
     for a `batch_size` that does not divide by their number."""
     backend = keras.backend.backend()
     if backend not in ("jax", "tensorflow"):
-        raise ValueError(
+        raise InputError(
             f"data parallelism needs the JAX or TensorFlow backend; Keras' {backend} backend "
             "has no multi-device fit (run with --backend jax, or KERAS_BACKEND=jax)")
     devices = local_devices()
     if batch_size is not None and int(batch_size) % len(devices):
-        raise ValueError(
+        raise InputError(
             f"batch size {batch_size} does not divide by the {len(devices)} devices "
             f"({', '.join(devices)}); use a multiple of {len(devices)}")
     return devices

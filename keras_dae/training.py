@@ -35,12 +35,14 @@ import numpy as np
 from keras_dae import atomic as _atomic
 from keras_dae import concurrency, metrics, runs, scale
 from keras_dae.audio import AudioDecodeError, summarize_problems
+from keras_dae.clip_pipeline import POOLING, ClipPipeline
 from keras_dae.data.feature_cache import FeatureCache
-from keras_dae.data.loader import ChunkLoader, clip_chunks
+from keras_dae.data.loader import ChunkLoader
 from keras_dae.data.shards import ShardSet
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 from keras_dae.runs import PreflightError
 from keras_dae.train_config import TrainConfig
+from keras_dae.validation import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -84,84 +86,37 @@ def predict_clips(model, dataset, sample_rate, chunk_seconds=1.0, hop_seconds=0.
     """Clip-level scores: `{output: (n_clips, n_classes)}` for the fused and stream heads.
 
     Each clip is cut into chunks, every chunk is scored, and a clip's score is the mean (or
-    max) of its chunks' scores. Safe to call from several threads with one model. Chunks are streamed (`clip_chunks`): an hour-long file needs
-    no more memory than `max_chunks` chunks. Clips that cannot be decoded (even after some
-    of their chunks were scored) are left out: returns the scores, the indices of the clips
-    kept, and `skipped` (path -> reason; pass a dict to collect into it, and files already
-    in it are left out without being opened or reported again).
+    max) of its chunks' scores (`keras_dae.clip_pipeline`). Safe to call from several threads
+    with one model (`concurrency.predict`). Batches are padded to `batch_size` rows: one
+    compiled shape, split evenly over the devices of a data-parallel run. Chunks are
+    streamed: an hour-long file needs no more memory than `max_chunks` chunks. Clips that
+    cannot be decoded (even after some of their chunks were scored) are left out: returns the
+    scores, the indices of the clips kept, and `skipped` (path -> reason; pass a dict to
+    collect into it, and files already in it are left out without being opened or reported
+    again).
     """
-    if aggregate not in ("mean", "max"):
-        raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+    if aggregate not in POOLING:
+        raise InputError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     outputs = ["fused", *model.stream_names]
     skipped = {} if skipped is None else skipped
-    pooled = {}  # clip -> {output: running sum or max (float64)}
-    counts = {}  # clip -> number of chunks scored
+    pipeline = ClipPipeline(
+        lambda batch: concurrency.predict(model, batch, batch_size=batch_size), sample_rate,
+        chunk_seconds, hop_seconds, batch_size, keep_chunks=False, max_chunks=max_chunks)
+    rows = {name: [] for name in outputs}
     kept = []
-    pending, owners = [], []
-
-    def flush():
-        if not pending:
-            return
-        batch = np.concatenate(pending)
-        ids = np.concatenate(owners)
-        n = len(batch)
-        # thread-safe; whole batches: one compiled shape, and an even split over devices
-        out = concurrency.predict(model, _whole_batches(batch, batch_size),
-                                  batch_size=batch_size)
-        for clip in np.unique(ids):
-            rows = ids == clip
-            acc = pooled.setdefault(int(clip), {})
-            for name in outputs:
-                part = np.asarray(out[name][:n], np.float64)[rows]
-                value = part.sum(axis=0) if aggregate == "mean" else part.max(axis=0)
-                if name not in acc:
-                    acc[name] = value
-                elif aggregate == "mean":
-                    acc[name] = acc[name] + value
-                else:
-                    acc[name] = np.maximum(acc[name], value)
-            counts[int(clip)] = counts.get(int(clip), 0) + int(rows.sum())
-        pending.clear()
-        owners.clear()
-
-    held = 0
-    for index, path in enumerate(dataset.paths):
-        if str(path) in skipped:
-            continue
-        try:
-            for chunks in clip_chunks(path, sample_rate, chunk_seconds, hop_seconds,
-                                      max_chunks=max_chunks):
-                pending.append(chunks)
-                owners.append(np.full(len(chunks), index))
-                held += len(chunks)
-                if held >= max(8 * batch_size, max_chunks):
-                    flush()
-                    held = 0
-        except (AudioDecodeError, ValueError, OSError) as error:
+    for clip in pipeline.run(dataset.paths, skip=lambda path: str(path) in skipped):
+        if clip.error is not None:
+            error = clip.error
             reason = error.problem if isinstance(error, AudioDecodeError) else str(error)
-            logger.warning("keras_dae: skipping %s: %s", path, reason)
-            skipped[str(path)] = reason
+            logger.warning("keras_dae: skipping %s: %s", clip.source, reason)
+            skipped[clip.source] = reason
             continue
-        kept.append(index)
-    flush()
-    for index in list(pooled):
-        if index not in kept:  # failed after some of its chunks were scored
-            del pooled[index]
-    scores = {}
-    for name in outputs:
-        rows = [pooled[i][name] / (counts[i] if aggregate == "mean" else 1) for i in kept]
-        scores[name] = np.stack(rows) if rows else np.zeros((0, model.num_classes))
+        kept.append(clip.index)
+        for name in outputs:
+            rows[name].append(clip.pooled(name, aggregate))
+    scores = {name: np.stack(rows[name]) if kept else np.zeros((0, model.num_classes))
+              for name in outputs}
     return scores, np.asarray(kept, dtype=int), skipped
-
-
-def _whole_batches(batch: np.ndarray, batch_size: int) -> np.ndarray:
-    """`batch` padded with silence to a multiple of `batch_size` rows: one compiled shape on
-    JAX and TensorFlow instead of one per remainder, and batches that split evenly over the
-    devices of a data-parallel run."""
-    padded = -(-len(batch) // batch_size) * batch_size
-    if padded == len(batch):
-        return batch
-    return np.concatenate([batch, np.zeros((padded - len(batch), *batch.shape[1:]), batch.dtype)])
 
 
 def evaluate(model, dataset, sample_rate=None, chunk_seconds=1.0, hop_seconds=0.5,
@@ -179,7 +134,7 @@ def evaluate(model, dataset, sample_rate=None, chunk_seconds=1.0, hop_seconds=0.
                                           hop_seconds, aggregate=aggregate, skipped=skipped)
     mine = {str(p): skipped[str(p)] for p in dataset.paths if str(p) in skipped}
     if len(kept) == 0:
-        raise ValueError(f"no clip of the {len(dataset)} could be decoded ("
+        raise InputError(f"no clip of the {len(dataset)} could be decoded ("
                          f"{summarize_problems(mine, total=len(dataset))})")
     targets = dataset.targets[kept]
     report = metrics.tagging_report(targets, scores["fused"], dataset.labels)
@@ -212,17 +167,17 @@ def _check_scale(model, config: TrainConfig) -> None:
     wanted = scale.dtype_policy_name(config.mixed_precision)
     built = scale.dtype_policy_name(scale.model_precision(model))
     if wanted != built:
-        raise ValueError(
+        raise InputError(
             f"TrainConfig.mixed_precision={config.mixed_precision!r} but the model was built "
             f"under the {built} policy: call keras_dae.scale.set_mixed_precision("
             f"{config.mixed_precision!r}) before building it")
     if config.data_parallel:
         devices = scale.device_count()
         if devices is None:
-            raise ValueError("TrainConfig.data_parallel=True: build the model and train inside "
+            raise InputError("TrainConfig.data_parallel=True: build the model and train inside "
                              "`with keras_dae.scale.data_parallel(batch_size):`")
         if config.batch_size % devices:
-            raise ValueError(f"batch size {config.batch_size} does not divide by the {devices} "
+            raise InputError(f"batch size {config.batch_size} does not divide by the {devices} "
                              f"devices; use a multiple of {devices}")
 
 
@@ -231,13 +186,13 @@ def _check_shards(shards: ShardSet, model, config: TrainConfig) -> None:
     wanted = (model.sample_rate, config.chunk_seconds, config.hop_seconds)
     cut = (shards.sample_rate, shards.chunk_seconds, shards.hop_seconds)
     if wanted != cut:
-        raise ValueError(f"{shards.directory}: shards hold (sample rate, chunk s, hop s) = {cut}, "
+        raise InputError(f"{shards.directory}: shards hold (sample rate, chunk s, hop s) = {cut}, "
                          f"the model and the config want {wanted}; write them again")
     if len(shards.labels) != model.num_classes:
-        raise ValueError(f"{shards.directory}: {len(shards.labels)} classes, the model has "
+        raise InputError(f"{shards.directory}: {len(shards.labels)} classes, the model has "
                          f"{model.num_classes}")
     if config.feature_cache:
-        raise ValueError("the feature cache is built from audio files, not from shards: "
+        raise InputError("the feature cache is built from audio files, not from shards: "
                          "use one or the other")
 
 

@@ -122,13 +122,13 @@ def test_each_second_is_scored_by_the_window_over_it(tagger):
 def test_long_audio_is_scored_batch_by_batch(tiny_preset, model):
     tagger = Tagger(tiny_preset, batch_size=8)
     batches = []
-    forward = tagger._forward
+    forward = tagger._pipeline.forward
 
     def spy(x):
         batches.append(x.shape)
         return forward(x)
 
-    tagger._forward = spy
+    tagger._pipeline.forward = spy
     waveform = (0.05 * np.random.default_rng(1).standard_normal(40 * SR)).astype(np.float32)
     result = tagger.tag(waveform)
     assert len(result.chunk_starts) == chunk_count(len(waveform), SR) == 79
@@ -141,8 +141,8 @@ def test_long_audio_is_scored_batch_by_batch(tiny_preset, model):
 def test_short_clips_share_batches_and_come_back_in_order(tiny_preset):
     tagger = Tagger(tiny_preset, batch_size=8)
     calls = []
-    forward = tagger._forward
-    tagger._forward = lambda x: calls.append(len(x)) or forward(x)
+    forward = tagger._pipeline.forward
+    tagger._pipeline.forward = lambda x: calls.append(len(x)) or forward(x)
     clips = [np.full(4000 + 1000 * i, 0.01 * (i + 1), np.float32) for i in range(6)]
     results = list(tagger.tag_many(clips))
     assert calls == [8]  # six one-chunk clips, one model call (padded to 8)

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from keras_dae.validation import InputError
+
 __all__ = [
     "chunk_blocks",
     "chunk_count",
@@ -32,15 +34,15 @@ _FINITE_CHECK_BLOCK = 1 << 20  # samples per block of the finiteness check (boun
 
 def _lengths(sample_rate: int, chunk_seconds: float, hop_seconds: float) -> tuple[int, int]:
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        raise InputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if not chunk_seconds > 0 or not math.isfinite(chunk_seconds):
-        raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
+        raise InputError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
     if not hop_seconds > 0 or not math.isfinite(hop_seconds):
-        raise ValueError(f"hop_seconds must be a positive number, got {hop_seconds!r}")
+        raise InputError(f"hop_seconds must be a positive number, got {hop_seconds!r}")
     chunk = int(round(chunk_seconds * sample_rate))
     hop = int(round(hop_seconds * sample_rate))
     if chunk < 1 or hop < 1:
-        raise ValueError(
+        raise InputError(
             f"chunk_seconds={chunk_seconds} and hop_seconds={hop_seconds} at {sample_rate} Hz "
             f"give {chunk} and {hop} samples; both must be at least one sample"
         )
@@ -58,7 +60,7 @@ def chunk_sample_starts(
     chunk, hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
     n_samples = int(n_samples)
     if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        raise InputError(f"n_samples must be at least 1, got {n_samples}")
     if n_samples <= chunk:
         return np.zeros(1, np.int64)
     last = n_samples - chunk
@@ -75,7 +77,7 @@ def chunk_count(
     chunk, hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
     n_samples = int(n_samples)
     if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        raise InputError(f"n_samples must be at least 1, got {n_samples}")
     if n_samples <= chunk:
         return 1
     return 1 + math.ceil((n_samples - chunk) / hop)
@@ -93,21 +95,21 @@ def chunk_starts(
 def _check_waveform(waveform) -> np.ndarray:
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"waveform must be 1-D (samples,), got shape {waveform.shape}; downmix first"
         )
     if waveform.size == 0:
-        raise ValueError("waveform is empty (0 samples)")
+        raise InputError("waveform is empty (0 samples)")
     if not np.issubdtype(waveform.dtype, np.number) or np.iscomplexobj(waveform):
-        raise ValueError(f"waveform must be real numbers, got dtype {waveform.dtype}")
+        raise InputError(f"waveform must be real numbers, got dtype {waveform.dtype}")
     bad = 0
     for begin in range(0, waveform.size, _FINITE_CHECK_BLOCK):
         block = waveform[begin : begin + _FINITE_CHECK_BLOCK]
         bad += int(block.size - np.count_nonzero(np.isfinite(block)))
     if bad == waveform.size:
-        raise ValueError(f"waveform has no finite samples (all {bad} are NaN or infinite)")
+        raise InputError(f"waveform has no finite samples (all {bad} are NaN or infinite)")
     if bad:
-        raise ValueError(f"waveform has {bad} NaN or infinite samples of {waveform.size}")
+        raise InputError(f"waveform has {bad} NaN or infinite samples of {waveform.size}")
     return waveform
 
 
@@ -133,7 +135,7 @@ def chunk_waveform(
     The result is a fresh array (it shares no memory with `waveform`).
     """
     if short not in _SHORT_MODES:
-        raise ValueError(f"short must be one of {_SHORT_MODES}, got {short!r}")
+        raise InputError(f"short must be one of {_SHORT_MODES}, got {short!r}")
     chunk, _ = _lengths(sample_rate, chunk_seconds, hop_seconds)
     waveform = _check_waveform(waveform)
     n = waveform.size
@@ -169,14 +171,15 @@ def chunk_blocks(
         max_chunks: the most chunks yielded at once.
 
     Yields float32 `(k, chunk_samples)` arrays, `1 <= k <= max_chunks`; stacked, they equal
-    `chunk_waveform(np.concatenate(blocks), ...)` exactly. Memory: about one block, one
+    `chunk_waveform(np.concatenate(blocks), ...)` exactly. Returns the clip's length in samples
+    (the value of the `StopIteration`, or of `yield from`). Memory: about one block, one
     chunk and `max_chunks` chunks, whatever the clip's length. Raises `ValueError` as
     `chunk_waveform` does (empty clip, NaN or infinite samples), when reached.
     """
     if short not in _SHORT_MODES:
-        raise ValueError(f"short must be one of {_SHORT_MODES}, got {short!r}")
+        raise InputError(f"short must be one of {_SHORT_MODES}, got {short!r}")
     if not isinstance(max_chunks, (int, np.integer)) or max_chunks < 1:
-        raise ValueError(f"max_chunks must be a positive integer, got {max_chunks!r}")
+        raise InputError(f"max_chunks must be a positive integer, got {max_chunks!r}")
     chunk, hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
     buffer = np.zeros(0, np.float32)  # the clip's samples from `offset` on
     offset = 0  # clip position of buffer[0]
@@ -204,10 +207,11 @@ def chunk_blocks(
             buffer = buffer[keep_from - offset :]
             offset = keep_from
     if seen == 0:
-        raise ValueError("waveform is empty (0 samples)")
+        raise InputError("waveform is empty (0 samples)")
     if seen < chunk:
         group.append(chunk_waveform(buffer, sample_rate, chunk_seconds, hop_seconds, short)[0])
     elif next_start - hop != seen - chunk:  # the grid missed the end: end-aligned chunk
         group.append(buffer[buffer.size - chunk :].copy())
     if group:
         yield np.stack(group)
+    return seen

@@ -53,11 +53,12 @@ from keras_dae.audio import (
 )
 from keras_dae.data.chunking import _lengths, chunk_blocks, chunk_count, chunk_waveform
 from keras_dae.data.datasets import ClipDataset
-from keras_dae.validation import check
+from keras_dae.validation import InputError, check
 
 __all__ = ["ChunkLoader", "clip_chunks", "iterate_clips"]
 
 logger = logging.getLogger(__name__)
+_WHOLE = 1 << 62  # max_chunks that never streams
 
 
 def _probe(path: Path, sample_rate: int) -> int:
@@ -166,10 +167,10 @@ class ChunkLoader(keras.utils.PyDataset):
         if not isinstance(dataset, ClipDataset):
             raise TypeError(f"dataset must be a ClipDataset, got {type(dataset).__name__}")
         if len(dataset) == 0:
-            raise ValueError("dataset has no clips")
+            raise InputError("dataset has no clips")
         check_sampling(batch_size, seed, mixup, mixup_probability)
         if short not in ("tile", "pad"):
-            raise ValueError(f"short must be 'tile' or 'pad', got {short!r}")
+            raise InputError(f"short must be 'tile' or 'pad', got {short!r}")
         self.chunk_samples, self._hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
         if isinstance(target_names, str):
             target_names = (target_names,)
@@ -190,7 +191,7 @@ class ChunkLoader(keras.utils.PyDataset):
         self.feature_cache = feature_cache
         self.include_waveform = bool(include_waveform)
         if not long_clip_seconds > 0:
-            raise ValueError(f"long_clip_seconds must be positive, got {long_clip_seconds!r}")
+            raise InputError(f"long_clip_seconds must be positive, got {long_clip_seconds!r}")
         self.long_clip_samples = int(long_clip_seconds * self.sample_rate)
         self.skipped: dict[str, str] = {} if skipped is None else skipped
         self._lock = threading.Lock()
@@ -217,7 +218,7 @@ class ChunkLoader(keras.utils.PyDataset):
             self._lengths[i] = n
             counts[i] = chunk_count(n, self.sample_rate, self.chunk_seconds, self.hop_seconds)
         if counts.sum() == 0:
-            raise ValueError(
+            raise InputError(
                 f"none of the {len(self.dataset)} files is readable audio ("
                 + summarize_problems([self.skipped.get(str(p), "") for p in self.dataset.paths])
                 + f"; first: {next(iter(self.skipped.items()), None)})"
@@ -253,7 +254,7 @@ class ChunkLoader(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Makes the next batches those of epoch `epoch` (any non-negative int)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+            raise InputError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = int(epoch)
         n = self.n_items
         if self.balanced:
@@ -427,9 +428,10 @@ def iterate_clips(
         path = dataset.paths[i]
         if skipped is not None and str(path) in skipped:
             continue
-        try:
-            waveform = load_audio(path, sample_rate)
-            chunks = chunk_waveform(waveform, sample_rate, chunk_seconds, hop_seconds, short)
+        try:  # decoded whole: one group
+            groups = clip_chunks(path, sample_rate, chunk_seconds, hop_seconds, short,
+                                 max_chunks=_WHOLE)
+            chunks = next(groups)
         except (AudioDecodeError, ValueError, OSError) as error:
             _skip(path, error, skipped)
             continue
@@ -458,13 +460,13 @@ def clip_chunks(
     one group; a longer one is streamed (`iter_audio_blocks`, `chunk_blocks`): memory is
     about `max_chunks` chunks whatever its length. Raises `AudioDecodeError` (or
     `ValueError`) for a bad file; in a streamed file, when the problem is reached, after the
-    groups before it were yielded.
+    groups before it were yielded. Returns the clip's length in samples (`yield from`).
     """
     n = audio_info(path).num_samples(sample_rate)
     if chunk_count(n, sample_rate, chunk_seconds, hop_seconds) <= max_chunks:
-        yield chunk_waveform(load_audio(path, sample_rate), sample_rate, chunk_seconds,
-                             hop_seconds, short)
-        return
-    chunk, _ = _lengths(sample_rate, chunk_seconds, hop_seconds)
+        waveform = load_audio(path, sample_rate)
+        yield chunk_waveform(waveform, sample_rate, chunk_seconds, hop_seconds, short)
+        return len(waveform)
     blocks = iter_audio_blocks(path, sample_rate, block_seconds=max(10.0, 4 * chunk_seconds))
-    yield from chunk_blocks(blocks, sample_rate, chunk_seconds, hop_seconds, short, max_chunks)
+    return (yield from chunk_blocks(blocks, sample_rate, chunk_seconds, hop_seconds, short,
+                                    max_chunks))
