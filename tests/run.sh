@@ -12,6 +12,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+# JAX keeps what it compiles here: the tests (and the processes they start) build the same
+# small models again and again, and compile each program once instead of once per process.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$scratch/jax-cache}"
 
 run() {  # run BACKEND [pytest args]: exit status 0 for "no tests selected" (5) too
   local backend=$1
