@@ -313,7 +313,8 @@ def _predict_command(args) -> int:
     if paths:
         tagger = _load_tagger(args, batch_size=args.batch_size)
         progress = _Progress(len(paths))
-        for result in tagger.tag_many(paths, top_k=args.top_k, timestamps=args.timestamps):
+        for result in tagger.tag_many(paths, top_k=args.top_k, timestamps=args.timestamps,
+                                      explain=args.explain):
             progress.clear()
             if isinstance(result, TagFailure):
                 failures.append(result)
@@ -588,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one JSON object per file and line, instead of text")
     predict.add_argument("--timestamps", action="store_true",
                          help="also the labels of each second")
+    predict.add_argument("--explain", action="store_true",
+                         help="also each stream's share of every label's fused score")
     predict.add_argument("--batch-size", type=positive_int, default=32, help="1 s chunks per model call")
     predict.set_defaults(func=_predict_command)
 

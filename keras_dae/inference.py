@@ -40,6 +40,8 @@ from keras_dae.validation import InputError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DISAGREEMENT",
+    "Explanation",
     "LabelScore",
     "Segment",
     "TagFailure",
@@ -81,6 +83,60 @@ class Segment:
                 "labels": [label.to_dict() for label in self.labels]}
 
 
+DISAGREEMENT = 0.5
+"""The streams disagree on a label when their own heads' clip scores for it differ by at least
+this much: one stream is sure of it, another is not."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """Which stream spoke for a label: the fused logit split exactly over the streams.
+
+    The fusion head is linear on the concatenated stream embeddings, so a chunk's fused logit
+    is `bias + sum over streams s of W_s . e_s`, and its mean over the clip's chunks is
+    `bias + sum_s W_s . mean(e_s)`: one term per stream, computed from the clip's embedding.
+
+    Attributes:
+        label, mid: the class.
+        score: the fused clip score (the mean of the chunks' sigmoid scores).
+        logit: the mean of the chunks' fused logits, `bias + sum(contributions.values())`.
+        bias: the fusion head's bias for the label.
+        contributions: stream -> its term of `logit` (positive: it speaks for the label).
+        shares: stream -> its contribution over the sum of their magnitudes (signed; the
+            magnitudes add up to 1).
+        stream_scores: stream -> that stream's own head's clip score for the label.
+        disagree: the stream heads' scores differ by at least `DISAGREEMENT`.
+    """
+
+    label: str
+    mid: str
+    score: float
+    logit: float
+    bias: float
+    contributions: dict[str, float]
+    shares: dict[str, float]
+    stream_scores: dict[str, float]
+    disagree: bool
+
+    def to_dict(self) -> dict:
+        def rounded(values):
+            return {name: round(value, 4) for name, value in values.items()}
+
+        return {"label": self.label, "mid": self.mid, "score": round(self.score, 4),
+                "logit": round(self.logit, 4), "bias": round(self.bias, 4),
+                "contributions": rounded(self.contributions), "shares": rounded(self.shares),
+                "stream_scores": rounded(self.stream_scores), "disagree": self.disagree}
+
+    def to_text(self) -> str:
+        """`Speech 0.93  timbre +45% pitch +30% ...  (streams alone: timbre 0.91, ...)`."""
+        order = sorted(self.shares, key=lambda name: -abs(self.shares[name]))
+        shares = " ".join(f"{name} {100 * self.shares[name]:+.0f}%" for name in order)
+        alone = ", ".join(f"{name} {self.stream_scores[name]:.2f}" for name in order)
+        flag = "  streams disagree" if self.disagree else ""
+        return (f"{display_label(self.label)} {self.score:.2f}  {shares}  "
+                f"(streams alone: {alone}){flag}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TagResult:
     """What the model says about one clip.
@@ -100,6 +156,8 @@ class TagResult:
         chunk_starts: `(n_chunks,)` start of every chunk in seconds.
         chunk_scores: output name -> `(n_chunks, num_classes)` chunk scores.
         chunk_embeddings: `(n_chunks, n_streams * 64)` float32.
+        explanations: with `explain=True`, an `Explanation` per label of `labels`; else
+            empty.
     """
 
     source: str
@@ -112,6 +170,7 @@ class TagResult:
     chunk_starts: np.ndarray
     chunk_scores: dict[str, np.ndarray]
     chunk_embeddings: np.ndarray
+    explanations: tuple[Explanation, ...] = ()
 
     def __repr__(self) -> str:
         labels = ", ".join(f"{printable(x.label)} {x.score:.2f}" for x in self.labels)
@@ -131,14 +190,18 @@ class TagResult:
         for segment in self.per_second:
             span = f"{segment.start:.1f}-{segment.end:.1f} s"
             lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
+        lines += [f"  {explanation.to_text()}" for explanation in self.explanations]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """JSON-ready: `path`, `duration`, `labels` and, when computed, `per_second`."""
+        """JSON-ready: `path`, `duration`, `labels` and, when computed, `per_second` and
+        `explanations`."""
         out = {"path": self.source, "duration": round(self.duration, 3),
                "labels": [label.to_dict() for label in self.labels]}
         if self.per_second:
             out["per_second"] = [segment.to_dict() for segment in self.per_second]
+        if self.explanations:
+            out["explanations"] = [explanation.to_dict() for explanation in self.explanations]
         return out
 
 
@@ -277,20 +340,55 @@ class Tagger:
         (`keras_dae.clip_pipeline`)."""
         return self._pipeline.run(items, input_rate=sample_rate)
 
-    def _result(self, clip: ScoredClip, top_k: int, timestamps: bool) -> TagResult:
+    def _result(self, clip: ScoredClip, top_k: int, timestamps: bool,
+                explain: bool = False) -> TagResult:
         chunk = clip.chunks
         scores = {name: clip.pooled(name, self.aggregate) for name in self.outputs}
+        labels = self._top(scores["fused"], top_k)
         per_second = ()
         if timestamps:
             per_second = self._per_second(clip, chunk["fused"], top_k)
+        explanations = ()
+        if explain:
+            explanations = self._explain(labels, scores, clip.pooled("embedding"))
         return TagResult(
-            source=clip.source, duration=clip.n_samples / self.sample_rate,
-            labels=self._top(scores["fused"], top_k), scores=scores,
-            embedding=clip.pooled("embedding").astype(np.float32), stream_names=self.stream_names,
-            per_second=per_second, chunk_starts=clip.chunk_starts() / self.sample_rate,
+            source=clip.source, duration=clip.n_samples / self.sample_rate, labels=labels,
+            scores=scores, embedding=clip.pooled("embedding").astype(np.float32),
+            stream_names=self.stream_names, per_second=per_second,
+            chunk_starts=clip.chunk_starts() / self.sample_rate,
             chunk_scores={name: chunk[name] for name in self.outputs},
-            chunk_embeddings=chunk["embedding"],
+            chunk_embeddings=chunk["embedding"], explanations=explanations,
         )
+
+    def _fusion(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fusion head's kernel `(n_streams * d, num_classes)` and bias, float64 (read
+        on each call: the model may have been trained since the `Tagger` was made)."""
+        from keras import ops
+
+        head = self.model.fusion_head
+        return (ops.convert_to_numpy(head.kernel).astype(np.float64),
+                ops.convert_to_numpy(head.bias).astype(np.float64))
+
+    def _explain(self, labels, scores: dict, embedding: np.ndarray) -> tuple[Explanation, ...]:
+        kernel, bias = self._fusion()
+        size = len(embedding) // len(self.stream_names)
+        index = {name: i for i, name in enumerate(self.class_names)}
+        explanations = []
+        for label in labels:
+            k = index[label.label]
+            contributions = {
+                name: float(embedding[i * size:(i + 1) * size] @ kernel[i * size:(i + 1) * size, k])
+                for i, name in enumerate(self.stream_names)}
+            total = sum(abs(value) for value in contributions.values()) or 1.0
+            alone = {name: float(scores[name][k]) for name in self.stream_names}
+            explanations.append(Explanation(
+                label=label.label, mid=label.mid, score=label.score,
+                logit=float(bias[k]) + sum(contributions.values()), bias=float(bias[k]),
+                contributions=contributions,
+                shares={name: value / total for name, value in contributions.items()},
+                stream_scores=alone,
+                disagree=max(alone.values()) - min(alone.values()) >= DISAGREEMENT))
+        return tuple(explanations)
 
     def _per_second(self, clip: ScoredClip, fused: np.ndarray, top_k: int) -> tuple[Segment, ...]:
         """One segment per second, scored by the chunk whose centre is nearest its centre
@@ -319,11 +417,13 @@ class Tagger:
 
     # -- public ----------------------------------------------------------------------------
     def tag_many(self, items: Iterable, sample_rate: int | None = None, top_k: int = 5,
-                 timestamps: bool = False) -> Iterator[TagResult | TagFailure]:
+                 timestamps: bool = False,
+                 explain: bool = False) -> Iterator[TagResult | TagFailure]:
         """Tags files and/or arrays, yielding one `TagResult` or `TagFailure` per item, in
         order. A file that cannot be decoded (or a bad array) is a `TagFailure` with a one-line
         reason naming it; the others are unaffected. `sample_rate` applies to arrays (default:
-        the model's rate); files are resampled from their own rate."""
+        the model's rate); files are resampled from their own rate. `timestamps` adds a
+        `Segment` per second, `explain` an `Explanation` per label."""
         from keras_dae.audio import AudioDecodeError
 
         for clip in self._scored_clips(items, sample_rate):
@@ -332,21 +432,27 @@ class Tagger:
             elif clip.error is not None:
                 yield TagFailure(clip.source, f"{clip.source}: {clip.error}")
             else:
-                yield self._result(clip, top_k, timestamps)
+                yield self._result(clip, top_k, timestamps, explain)
 
     def tag(self, audio, sample_rate: int | None = None, top_k: int = 5,
-            timestamps: bool = False) -> TagResult:
+            timestamps: bool = False, explain: bool = False) -> TagResult:
         """Tags one file (a path) or array (`(samples,)`, at `sample_rate`, default the
         model's). Raises `AudioDecodeError` for a file that cannot be decoded and
         `ValueError` for a bad array, with a one-line message naming it."""
         from keras_dae.audio import AudioDecodeError
 
-        result = next(self.tag_many([audio], sample_rate, top_k, timestamps))
+        result = next(self.tag_many([audio], sample_rate, top_k, timestamps, explain))
         if isinstance(result, TagFailure):
             if isinstance(audio, (str, os.PathLike)):
                 raise AudioDecodeError(result.reason)
             raise InputError(result.reason)
         return result
+
+    def explain(self, audio, sample_rate: int | None = None,
+                top_k: int = 5) -> tuple[Explanation, ...]:
+        """Which stream spoke for each of the clip's `top_k` labels: an `Explanation` per
+        label, best first (`tag(..., explain=True).explanations`)."""
+        return self.tag(audio, sample_rate, top_k, explain=True).explanations
 
     def embed(self, audio, sample_rate: int | None = None) -> np.ndarray:
         """The clip's `(embedding_size,)` float32 embedding: the mean over its chunks of the

@@ -211,6 +211,21 @@ def test_predict_text(tiny_preset, capsys):
     assert "Traceback" not in err
 
 
+def test_predict_explain(tiny_preset, capsys):
+    """--explain: a line per label with every stream's share (text), the split in JSON."""
+    assert cli.main(["predict", str(FILES[0]), "--model", str(tiny_preset), "--top-k", "2",
+                     "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("streams alone:" in line for line in lines[1:])
+    assert cli.main(["predict", str(FILES[0]), "--model", str(tiny_preset), "--top-k", "2",
+                     "--explain", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [e["label"] for e in record["explanations"]] == [x["label"] for x in record["labels"]]
+    for explanation in record["explanations"]:
+        assert explanation["logit"] == pytest.approx(
+            explanation["bias"] + sum(explanation["contributions"].values()), abs=1e-3)
+
+
 def test_predict_json_directory_skips_and_counts_bad_files(tiny_preset, audio_dir, capsys):
     code = cli.main(["predict", str(audio_dir), "--model", str(tiny_preset), "--json",
                      "--timestamps", "--top-k", "4"])

@@ -55,3 +55,33 @@ def test_tags_a_real_recording_of_speech(model):
     scores = model.predict(chunks, verbose=0)["fused"].mean(axis=0)
     assert model.class_names[int(np.argmax(scores))] == "Speech"
     assert scores[model.class_names.index("Speech")] > 0.5
+
+
+def test_explanations_split_the_fused_logit_exactly_over_the_streams(model):
+    """Each label's stream contributions plus the bias are the mean of the chunks' fused
+    logits (checked against the fused head's own chunk scores); the shares add up; the
+    stream heads' scores are the clip's; the text names every stream."""
+    from keras_dae.inference import DISAGREEMENT, Tagger
+
+    tagger = Tagger(model, batch_size=8)
+    result = tagger.tag(load_recording("speech_front_center.wav"), top_k=4, explain=True)
+    assert [e.label for e in result.explanations] == [x.label for x in result.labels]
+    assert result.explanations[0].label == "Speech"
+    fused = np.clip(result.chunk_scores["fused"].astype(np.float64), 1e-7, 1 - 1e-7)
+    chunk_logits = np.log(fused) - np.log1p(-fused)
+    for explanation in result.explanations:
+        k = model.class_names.index(explanation.label)
+        assert set(explanation.contributions) == set(model.stream_names)
+        assert explanation.logit == pytest.approx(
+            explanation.bias + sum(explanation.contributions.values()), abs=1e-9)
+        assert explanation.logit == pytest.approx(chunk_logits[:, k].mean(), abs=1e-4)
+        assert sum(abs(v) for v in explanation.shares.values()) == pytest.approx(1.0)
+        for name, score in explanation.stream_scores.items():
+            assert score == pytest.approx(float(result.scores[name][k]))
+        spread = max(explanation.stream_scores.values()) - min(explanation.stream_scores.values())
+        assert explanation.disagree == (spread >= DISAGREEMENT)
+        text = explanation.to_text()
+        assert all(name in text for name in model.stream_names)
+    assert tagger.explain(load_recording("speech_front_center.wav"), top_k=2) == \
+        result.explanations[:2]
+    assert "explanations" in result.to_dict() and "streams alone" in result.to_text()
