@@ -10,7 +10,6 @@ summary at the end (`skipped 3 of 40 files: 2 truncated, 1 empty file`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import warnings
@@ -85,64 +84,11 @@ def _frontends_command(args) -> int:
 
 
 def _train_command(args) -> int:
-    from keras_dae import runs
+    """`keras-dae train`: `keras_dae.train_run.train_run` with the recipe from the flags."""
+    from keras_dae.train_config import TrainConfig
+    from keras_dae.train_run import train_run
 
-    # Refused at once, before any data is read: a run directory in use by another process,
-    # an earlier run not asked to be resumed or overwritten, a finished run to resume.
-    with runs.run_lock(args.out):
-        runs.prepare(args.out, resume=args.resume, overwrite=args.overwrite)
-        return _train_locked(args)
-
-
-def _train_locked(args) -> int:
-    from keras_dae import scale
-
-    data = Path(args.data)
-    if args.shards:
-        from keras_dae.data import ShardSet
-
-        train = ShardSet(args.shards)
-    else:
-        train = read_split(data, "train", args.format)
-    val = read_split(data, "val", args.format)
-    if train is None or val is None:
-        print(f"error: {data}: needs a train and a val split for --format {args.format}",
-              file=sys.stderr)
-        return 2
-    # Every split and every label before training: a label of val or eval that the training
-    # split lacks is refused now, not after the run.
-    known = "among the training split's classes"
-    val = val.with_labels(train.labels, f"{data} (val)", known)
-    test = read_split(data, "eval", args.format)
-    if test is not None:
-        test = test.with_labels(train.labels, f"{data} (eval)", known)
-    if args.data_parallel:
-        try:
-            scale.check_data_parallel(args.batch_size)
-        except ValueError as error:
-            print(f"error: --data-parallel: {error}", file=sys.stderr)
-            return 2
-    parallel = scale.data_parallel(args.batch_size) if args.data_parallel else (
-        contextlib.nullcontext())
-    # The model and its optimizer are built inside both contexts.
-    with scale.precision(args.mixed_precision), parallel:
-        return _train(args, data, train, val, test)
-
-
-def _train(args, data: Path, train, val, test) -> int:
-    import keras
-
-    from keras_dae import scale, training
-    from keras_dae.models import build_diverse_classifier
-    from keras_dae.zoo.presets import PRESETS
-
-    spec = PRESETS[args.preset]
-    tower = dict(spec["tower"])
-
-    keras.utils.set_random_seed(args.seed)  # the initial weights too: same seed, same run
-    model = build_diverse_classifier(len(train.labels), spec["sample_rate"], tower=tower,
-                                     class_names=train.labels, class_mids=train.mids)
-    config = training.TrainConfig(
+    config = TrainConfig(
         tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
         joint_epochs=args.joint_epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, mixup=args.mixup, balanced=args.balanced,
@@ -153,26 +99,9 @@ def _train(args, data: Path, train, val, test) -> int:
         mixed_precision=args.mixed_precision, data_parallel=args.data_parallel,
         jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
     )
-    source = (f"{len(train)} chunks of {train.n_clips} clips from {args.shards}" if args.shards
-              else f"{len(train)} clips")
-    devices = scale.device_count()
-    print(f"train: {source}, val: {len(val)} clips, {len(train.labels)} classes; "
-          f"preset {args.preset} ({model.count_params():,} parameters); "
-          f"backend {keras.backend.backend()}, {keras.config.dtype_policy().name}"
-          + (f", data parallel over {devices} devices" if devices else ""), flush=True)
-    trainer = training.Trainer(model, train, val, args.out, config)
-    trainer.run(resume=args.resume, overwrite=args.overwrite)
-    eval_sets = {"val": val} if test is None else {"eval": test, "val": val}
-    report = training.finish_run(trainer, eval_sets, training_data=str(data.resolve()))
-    for split, r in report["evaluation"].items():
-        streams = "  ".join(f"{k} {v:.3f}" for k, v in r["streams"].items())
-        print(f"{split}: fused mAP {r['mAP']:.3f}  |  {streams}  ({r['n_clips']} clips)")
-    summaries = trainer.skip_summary()  # train and val
-    if "eval" in report["evaluation"]:
-        summaries["eval"] = report["evaluation"]["eval"]["skip_summary"]
-    for split, line in summaries.items():
-        print(f"{split}: {line}")
-    print(f"wrote {Path(args.out) / 'preset'}, report.json and plots")
+    train_run(args.data, args.out, args.preset, config, args.format, args.shards,
+              resume=args.resume, overwrite=args.overwrite,
+              say=lambda line: print(line, flush=True))
     return 0
 
 
@@ -220,34 +149,6 @@ def _load_tagger(args, **kwargs):
 
             model = scale.with_precision(load_model(model), args.mixed_precision)
         return Tagger(model, **kwargs)
-
-
-def _audio_inputs(arguments) -> tuple[list[str], list]:
-    """The files named and the audio files under the directories named (recursively, sorted,
-    by extension, hidden files left out); and a `TagFailure` for each name that is neither
-    an existing file nor a directory with audio in it."""
-    from keras_dae.audio import AudioDecodeError, audio_info
-    from keras_dae.data import AUDIO_EXTENSIONS, find_audio_files
-    from keras_dae.inference import TagFailure
-
-    paths, failures = [], []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found = [str(p) for p in find_audio_files(path)]
-            if not found:
-                failures.append(TagFailure(argument, f"{argument}: no audio files in this "
-                                           f"directory ({', '.join(AUDIO_EXTENSIONS)})"))
-            paths.extend(found)
-        elif path.exists():
-            paths.append(argument)
-        else:  # missing, or a broken link: the decoder's own refusal says which
-            try:
-                audio_info(argument)
-                paths.append(argument)
-            except AudioDecodeError as error:
-                failures.append(TagFailure(argument, str(error)))
-    return paths, failures
 
 
 class _Progress:
@@ -300,10 +201,10 @@ def _predict_command(args) -> int:
     import json
     import time
 
-    from keras_dae.inference import TagFailure
+    from keras_dae.inference import TagFailure, expand_inputs
 
     started = time.perf_counter()
-    paths, failures = _audio_inputs(args.inputs)
+    paths, failures = expand_inputs(args.inputs)
     total = len(paths) + len(failures)
     for failure in failures:
         _report_failure(failure, total > 1)
@@ -337,18 +238,16 @@ def _predict_command(args) -> int:
 def _embed_command(args) -> int:
     import time
 
-    import numpy as np
-
     from keras_dae import atomic
-    from keras_dae.inference import TagFailure
+    from keras_dae.inference import TagFailure, expand_inputs, save_embeddings
 
     out = atomic.check_output_path(args.out, (".npz",))
     started = time.perf_counter()
-    paths, failures = _audio_inputs(args.inputs)
+    paths, failures = expand_inputs(args.inputs)
     total = len(paths) + len(failures)
     for failure in failures:
         _report_failure(failure, total > 1)
-    kept, durations, embeddings = [], [], []
+    results = []
     if paths:
         tagger = _load_tagger(args, batch_size=args.batch_size)
         progress = _Progress(len(paths))
@@ -358,32 +257,21 @@ def _embed_command(args) -> int:
                 failures.append(result)
                 _report_failure(result, total > 1)
             else:
-                kept.append(result.source)
-                durations.append(result.duration)
-                embeddings.append(result.embedding)
+                results.append(result)
             progress.step(result.source)
         progress.clear()
     if total > 1:
-        print(_summary("embedded", len(kept), failures, float(np.sum(durations)),
+        print(_summary("embedded", len(results), failures,
+                       sum(result.duration for result in results),
                        time.perf_counter() - started), file=sys.stderr)
-    if not kept:
+    if not results:
         if total > 1:  # a single file's refusal was the one line already
             print(f"error: nothing written to {out}: no file could be embedded",
                   file=sys.stderr)
         return 2
-    fused = np.stack(embeddings).astype(np.float32)
+    fused = save_embeddings(out, results, failures, tagger.stream_names, str(args.model),
+                            tagger.sample_rate)
     size = fused.shape[1] // len(tagger.stream_names)
-    arrays = {
-        "paths": np.array(kept), "durations": np.array(durations, np.float32),
-        "fused": fused,
-        **{name: fused[:, i * size:(i + 1) * size]
-           for i, name in enumerate(tagger.stream_names)},
-        "stream_names": np.array(tagger.stream_names),
-        "skipped_paths": np.array([f.source for f in failures], dtype=str),
-        "skipped_reasons": np.array([f.reason for f in failures], dtype=str),
-        "model": np.array(str(args.model)), "sample_rate": np.array(tagger.sample_rate),
-    }
-    atomic.atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
     streams = ", ".join(tagger.stream_names)
     print(f"wrote {out}: fused {fused.shape[0]}x{fused.shape[1]}; {streams} "
           f"{fused.shape[0]}x{size} each")

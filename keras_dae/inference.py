@@ -48,7 +48,9 @@ __all__ = [
     "TagResult",
     "Tagger",
     "embed",
+    "expand_inputs",
     "load_model",
+    "save_embeddings",
     "tag",
 ]
 
@@ -226,6 +228,61 @@ class TagFailure:
 
     def to_dict(self) -> dict:
         return {"path": self.source, "error": self.reason}
+
+
+def expand_inputs(arguments) -> tuple[list[str], list[TagFailure]]:
+    """The files named and the audio files under the directories named (recursively, sorted,
+    by extension, hidden files left out), in order; and a `TagFailure` for each name that is
+    neither an existing file nor a directory with audio in it."""
+    from keras_dae.audio import AudioDecodeError, audio_info
+    from keras_dae.data import AUDIO_EXTENSIONS, find_audio_files
+
+    paths, failures = [], []
+    for argument in arguments:
+        argument = str(argument)
+        path = Path(argument)
+        if path.is_dir():
+            found = [str(p) for p in find_audio_files(path)]
+            if not found:
+                failures.append(TagFailure(argument, f"{argument}: no audio files in this "
+                                           f"directory ({', '.join(AUDIO_EXTENSIONS)})"))
+            paths.extend(found)
+        elif path.exists():
+            paths.append(argument)
+        else:  # missing, or a broken link: the decoder's own refusal says which
+            try:
+                audio_info(argument)
+                paths.append(argument)
+            except AudioDecodeError as error:
+                failures.append(TagFailure(argument, str(error)))
+    return paths, failures
+
+
+def save_embeddings(path, results, failures, stream_names, model: str,
+                    sample_rate: int) -> np.ndarray:
+    """Writes the clip embeddings of `results` (`TagResult`s) to the `.npz` file `path`,
+    atomically, and returns the `(n, n_streams * d)` fused embeddings. The arrays: `paths`,
+    `durations` (s), `fused`, one `(n, d)` array per stream (the parts of `fused`),
+    `stream_names`, `skipped_paths` and `skipped_reasons` (of `failures`, `TagFailure`s),
+    `model` and `sample_rate`."""
+    from keras_dae import atomic
+
+    if not results:
+        raise InputError(f"nothing written to {path}: no clip to save")
+    fused = np.stack([result.embedding for result in results]).astype(np.float32)
+    size = fused.shape[1] // len(stream_names)
+    arrays = {
+        "paths": np.array([result.source for result in results]),
+        "durations": np.array([result.duration for result in results], np.float32),
+        "fused": fused,
+        **{name: fused[:, i * size:(i + 1) * size] for i, name in enumerate(stream_names)},
+        "stream_names": np.array(stream_names),
+        "skipped_paths": np.array([f.source for f in failures], dtype=str),
+        "skipped_reasons": np.array([f.reason for f in failures], dtype=str),
+        "model": np.array(str(model)), "sample_rate": np.array(sample_rate),
+    }
+    atomic.atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+    return fused
 
 
 def load_model(model=DEFAULT_MODEL):

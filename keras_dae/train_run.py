@@ -1,0 +1,119 @@
+"""A whole training run from a dataset directory: what `keras-dae train` does, in one call.
+
+    from keras_dae.train_config import TrainConfig
+    from keras_dae.train_run import train_run
+
+    report = train_run("/data/FSD50K", "runs/fsd50k", preset="diverse_fsd50k",
+                       config=TrainConfig(tower_epochs=30, fusion_epochs=10))
+    report["evaluation"]["eval"]["mAP"]
+
+In order, and refusing (with an `InputError` or `OSError` that says why) before any training:
+the run directory is locked (one process per run) and an earlier run in it must be asked to
+be resumed or overwritten (`keras_dae.runs`); every split is read and every label of val and
+eval must be one of the training split's (`read_splits`); data parallelism must suit the
+batch size. Then the preset's model is built with the training split's classes, inside the
+precision and data-parallel contexts (`keras_dae.scale`), trained (`training.Trainer`:
+checkpoints, resume after a kill), evaluated on val and eval, and its preset, report and plots
+written (`training.finish_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from keras_dae.train_config import TrainConfig
+from keras_dae.validation import InputError
+
+__all__ = ["read_splits", "train_run"]
+
+
+def read_splits(data, format: str | None = None, shards=None):
+    """`(train, val, eval)` of the dataset in `data` (`eval` is None when it has none), every
+    split's labels re-indexed to the training split's classes. `shards`: a directory written
+    by `keras-dae shard`, read for the training chunks instead of `data`'s train split.
+    Raises `InputError` without a train or val split, or for a label the training split
+    lacks."""
+    from keras_dae.data.datasets import read_split
+
+    data = Path(data)
+    if shards is not None:
+        from keras_dae.data import ShardSet
+
+        train = ShardSet(shards)
+    else:
+        train = read_split(data, "train", format)
+    val = read_split(data, "val", format)
+    if train is None or val is None:
+        raise InputError(f"{data}: needs a train and a val split"
+                         + (f" for --format {format}" if format else ""))
+    known = "among the training split's classes"
+    val = val.with_labels(train.labels, f"{data} (val)", known)
+    test = read_split(data, "eval", format)
+    if test is not None:
+        test = test.with_labels(train.labels, f"{data} (eval)", known)
+    return train, val, test
+
+
+def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | None = None,
+              format: str | None = None, shards=None, resume: bool = False,
+              overwrite: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Trains the preset's architecture on the dataset in `data` into the run directory `out`
+    and returns its report (see the module's docstring). `say` receives the progress lines
+    (what was read, each split's metrics and skipped files, what was written)."""
+    from keras_dae import runs, scale
+
+    config = config or TrainConfig()
+    with runs.run_lock(out):
+        runs.prepare(out, resume=resume, overwrite=overwrite)
+        train, val, test = read_splits(data, format, shards)
+        if config.data_parallel:
+            try:
+                scale.check_data_parallel(config.batch_size)
+            except ValueError as error:
+                raise InputError(f"data parallelism: {error}") from None
+        parallel = (scale.data_parallel(config.batch_size) if config.data_parallel
+                    else contextlib.nullcontext())
+        # The model and its optimizer are built inside both contexts.
+        with scale.precision(config.mixed_precision), parallel:
+            return _train(Path(data), Path(out), preset, config, train, val, test, shards,
+                          resume, overwrite, say)
+
+
+def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, test, shards,
+           resume: bool, overwrite: bool, say) -> dict:
+    import keras
+
+    from keras_dae import scale, training
+    from keras_dae.models import build_diverse_classifier
+    from keras_dae.zoo.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; the presets: {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
+    model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
+                                     tower=dict(spec["tower"]), class_names=train.labels,
+                                     class_mids=train.mids)
+    source = (f"{len(train)} chunks of {train.n_clips} clips from {shards}" if shards
+              else f"{len(train)} clips")
+    devices = scale.device_count()
+    say(f"train: {source}, val: {len(val)} clips, {len(train.labels)} classes; "
+        f"preset {preset} ({model.count_params():,} parameters); "
+        f"backend {keras.backend.backend()}, {keras.config.dtype_policy().name}"
+        + (f", data parallel over {devices} devices" if devices else ""))
+    trainer = training.Trainer(model, train, val, out, config)
+    trainer.run(resume=resume, overwrite=overwrite)
+    eval_sets = {"val": val} if test is None else {"eval": test, "val": val}
+    report = training.finish_run(trainer, eval_sets, training_data=str(data.resolve()))
+    for split, r in report["evaluation"].items():
+        streams = "  ".join(f"{k} {v:.3f}" for k, v in r["streams"].items())
+        say(f"{split}: fused mAP {r['mAP']:.3f}  |  {streams}  ({r['n_clips']} clips)")
+    summaries = trainer.skip_summary()  # train and val
+    if "eval" in report["evaluation"]:
+        summaries["eval"] = report["evaluation"]["eval"]["skip_summary"]
+    for split, line in summaries.items():
+        say(f"{split}: {line}")
+    say(f"wrote {out / 'preset'}, report.json and plots")
+    return report
