@@ -197,75 +197,66 @@ def _report_failure(failure, several: bool) -> None:
           file=sys.stderr)
 
 
-def _predict_command(args) -> int:
-    import json
+def _tag_inputs(args, verb: str, emit, **options):
+    """Tags the audio of `args.inputs` (files, directories), calling `emit(result)` for each
+    `TagResult` and `emit(failure)` for each `TagFailure` after reporting it on stderr (a
+    progress bar between, on terminals). Several inputs end with the summary line, e.g.
+    `tagged 3 of 4 files (...)`. Returns the `Tagger` (None when nothing could be read), the
+    results and the failures."""
     import time
 
     from keras_dae.inference import TagFailure, expand_inputs
 
     started = time.perf_counter()
     paths, failures = expand_inputs(args.inputs)
-    total = len(paths) + len(failures)
+    several = len(paths) + len(failures) > 1
     for failure in failures:
-        _report_failure(failure, total > 1)
-        if args.json:
-            print(json.dumps(failure.to_dict()), flush=True)
-    n_ok, audio_seconds = 0, 0.0
+        _report_failure(failure, several)
+        emit(failure)
+    tagger, results = None, []
     if paths:
         tagger = _load_tagger(args, batch_size=args.batch_size)
         progress = _Progress(len(paths))
-        for result in tagger.tag_many(paths, top_k=args.top_k, timestamps=args.timestamps,
-                                      explain=args.explain):
+        for result in tagger.tag_many(paths, **options):
             progress.clear()
             if isinstance(result, TagFailure):
                 failures.append(result)
-                _report_failure(result, total > 1)
-                if args.json:
-                    print(json.dumps(result.to_dict()), flush=True)
+                _report_failure(result, several)
             else:
-                n_ok += 1
-                audio_seconds += result.duration
-                print(json.dumps(result.to_dict()) if args.json else result.to_text(),
-                      flush=True)
+                results.append(result)
+            emit(result)
             progress.step(result.source)
         progress.clear()
-    if total > 1:
-        print(_summary("tagged", n_ok, failures, audio_seconds,
+    if several:
+        print(_summary(verb, len(results), failures, sum(r.duration for r in results),
                        time.perf_counter() - started), file=sys.stderr)
-    return 0 if n_ok else 2
+    return tagger, results, failures
+
+
+def _predict_command(args) -> int:
+    import json
+
+    from keras_dae.inference import TagFailure
+
+    def emit(result):
+        if args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        elif not isinstance(result, TagFailure):
+            print(result.to_text(), flush=True)
+
+    _, results, _ = _tag_inputs(args, "tagged", emit, top_k=args.top_k,
+                                timestamps=args.timestamps, explain=args.explain)
+    return 0 if results else 2
 
 
 def _embed_command(args) -> int:
-    import time
-
     from keras_dae import atomic
-    from keras_dae.inference import TagFailure, expand_inputs, save_embeddings
+    from keras_dae.inference import save_embeddings
 
     out = atomic.check_output_path(args.out, (".npz",))
-    started = time.perf_counter()
-    paths, failures = expand_inputs(args.inputs)
-    total = len(paths) + len(failures)
-    for failure in failures:
-        _report_failure(failure, total > 1)
-    results = []
-    if paths:
-        tagger = _load_tagger(args, batch_size=args.batch_size)
-        progress = _Progress(len(paths))
-        for result in tagger.tag_many(paths, top_k=0):
-            progress.clear()
-            if isinstance(result, TagFailure):
-                failures.append(result)
-                _report_failure(result, total > 1)
-            else:
-                results.append(result)
-            progress.step(result.source)
-        progress.clear()
-    if total > 1:
-        print(_summary("embedded", len(results), failures,
-                       sum(result.duration for result in results),
-                       time.perf_counter() - started), file=sys.stderr)
+    tagger, results, failures = _tag_inputs(args, "embedded", lambda result: None, top_k=0)
     if not results:
-        if total > 1:  # a single file's refusal was the one line already
+        if len(failures) > 1:  # a single file's refusal was the one line already
             print(f"error: nothing written to {out}: no file could be embedded",
                   file=sys.stderr)
         return 2
@@ -276,6 +267,7 @@ def _embed_command(args) -> int:
     print(f"wrote {out}: fused {fused.shape[0]}x{fused.shape[1]}; {streams} "
           f"{fused.shape[0]}x{size} each")
     return 0
+
 
 def _shard_command(args) -> int:
     from keras_dae.data import write_shards
