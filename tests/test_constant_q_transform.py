@@ -2,8 +2,8 @@
 
 import functools
 
-import frontend_checks as checks
 import keras
+import layer_harness as checks
 import librosa
 import numpy as np
 import pytest
@@ -201,7 +201,7 @@ def test_layer_contract(signals, tmp_path):
     """Magnitude output; a 4-octave config with early downsampling by 4, which keeps PyTorch's
     compilation (the slowest part of this file) short while covering every code path."""
     y = np.stack([signals["speech"][:16000], signals["tone"]])
-    checks.check_all(
+    checks.run_layer_test(
         ConstantQTransform(sample_rate=SR, **CONFIGS["early4-unscaled"][0]), y, tmp_path
     )
 
@@ -215,7 +215,7 @@ def test_layer_contract_db(signals, tmp_path):
     layer = ConstantQTransform(
         sample_rate=SR, to_db=True, top_db=60.0, **CONFIGS["36bpo-early2"][0]
     )
-    checks.check_all(layer, y, tmp_path, atol=1e-3)
+    checks.run_layer_test(layer, y, tmp_path, atol=1e-3)
 
 
 @pytest.mark.parametrize("to_db, atol", [(False, 1e-5), (True, 1e-2)])

@@ -2,7 +2,7 @@
 window matrices) are tensors made when the layer is created, so `call` converts no numpy array
 and hits no graph break. `fullgraph=True` turns any break into an error; the "eager" backend
 traces with TorchDynamo without generating code, so the test is quick. On JAX and TensorFlow,
-the front-end tests compare compiled with eager calls (`frontend_checks.py`). The Neuralogram is
+the front-end tests compare compiled with eager calls (`layer_harness.py`). The Neuralogram is
 not among them: it calls a Keras network, and Keras' own `Layer.__call__` breaks TorchDynamo's
 full graph (it inspects the call's signature)."""
 

@@ -1,7 +1,7 @@
 """LearnedFilterbank: Gabor initialisation, trainability, and the layer contract."""
 
-import frontend_checks as checks
 import keras
+import layer_harness as checks
 import librosa
 import numpy as np
 import pytest
@@ -87,7 +87,7 @@ def test_random_init_and_power_compression(signals):
 
 def test_layer_contract(signals, tmp_path):
     y = np.stack([signals["speech"][:16000], signals["tone"]])
-    checks.check_all(LearnedFilterbank(sample_rate=SR, n_filters=32), y, tmp_path, atol=1e-4)
+    checks.run_layer_test(LearnedFilterbank(sample_rate=SR, n_filters=32), y, tmp_path, atol=1e-4)
 
 
 def test_mixed_precision(signals):

@@ -1,6 +1,6 @@
 """LogMelSpectrogram: parity with librosa and the layer contract."""
 
-import frontend_checks as checks
+import layer_harness as checks
 import librosa
 import numpy as np
 import pytest
@@ -77,7 +77,7 @@ def test_reflect_padding_matches_librosa(signals):
 
 def test_layer_contract(signals, tmp_path):
     y = np.stack([signals["speech"][:16000], signals["tone"]])
-    checks.check_all(LogMelSpectrogram(sample_rate=SR, n_mels=64), y, tmp_path)
+    checks.run_layer_test(LogMelSpectrogram(sample_rate=SR, n_mels=64), y, tmp_path)
 
 
 def test_mixed_precision(signals):

@@ -1,6 +1,6 @@
 """MFCC: parity with librosa.feature.mfcc and the layer contract."""
 
-import frontend_checks as checks
+import layer_harness as checks
 import librosa
 import numpy as np
 import pytest
@@ -109,7 +109,7 @@ def test_reflect_padding_matches_librosa(signals):
 @pytest.mark.parametrize("config", [dict(), dict(n_mels=40, n_mfcc=13, lifter=22.0)])
 def test_layer_contract(signals, tmp_path, config):
     y = np.stack([signals["speech"][:16000], signals["tone"]])
-    checks.check_all(MFCC(sample_rate=SR, **config), y, tmp_path, atol=1e-4)
+    checks.run_layer_test(MFCC(sample_rate=SR, **config), y, tmp_path, atol=1e-4)
 
 
 def test_mixed_precision(signals):

@@ -2,15 +2,14 @@
 
 import importlib.util
 
-import frontend_checks as checks
 import keras
+import layer_harness as checks
 import numpy as np
 import pytest
 
 from keras_dae.models import (
     STREAMS,
     DiverseBackbone,
-    DiverseClassifier,
     DiverseFeaturizer,
     PositionEmbedding,
     StreamTower,
@@ -23,6 +22,12 @@ HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
 needs_keras_hub = pytest.mark.skipif(
     not HAS_KERAS_HUB, reason="keras-hub (which needs TensorFlow) is not installed here"
 )
+
+
+# torch.compile (Keras' jit_compile on PyTorch) of a Transformer takes minutes on a CPU: the
+# compiled-vs-eager check of the towers and models runs on TensorFlow and JAX (XLA); the whole
+# model under torch.compile is measured by benchmarks/train_throughput.py.
+COMPILED = checks.BACKEND != "torch"
 
 
 def tiny_classifier(num_classes=5):
@@ -64,16 +69,20 @@ def test_position_embedding_refuses_long_input():
         PositionEmbedding(10).build((1, 11, 4))
 
 
-def test_stream_tower_shapes_pooling_and_config(tmp_path):
+def test_transformer_encoder_passes_the_harness(tmp_path):
+    x = np.random.default_rng(0).standard_normal((2, 7, 16)).astype("float32")
+    layer = TransformerEncoder(32, 4, activation="gelu")
+    # two layer norms, the attention's 4 kernels and 4 biases, two dense kernels and biases
+    checks.run_layer_test(layer, x, tmp_path, compiled=COMPILED, weights=(16, 0))
+
+
+def test_stream_tower_passes_the_harness_and_pools_each_example_alone(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 101, 12)).astype("float32")
     tower = StreamTower(d_model=16, num_layers=4, num_heads=2, intermediate_dim=32,
                         downsample_every=2)
+    checks.run_layer_test(tower, x, tmp_path, compiled=COMPILED)
     out = checks.to_numpy(tower(x))
-    assert out.shape == (3, 16) and np.isfinite(out).all()
-    clone = StreamTower.from_config(tower.get_config())
-    clone.build(x.shape)
-    clone.set_weights(tower.get_weights())
-    np.testing.assert_allclose(checks.to_numpy(clone(x)), out, atol=1e-5)
+    assert out.shape == (3, 16)
     # Each example's embedding depends on its own frames only.
     np.testing.assert_allclose(checks.to_numpy(tower(x[:1])), out[:1], atol=1e-5)
 
@@ -125,17 +134,23 @@ def test_classifier_takes_any_length(signals):
         assert model.predict(signals["noise"][None, :n], verbose=0)["fused"].shape == (1, 5)
 
 
-def test_classifier_keras_file_round_trip(signals, tmp_path):
+def test_classifier_passes_the_harness(signals, tmp_path):
+    """Symbolic call, config and `.keras` round trips (reloaded as a DiverseClassifier with
+    its DiverseBackbone), compiled predict and one training step."""
     model = tiny_classifier()
     x = np.stack([signals["speech"][:16000], signals["chirp"]])
-    expected = model.predict(x, verbose=0)
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
-    assert isinstance(reloaded, DiverseClassifier)
+    checks.run_model_test(model, x, tmp_path, compiled=COMPILED)
+    reloaded = keras.saving.load_model(tmp_path / f"{model.name}.keras", safe_mode=True)
     assert isinstance(reloaded.backbone, DiverseBackbone)
-    got = reloaded.predict(x, verbose=0)
-    for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+
+
+def test_backbone_passes_the_harness(tmp_path):
+    """The backbone alone, on features of each stream's width (50 frames, 2 examples)."""
+    backbone = tiny_classifier().backbone
+    rng = np.random.default_rng(0)
+    features = {name: rng.standard_normal((2, 50, int(x.shape[-1]))).astype("float32")
+                for name, x in backbone.input.items()}
+    checks.run_model_test(backbone, features, tmp_path, compiled=COMPILED)
 
 
 def test_backbone_rejects_unknown_override():

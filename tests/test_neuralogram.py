@@ -1,7 +1,7 @@
 """Neuralogram: embeddings of successive windows, a pluggable network, the layer contract."""
 
-import frontend_checks as checks
 import keras
+import layer_harness as checks
 import numpy as np
 import pytest
 
@@ -76,7 +76,7 @@ def test_any_length(num_samples):
 def test_layer_contract(signals, tmp_path):
     keras.utils.set_random_seed(0)
     y = np.stack([signals["speech"][:16000], signals["tone"]])
-    checks.check_all(Neuralogram(hop_length=320), y, tmp_path, atol=1e-4)
+    checks.run_layer_test(Neuralogram(hop_length=320), y, tmp_path, atol=1e-4)
 
 
 def test_mixed_precision(signals):

@@ -3,8 +3,8 @@ contract."""
 
 import weakref
 
-import frontend_checks as checks
 import keras
+import layer_harness as checks
 import librosa
 import numpy as np
 import pytest
@@ -334,7 +334,7 @@ def tones_batch():
 
 
 def test_layer_contract(tmp_path):
-    checks.check_all(PitchTracker(sample_rate=SR), tones_batch(), tmp_path)
+    checks.run_layer_test(PitchTracker(sample_rate=SR), tones_batch(), tmp_path)
 
 
 def test_layer_contract_fft_mode(tmp_path):
@@ -364,13 +364,13 @@ def test_mixed_precision():
     checks.check_mixed_precision(lambda: PitchTracker(sample_rate=SR), tones_batch(), atol=1e-3)
 
 
-@pytest.mark.skipif(BACKEND == "torch", reason="torch.compile costs ~30 s; see check_all")
+@pytest.mark.skipif(BACKEND == "torch", reason="torch.compile costs ~30 s; see run_layer_test")
 def test_compiled_on_speech_agrees_on_almost_all_frames(signals):
     """XLA-compiled vs eager on real speech and noise: outputs may differ where rounding flips a
     near-tie between troughs, so we ask for >= 97% of frames with the same f0 to 1e-4
     (measured: 100%)."""
     y = np.stack([signals["speech"][:16000], signals["noise"]])
-    model = checks.wrap_in_model(PitchTracker(sample_rate=SR), y.shape[1])
+    model = checks.wrap_in_model(PitchTracker(sample_rate=SR), y.shape[1:])
     eager = checks.to_numpy(model(y))
     model.compile(jit_compile=True)
     compiled = model.predict(y, batch_size=len(y), verbose=0)
@@ -398,7 +398,7 @@ def test_dynamic_length_under_jit(signals, dft_mode):
 
         fn = jax.jit(layer.__call__)
     else:
-        fn = layer.__call__  # torch.compile is exercised by check_all
+        fn = layer.__call__  # torch.compile is exercised by run_layer_test
     for n in (16000, 12345, 3000):
         y = np.stack([signals["speech"][:n], harmonic_tone(330.0)[:n]])
         out = checks.to_numpy(fn(y))

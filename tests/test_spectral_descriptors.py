@@ -1,6 +1,6 @@
 """SpectralDescriptors: parity with librosa.feature.spectral_* and the layer contract."""
 
-import frontend_checks as checks
+import layer_harness as checks
 import librosa
 import numpy as np
 import pytest
@@ -332,7 +332,7 @@ def test_any_length(num_samples, signals):
 def test_layer_contract(signals, tmp_path, interpolate_rolloff):
     y = np.stack([signals["speech"][:16000], signals["noise"]])
     layer = SpectralDescriptors(sample_rate=SR, interpolate_rolloff=interpolate_rolloff)
-    checks.check_all(layer, y, tmp_path, atol=1e-4)
+    checks.run_layer_test(layer, y, tmp_path, atol=1e-4)
 
 
 def test_mixed_precision(signals):
