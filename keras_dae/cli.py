@@ -22,7 +22,9 @@ from keras_dae.export import formats as export_formats
 from keras_dae.validation import (
     InputError,
     non_negative_int,
+    positive_float,
     positive_int,
+    unit_interval,
 )
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -215,7 +217,9 @@ def _tag_inputs(args, verb: str, emit, **options):
         emit(failure)
     tagger, results = None, []
     if paths:
-        tagger = _load_tagger(args, batch_size=args.batch_size)
+        hop = getattr(args, "hop", None)
+        tagger = _load_tagger(args, batch_size=args.batch_size,
+                              **({} if hop is None else {"hop_seconds": hop}))
         progress = _Progress(len(paths))
         for result in tagger.tag_many(paths, **options):
             progress.clear()
@@ -236,16 +240,43 @@ def _tag_inputs(args, verb: str, emit, **options):
 def _predict_command(args) -> int:
     import json
 
+    from keras_dae import atomic
     from keras_dae.inference import TagFailure
+
+    events = None
+    if args.events or args.audacity or args.events_tsv:
+        from keras_dae.events import EventOptions, audacity_labels, events_table
+
+        events = EventOptions(on=args.on, off=args.off)
+        if args.hop is None:
+            args.hop = 0.25  # events: a window every 0.25 s
+    if args.events_tsv:
+        atomic.check_output_path(args.events_tsv, (".tsv",), "--events-tsv")
+    if args.audacity:
+        atomic.check_output_path(args.audacity, (), "--audacity", directory=True)
+        Path(args.audacity).mkdir(exist_ok=True)
+    found, label_files = {}, set()
 
     def emit(result):
         if args.json:
             print(json.dumps(result.to_dict()), flush=True)
         elif not isinstance(result, TagFailure):
             print(result.to_text(), flush=True)
+        if events is not None and not isinstance(result, TagFailure):
+            found[result.source] = result.events
+            if args.audacity:  # one label track per file, named after it
+                stem, n = Path(result.source).stem, 1
+                while f"{stem}.txt" in label_files:
+                    stem, n = f"{Path(result.source).stem}_{n + 1}", n + 1
+                label_files.add(f"{stem}.txt")
+                atomic.write_text(Path(args.audacity) / f"{stem}.txt",
+                                  audacity_labels(result.events))
 
     _, results, _ = _tag_inputs(args, "tagged", emit, top_k=args.top_k,
-                                timestamps=args.timestamps, explain=args.explain)
+                                timestamps=args.timestamps, explain=args.explain, events=events)
+    if args.events_tsv and results:
+        atomic.write_text(args.events_tsv, events_table(found, scores=True))
+        print(f"wrote {args.events_tsv}", file=sys.stderr)
     return 0 if results else 2
 
 
@@ -471,6 +502,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also the labels of each second")
     predict.add_argument("--explain", action="store_true",
                          help="also each stream's share of every label's fused score")
+    predict.add_argument("--events", action="store_true",
+                         help="also each sound's events in time (onset, offset, label, score)")
+    predict.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
+                         help="seconds between 1 s windows (default 0.5; 0.25 with events)")
+    predict.add_argument("--on", type=unit_interval, default=0.5,
+                         help="events: the score at which an event starts (default 0.5)")
+    predict.add_argument("--off", type=unit_interval, default=None,
+                         help="events: the score below which it ends (default: --on)")
+    predict.add_argument("--audacity", metavar="DIR",
+                         help="events: write an Audacity label track (.txt) per file to DIR")
+    predict.add_argument("--events-tsv", metavar="FILE.tsv",
+                         help="events: write all files' events as a DCASE/DESED TSV")
     predict.add_argument("--batch-size", type=positive_int, default=32, help="1 s chunks per model call")
     predict.set_defaults(func=_predict_command)
 

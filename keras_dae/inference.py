@@ -160,6 +160,8 @@ class TagResult:
         chunk_embeddings: `(n_chunks, n_streams * 64)` float32.
         explanations: with `explain=True`, an `Explanation` per label of `labels`; else
             empty.
+        events: with `events=EventOptions(...)`, the clip's `keras_dae.events.Event`s in
+            time; else empty.
     """
 
     source: str
@@ -173,6 +175,7 @@ class TagResult:
     chunk_scores: dict[str, np.ndarray]
     chunk_embeddings: np.ndarray
     explanations: tuple[Explanation, ...] = ()
+    events: tuple = ()
 
     def __repr__(self) -> str:
         labels = ", ".join(f"{printable(x.label)} {x.score:.2f}" for x in self.labels)
@@ -193,17 +196,21 @@ class TagResult:
             span = f"{segment.start:.1f}-{segment.end:.1f} s"
             lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
         lines += [f"  {explanation.to_text()}" for explanation in self.explanations]
+        lines += [f"  {f'{e.onset:.2f}-{e.offset:.2f} s':>12}  event {display_label(e.label)} "
+                  f"{e.score:.2f}" for e in self.events]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        """JSON-ready: `path`, `duration`, `labels` and, when computed, `per_second` and
-        `explanations`."""
+        """JSON-ready: `path`, `duration`, `labels` and, when computed, `per_second`,
+        `explanations` and `events`."""
         out = {"path": self.source, "duration": round(self.duration, 3),
                "labels": [label.to_dict() for label in self.labels]}
         if self.per_second:
             out["per_second"] = [segment.to_dict() for segment in self.per_second]
         if self.explanations:
             out["explanations"] = [explanation.to_dict() for explanation in self.explanations]
+        if self.events:
+            out["events"] = [event.to_dict() for event in self.events]
         return out
 
 
@@ -398,7 +405,7 @@ class Tagger:
         return self._pipeline.run(items, input_rate=sample_rate)
 
     def _result(self, clip: ScoredClip, top_k: int, timestamps: bool,
-                explain: bool = False) -> TagResult:
+                explain: bool = False, events=None) -> TagResult:
         chunk = clip.chunks
         scores = {name: clip.pooled(name, self.aggregate) for name in self.outputs}
         labels = self._top(scores["fused"], top_k)
@@ -408,13 +415,19 @@ class Tagger:
         explanations = ()
         if explain:
             explanations = self._explain(labels, scores, clip.pooled("embedding"))
+        found = ()
+        if events is not None:
+            from keras_dae.events import detect_events
+
+            found = tuple(detect_events(clip.chunk_times(), chunk["fused"], self.class_names,
+                                        clip.n_samples / self.sample_rate, events))
         return TagResult(
             source=clip.source, duration=clip.n_samples / self.sample_rate, labels=labels,
             scores=scores, embedding=clip.pooled("embedding").astype(np.float32),
             stream_names=self.stream_names, per_second=per_second,
             chunk_starts=clip.chunk_starts() / self.sample_rate,
             chunk_scores={name: chunk[name] for name in self.outputs},
-            chunk_embeddings=chunk["embedding"], explanations=explanations,
+            chunk_embeddings=chunk["embedding"], explanations=explanations, events=found,
         )
 
     def _fusion(self) -> tuple[np.ndarray, np.ndarray]:
@@ -474,13 +487,14 @@ class Tagger:
 
     # -- public ----------------------------------------------------------------------------
     def tag_many(self, items: Iterable, sample_rate: int | None = None, top_k: int = 5,
-                 timestamps: bool = False,
-                 explain: bool = False) -> Iterator[TagResult | TagFailure]:
+                 timestamps: bool = False, explain: bool = False,
+                 events=None) -> Iterator[TagResult | TagFailure]:
         """Tags files and/or arrays, yielding one `TagResult` or `TagFailure` per item, in
         order. A file that cannot be decoded (or a bad array) is a `TagFailure` with a one-line
         reason naming it; the others are unaffected. `sample_rate` applies to arrays (default:
         the model's rate); files are resampled from their own rate. `timestamps` adds a
-        `Segment` per second, `explain` an `Explanation` per label."""
+        `Segment` per second, `explain` an `Explanation` per label, `events` (an
+        `EventOptions`) the clip's events in time."""
         from keras_dae.audio import AudioDecodeError
 
         for clip in self._scored_clips(items, sample_rate):
@@ -489,16 +503,16 @@ class Tagger:
             elif clip.error is not None:
                 yield TagFailure(clip.source, f"{clip.source}: {clip.error}")
             else:
-                yield self._result(clip, top_k, timestamps, explain)
+                yield self._result(clip, top_k, timestamps, explain, events)
 
     def tag(self, audio, sample_rate: int | None = None, top_k: int = 5,
-            timestamps: bool = False, explain: bool = False) -> TagResult:
+            timestamps: bool = False, explain: bool = False, events=None) -> TagResult:
         """Tags one file (a path) or array (`(samples,)`, at `sample_rate`, default the
         model's). Raises `AudioDecodeError` for a file that cannot be decoded and
         `ValueError` for a bad array, with a one-line message naming it."""
         from keras_dae.audio import AudioDecodeError
 
-        result = next(self.tag_many([audio], sample_rate, top_k, timestamps, explain))
+        result = next(self.tag_many([audio], sample_rate, top_k, timestamps, explain, events))
         if isinstance(result, TagFailure):
             if isinstance(audio, (str, os.PathLike)):
                 raise AudioDecodeError(result.reason)
@@ -510,6 +524,15 @@ class Tagger:
         """Which stream spoke for each of the clip's `top_k` labels: an `Explanation` per
         label, best first (`tag(..., explain=True).explanations`)."""
         return self.tag(audio, sample_rate, top_k, explain=True).explanations
+
+    def events(self, audio, sample_rate: int | None = None, options=None) -> tuple:
+        """Sound events in time: `keras_dae.events.Event`s (onset, offset, label, score)
+        from the fused scores of the clip's windows (one every `hop_seconds`; 0.25 s suits
+        events), post-processed as `options` (`keras_dae.events.EventOptions`, default
+        `EventOptions()`) says."""
+        from keras_dae.events import EventOptions
+
+        return self.tag(audio, sample_rate, top_k=0, events=options or EventOptions()).events
 
     def embed(self, audio, sample_rate: int | None = None) -> np.ndarray:
         """The clip's `(embedding_size,)` float32 embedding: the mean over its chunks of the

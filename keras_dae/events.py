@@ -1,0 +1,198 @@
+"""Sound events in time: from scores over time to `(onset, offset, label, score)` lists.
+
+    from keras_dae.events import EventOptions, detect_events
+    from keras_dae.inference import Tagger
+
+    tagger = Tagger("diverse_sampled15", hop_seconds=0.25)       # a window every 0.25 s
+    events = tagger.events("street.wav", options=EventOptions(on=0.5, off=0.3))
+    [(e.onset, e.offset, e.label, e.score) for e in events]
+
+    detect_events(times, scores, labels, duration, options)      # any scores over time
+
+Each window's score stands for the stretch of time nearest its centre: from the midpoint with
+the window before it to the midpoint with the window after it (the first from 0 s, the last
+to the clip's end). For each class, in this order:
+
+1. **median filter** of the scores over `median_seconds` (an odd number of windows; 0: off),
+   which removes one-window blips without moving the edges of longer events;
+2. **hysteresis**: an event starts where the score reaches `on` and lasts while it stays at or
+   above `off` (`off <= on`; default `on`), so a score wavering around one threshold does not
+   split an event;
+3. **gaps** shorter than `min_gap` seconds between two events of the class are closed;
+4. events shorter than `min_duration` seconds are dropped.
+
+One event per occurrence, however many (overlapping) windows cover it. An event's score is
+the highest filtered score inside it. Thresholds are one number for every class or one per
+class (a sequence in the classes' order, or a dict label -> threshold with `default`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from keras_dae.validation import InputError
+
+__all__ = ["Event", "EventOptions", "audacity_labels", "detect_events", "events_table",
+           "window_bounds"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One occurrence of a class: `[onset, offset)` seconds and its highest score."""
+
+    onset: float
+    offset: float
+    label: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"onset": round(self.onset, 3), "offset": round(self.offset, 3),
+                "label": self.label, "score": round(self.score, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EventOptions:
+    """How scores over time become events (see the module's docstring).
+
+    Attributes:
+        on: the score at which an event starts: a number, a sequence (one per class) or a
+            dict label -> number (classes not in it: `default`).
+        off: the score below which it ends (`None`: `on`); each at most its `on`.
+        median_seconds: length of the median filter over time (0: none).
+        min_duration: events shorter than this are dropped (s).
+        min_gap: gaps shorter than this between two events of a class are closed (s).
+        default: the threshold of a class a dict leaves out.
+    """
+
+    on: float | Sequence[float] | Mapping[str, float] = 0.5
+    off: float | Sequence[float] | Mapping[str, float] | None = None
+    median_seconds: float = 0.0
+    min_duration: float = 0.0
+    min_gap: float = 0.0
+    default: float = 0.5
+
+    def __post_init__(self):
+        for name in ("median_seconds", "min_duration", "min_gap"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be a finite number >= 0 (seconds), got "
+                                 f"{value!r}")
+
+    def thresholds(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`(on, off)` per class, float64 `(n_classes,)` each; raises `InputError`."""
+        on = self._per_class(self.on, labels, "on")
+        off = on if self.off is None else self._per_class(self.off, labels, "off")
+        if np.any(off > on):
+            worst = labels[int(np.argmax(off - on))]
+            raise InputError(f"off must not exceed on (hysteresis), but for {worst!r} it does")
+        return on, off
+
+    def _per_class(self, value, labels, name) -> np.ndarray:
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(labels))
+            if unknown:
+                raise InputError(f"{name} names unknown classes: {unknown[:5]}")
+            array = np.array([value.get(label, self.default) for label in labels], np.float64)
+        elif np.ndim(value) == 0:
+            array = np.full(len(labels), value, np.float64)
+        else:
+            array = np.asarray(value, np.float64)
+            if array.shape != (len(labels),):
+                raise InputError(f"{name} has {array.size} thresholds for {len(labels)} "
+                                 "classes")
+        if not np.all((array >= 0) & (array <= 1)):
+            raise InputError(f"{name} thresholds must be scores from 0 to 1")
+        return array
+
+
+def window_bounds(times, duration: float) -> np.ndarray:
+    """`(n + 1,)` boundaries of the stretches of time the `n` window centres `times` stand
+    for: 0, the midpoints between consecutive centres, and `duration`."""
+    times = np.asarray(times, np.float64)
+    if times.ndim != 1 or times.size == 0:
+        raise InputError(f"times must be a non-empty 1-D array of window centres, got shape "
+                         f"{times.shape}")
+    if np.any(np.diff(times) <= 0):
+        raise InputError("window centres must increase")
+    middle = (times[:-1] + times[1:]) / 2
+    return np.concatenate([[0.0], middle, [max(float(duration), float(times[-1]))]])
+
+
+def _median(scores: np.ndarray, size: int) -> np.ndarray:
+    if size <= 1:
+        return scores
+    from scipy.ndimage import median_filter
+
+    return median_filter(scores, size=(size, 1), mode="nearest")
+
+
+def _runs(active: np.ndarray) -> list[tuple[int, int]]:
+    """`[(first, last + 1), ...]` of the runs of True in a 1-D boolean array."""
+    edges = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def detect_events(times, scores, labels: Sequence[str], duration: float,
+                  options: EventOptions | None = None) -> list[Event]:
+    """Events of every class, sorted by onset (then label).
+
+    Args:
+        times: `(n_windows,)` window centres in seconds, increasing.
+        scores: `(n_windows, n_classes)` scores in [0, 1] (e.g. the fused head's).
+        labels: the `n_classes` class names.
+        duration: the clip's length in seconds (the last window's stretch ends there).
+        options: `EventOptions` (default: on = off = 0.5, no filtering).
+    """
+    options = options or EventOptions()
+    scores = np.asarray(scores, np.float64)
+    bounds = window_bounds(times, duration)
+    if scores.ndim != 2 or scores.shape != (len(bounds) - 1, len(labels)):
+        raise InputError(f"scores must be (n_windows, n_classes) = ({len(bounds) - 1}, "
+                         f"{len(labels)}), got {scores.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise InputError("scores hold NaN or infinite values")
+    on, off = options.thresholds(labels)
+    hop = float(np.median(np.diff(times))) if len(times) > 1 else float(duration)
+    size = int(round(options.median_seconds / hop)) if hop > 0 else 1
+    filtered = _median(scores, size + 1 - size % 2 if size > 1 else 1)
+    events = []
+    for k, label in enumerate(labels):
+        column = filtered[:, k]
+        spans = []
+        for first, end in _runs(column >= off[k]):  # candidate spans at the lower threshold
+            if column[first:end].max() >= on[k]:  # that reach the upper one somewhere
+                peak = first + int(np.argmax(column[first:end] >= on[k]))
+                spans.append([peak, end])  # an event starts where `on` is reached
+        merged: list[list[int]] = []
+        for first, end in spans:
+            if merged and bounds[first] - bounds[merged[-1][1]] < options.min_gap:
+                merged[-1][1] = end
+            else:
+                merged.append([first, end])
+        for first, end in merged:
+            onset, offset = float(bounds[first]), float(bounds[end])
+            if offset - onset >= options.min_duration:
+                events.append(Event(onset, offset, label, float(column[first:end].max())))
+    return sorted(events, key=lambda e: (e.onset, e.label))
+
+
+def audacity_labels(events: Sequence[Event]) -> str:
+    """An Audacity label track (File > Import > Labels): `onset<TAB>offset<TAB>label` lines."""
+    return "".join(f"{e.onset:.6f}\t{e.offset:.6f}\t{e.label}\n" for e in events)
+
+
+def events_table(events_by_file: Mapping[str, Sequence[Event]], scores: bool = False) -> str:
+    """The DCASE / DESED TSV of events, `filename onset offset event_label` (tab-separated,
+    with that header; file names as given), as `sed_eval` and `sed_scores_eval` read it.
+    `scores=True` adds a `score` column."""
+    header = "filename\tonset\toffset\tevent_label" + ("\tscore" if scores else "")
+    lines = [header]
+    for filename, events in events_by_file.items():
+        for e in events:
+            line = f"{filename}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}"
+            lines.append(line + (f"\t{e.score:.4f}" if scores else ""))
+    return "\n".join(lines) + "\n"
