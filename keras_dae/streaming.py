@@ -1,0 +1,169 @@
+"""Tagging audio as it arrives: blocks of any size and rate in, event onsets and offsets out.
+
+    from keras_dae.inference import Tagger
+    from keras_dae.streaming import StreamTagger
+
+    stream = StreamTagger(Tagger("diverse_sampled15", hop_seconds=0.25), input_rate=48000)
+    for block in microphone_blocks():                 # numpy arrays, any length
+        for update in stream.feed(block):             # as soon as a window completes
+            print(update)                             # EventUpdate("onset", 3.25, "Speech", 0.91)
+    stream.close()                                    # ends the events still open
+
+Blocks are resampled to the model's rate as a stream (soxr, as files are read), kept in a
+buffer of at most one window plus one block, and cut into the `Tagger`'s windows (1 s every
+`hop_seconds`) as soon as each is complete; the windows of a block are scored in batches of
+the `Tagger`'s `batch_size`. A class's event starts at the window where its score reaches
+`on` and ends at the first window below `off` (`keras_dae.events`' hysteresis, with its edges
+at the midpoints between windows), so an onset is reported one window after the audio it
+describes arrives, and an offset one hop after the sound ends. Memory does not grow with the
+stream's length: nothing of the past is kept but the open events.
+
+The events equal `keras_dae.events.detect_events` on the whole recording with the same
+options, for a recording whose windows fall on the hop grid (offline chunking adds a last
+window aligned to the clip's end). Median filtering, gap closing and minimum duration need the
+future, and are not applied here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from keras_dae.events import EventOptions
+from keras_dae.validation import InputError
+
+__all__ = ["EventUpdate", "StreamTagger"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EventUpdate:
+    """An event starting (`kind="onset"`) or ending (`"offset"`) at `time` seconds of the
+    stream; `score` is the window's score at an onset, the event's highest at an offset."""
+
+    kind: str
+    time: float
+    label: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "time": round(self.time, 3), "label": self.label,
+                "score": round(self.score, 4)}
+
+
+class StreamTagger:
+    """Scores a stream window by window and reports events as they start and end.
+
+    Args:
+        tagger: a `keras_dae.inference.Tagger` (its model, window, hop and batch size).
+        input_rate: the blocks' sample rate (default: the model's).
+        options: the thresholds (`EventOptions.on`, `off`; per class too).
+    """
+
+    def __init__(self, tagger, input_rate: int | None = None,
+                 options: EventOptions | None = None):
+        self.tagger = tagger
+        self.options = options or EventOptions()
+        if (self.options.median_seconds or self.options.min_gap
+                or self.options.min_duration):
+            raise InputError("a stream applies thresholds only: median_seconds, min_gap and "
+                             "min_duration need the future (use detect_events on a recording)")
+        self.sample_rate = tagger.sample_rate
+        self.input_rate = int(input_rate or self.sample_rate)
+        if self.input_rate <= 0:
+            raise InputError(f"input_rate must be a positive integer (Hz), got {input_rate!r}")
+        self.chunk = tagger.chunk_samples
+        self.hop = int(round(tagger.hop_seconds * self.sample_rate))
+        self.on, self.off = self.options.thresholds(tagger.class_names)
+        self._resampler = None
+        if self.input_rate != self.sample_rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.input_rate, self.sample_rate, 1,
+                                                  dtype="float32", quality="HQ")
+        self._buffer = np.zeros(0, np.float32)  # samples from `_offset` on
+        self._offset = 0  # stream position of _buffer[0]
+        self._received = 0  # samples at the model's rate so far
+        self._windows = 0  # windows scored
+        self._open: dict[int, float] = {}  # class -> highest score of its open event
+        self._closed = False
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio received (at the model's rate)."""
+        return self._received / self.sample_rate
+
+    def _boundary(self, window: int) -> float:
+        """Where the stretch of window `window` starts: 0, or the midpoint with the one
+        before it."""
+        return 0.0 if window == 0 else (window * self.hop - self.hop / 2
+                                        + self.chunk / 2) / self.sample_rate
+
+    def _take(self, samples: np.ndarray) -> None:
+        self._buffer = np.concatenate([self._buffer, samples])
+        self._received += samples.size
+
+    def _score(self, windows: np.ndarray) -> list[EventUpdate]:
+        scores = self.tagger.forward(windows)["fused"]
+        updates = []
+        for row in scores:
+            start = self._boundary(self._windows)
+            for k in np.flatnonzero(row >= self.on):
+                if int(k) not in self._open:
+                    self._open[int(k)] = float(row[k])
+                    updates.append(EventUpdate("onset", start, self.tagger.class_names[k],
+                                               float(row[k])))
+            for k in list(self._open):
+                if row[k] < self.off[k]:
+                    updates.append(EventUpdate("offset", start, self.tagger.class_names[k],
+                                               self._open.pop(k)))
+                else:
+                    self._open[k] = max(self._open[k], float(row[k]))
+            self._windows += 1
+        return updates
+
+    def feed(self, block) -> list[EventUpdate]:
+        """Takes the next block (1-D, at `input_rate`; float or integer PCM) and returns the
+        events that started or ended in the windows it completed."""
+        from keras_dae.clip_pipeline import as_waveform
+
+        if self._closed:
+            raise InputError("the stream is closed")
+        block = np.asarray(block)
+        if block.size == 0:
+            return []
+        block = as_waveform(block, self.input_rate, self.input_rate)  # checks, scales PCM
+        if self._resampler is not None:
+            block = self._resampler.resample_chunk(block, last=False)
+        self._take(np.clip(block, -1.0, 1.0).astype(np.float32, copy=False))
+        updates = []
+        while True:  # the complete windows, a batch at a time
+            first = self._windows * self.hop - self._offset
+            count = (self._buffer.size - first - self.chunk) // self.hop + 1
+            if count <= 0:
+                break
+            count = min(count, self.tagger.batch_size)
+            view = np.lib.stride_tricks.sliding_window_view(self._buffer, self.chunk)
+            updates += self._score(view[first:first + count * self.hop:self.hop].copy())
+        keep = self._windows * self.hop - self._offset  # the next window's first sample
+        if keep > 0:
+            self._buffer = self._buffer[keep:]
+            self._offset += keep
+        return updates
+
+    def close(self) -> list[EventUpdate]:
+        """Ends the stream: scores a stream shorter than one window (tiled, as clips are),
+        and ends every open event at the stream's end."""
+        if self._closed:
+            return []
+        self._closed = True
+        updates = []
+        if self._resampler is not None:
+            self._take(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        if self._windows == 0 and self._buffer.size:
+            updates += self._score(np.resize(self._buffer, self.chunk)[None])
+        end = self.seconds
+        for k in sorted(self._open):
+            updates.append(EventUpdate("offset", end, self.tagger.class_names[k],
+                                       self._open.pop(k)))
+        return updates
