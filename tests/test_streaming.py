@@ -33,6 +33,7 @@ def tagger():
     return Tagger("diverse_sampled15", hop_seconds=0.25, batch_size=8)
 
 
+@pytest.mark.one_backend  # numpy over the model's outputs, whose backends agree (cross-backend)
 def test_stream_events_equal_offline_events_at_any_block_size_and_rate(tagger):
     """Speech then a guitar chord, cut to lie on the window grid, fed in blocks of 0.1 s at
     44.1 kHz and of 1.3 s at 16 kHz: the events of `detect_events` on the whole recording
