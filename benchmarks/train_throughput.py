@@ -62,17 +62,20 @@ def make_batch(batch_size: int, n_classes: int, seed: int = 0):
     return x, y
 
 
-def timed(fn, min_steps: int, min_seconds: float, warmup: int = 2) -> tuple[float, int]:
-    """Median seconds per call after `warmup` calls, and how many calls were timed."""
+def timed(fn, min_steps: int, min_seconds: float, warmup: int = 2) -> tuple[float, int, float]:
+    """Median seconds per call after `warmup` calls, how many calls were timed, and the
+    seconds the warm-up calls took (tracing and compiling)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
+    warmup_seconds = time.perf_counter() - t0
     times = []
     start = time.perf_counter()
     while len(times) < min_steps or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times)
+    return statistics.median(times), len(times), warmup_seconds
 
 
 def device_name(backend: str, device: str) -> str:
@@ -133,10 +136,10 @@ def worker(args) -> None:
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     rows = []
 
-    def record(what, precision, seconds, steps, **extra):
+    def record(what, precision, seconds, steps, warmup_s, **extra):
         row = {"device": args.device, "card": card, "backend": backend, "precision": precision,
                "what": what, "batch_size": args.batch_size, "step_ms": 1000 * seconds,
-               "jit_compile": args.jit_compile,
+               "jit_compile": args.jit_compile, "warmup_s": warmup_s,
                "timed_steps": steps, "chunks_per_s": args.batch_size / seconds, **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)  # one line per row: a stopped worker keeps them
@@ -151,9 +154,9 @@ def worker(args) -> None:
         # Front ends alone, forward: multiples of real time.
         featurizer = keras.Model(waveform, model.featurizer(waveform))
         featurizer.compile(jit_compile=jit)
-        seconds, steps = timed(lambda f=featurizer: f.predict_on_batch(x), args.min_steps,
-                               args.min_seconds)
-        record("front ends (forward)", precision, seconds, steps,
+        seconds, steps, warmup_s = timed(lambda f=featurizer: f.predict_on_batch(x),
+                                         args.min_steps, args.min_seconds)
+        record("front ends (forward)", precision, seconds, steps, warmup_s,
                x_real_time=args.batch_size / seconds)
         targets = ["fused", *STREAMS] if "whole" in args.parts else []
         # The whole model first: a run stopped by --worker-timeout keeps the row that matters.
@@ -172,12 +175,13 @@ def worker(args) -> None:
             net.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit,
                         loss={n: "binary_crossentropy" for n in names}, loss_weights=weights)
             batch_y = {n: y for n in names}
-            seconds, steps = timed(lambda net=net, t=batch_y: net.train_on_batch(x, t),
-                                   args.min_steps, args.min_seconds)
+            seconds, steps, warmup_s = timed(
+                lambda net=net, t=batch_y: net.train_on_batch(x, t), args.min_steps,
+                args.min_seconds)
             extra = {}
             if part == "whole model":
                 extra["projected_fsd50k_epoch_s"] = FSD50K_TRAIN_CHUNKS * seconds / args.batch_size
-            record(part, precision, seconds, steps, **extra)
+            record(part, precision, seconds, steps, warmup_s, **extra)
 
 
 def run_backend(backend: str, args) -> list[dict]:
@@ -226,8 +230,13 @@ def main() -> None:
                         help="chunks per step (default 32 on CPU, 256 on GPU)")
     parser.add_argument("--min-steps", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=5.0)
-    parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
-                        help="Keras' jit_compile; 'true' on PyTorch is torch.compile")
+    parser.add_argument("--jit-compile", default="auto",
+                        help="Keras' jit_compile: auto, true or false, or several separated by "
+                             "commas, each measured in turn ('true' on PyTorch is "
+                             "torch.compile; 'auto,true' on PyTorch: eager against compiled)")
+    parser.add_argument("--run", default=None,
+                        help="the key of this run in the results file (default: --device), so "
+                             "a partial run can sit beside the full one")
     parser.add_argument("--worker-timeout", type=float, default=None,
                         help="seconds each backend may take; rows measured by then are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -235,6 +244,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.batch_size is None:
         args.batch_size = 256 if args.device == "gpu" else 32
+    jit_values = args.jit_compile.split(",")
+    if not set(jit_values) <= {"auto", "true", "false"}:
+        parser.error(f"--jit-compile: auto, true or false, not {args.jit_compile!r}")
     if args.worker:
         return worker(args)
     if args.table:
@@ -243,7 +255,7 @@ def main() -> None:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     backends = args.backends.split(",")
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
-    run = result["runs"][args.device] = {
+    run = result["runs"][args.run or args.device] = {
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
@@ -255,11 +267,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Written after each backend, so a run stopped part-way (a time limit on a lent GPU
     # machine) keeps what it measured; a backend that fails is named and the others go on.
-    for backend in backends:
+    for backend, jit in ((b, j) for b in backends for j in jit_values):
         try:
-            run["rows"] += run_backend(backend, args)
+            run["rows"] += run_backend(backend, argparse.Namespace(**{
+                **vars(args), "jit_compile": jit}))
         except RuntimeError as error:  # keep the rows it measured before it stopped
-            run["failed"][backend], rows = error.args
+            key = backend if len(jit_values) == 1 else f"{backend} jit_compile={jit}"
+            run["failed"][key], rows = error.args
             run["rows"] += rows
         run["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
         run["minutes"] = (time.time() - started) / 60

@@ -185,6 +185,36 @@ def audacity_labels(events: Sequence[Event]) -> str:
     return "".join(f"{e.onset:.6f}\t{e.offset:.6f}\t{e.label}\n" for e in events)
 
 
+class AudacityTracks:
+    """Writes one Audacity label track per audio file into `directory` (created), named after
+    the file: `dog.wav` -> `dog.txt`, a second `dog.*` -> `dog_2.txt`. The directory is
+    checked as an output before any work (`atomic.check_output_path`); each track is written
+    whole (`atomic.write_text`)."""
+
+    def __init__(self, directory, flag: str = "--audacity"):
+        from keras_dae import atomic
+
+        self.directory = atomic.check_output_path(directory, (), flag, directory=True)
+        self.directory.mkdir(exist_ok=True)
+        self._names: set[str] = set()
+
+    def write(self, source, events: Sequence[Event]):
+        """Writes `source`'s track; returns its path."""
+        from pathlib import Path
+
+        from keras_dae import atomic
+
+        stem = name = Path(str(source)).stem
+        n = 1
+        while name in self._names:
+            n += 1
+            name = f"{stem}_{n}"
+        self._names.add(name)
+        path = self.directory / f"{name}.txt"
+        atomic.write_text(path, audacity_labels(events))
+        return path
+
+
 def events_table(events_by_file: Mapping[str, Sequence[Event]], scores: bool = False) -> str:
     """The DCASE / DESED TSV of events, `filename onset offset event_label` (tab-separated,
     with that header; file names as given), as `sed_eval` and `sed_scores_eval` read it.

@@ -93,3 +93,32 @@ def naming_the_extra(prefix: str = ""):
         if line is None:
             raise
         raise ModuleNotFoundError(prefix + line, name=error.name) from error
+
+
+def picture_path(requested: str | None, default: str, flag: str = "--plot") -> str | None:
+    """Where a command draws its picture, or None for no picture.
+
+    `requested` is None when `flag` was not given: then `default`, if matplotlib is installed
+    (else None: `no_picture_line` says which extra draws it); '' means no picture. A picture
+    asked for by name without matplotlib, or where it cannot be written
+    (`atomic.check_output_path`), is refused (`InputError`) before any work.
+    """
+    if requested == "":
+        return None
+    if not installed("matplotlib"):
+        if requested is None:
+            return None
+        from keras_dae.validation import InputError
+
+        raise InputError(f"the picture {requested} needs matplotlib: {install_hint(['matplotlib'])}")
+    from keras_dae.atomic import check_output_path
+
+    return str(check_output_path(requested or default, (), flag))
+
+
+def no_picture_line(requested: str | None) -> str | None:
+    """The line saying no picture was drawn for want of matplotlib (`requested` None: the
+    flag was not given), else None."""
+    if requested is None and not installed("matplotlib"):
+        return f"no picture: matplotlib is not installed ({install_hint(['matplotlib'])} draws it)"
+    return None

@@ -30,6 +30,14 @@ def compute_frontends(waveform: np.ndarray, sample_rate: int = 16000) -> dict[st
     }
 
 
+def frontends_table(features: dict[str, np.ndarray]) -> str:
+    """Each front end's output shape and range, one line each under a header."""
+    lines = [f"{'front end':<22} {'output (frames, features)':<27} {'min':>9} {'max':>9}"]
+    lines += [f"{name:<22} {str(values.shape):<27} {np.min(values):9.2f} {np.max(values):9.2f}"
+              for name, values in features.items()]
+    return "\n".join(lines)
+
+
 def plot_frontends(waveform, sample_rate, features, path, title=""):
     """Waveform on top, then one panel per front end, on a shared time axis. Returns `path`."""
     import matplotlib

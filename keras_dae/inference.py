@@ -292,15 +292,20 @@ def save_embeddings(path, results, failures, stream_names, model: str,
     return fused
 
 
-def load_model(model=DEFAULT_MODEL):
+def load_model(model=DEFAULT_MODEL, mixed_precision: str | None = None):
     """A `DiverseClassifier` from a preset name, a preset directory or a training run
-    directory (its `preset/`); a model passes through unchanged."""
+    directory (its `preset/`); a model passes through unchanged. `mixed_precision`
+    ("bfloat16") gives a copy that computes in it (`scale.with_precision`)."""
     from keras_dae import zoo
     from keras_dae.models.classifier import DiverseClassifier
 
-    if isinstance(model, DiverseClassifier):
-        return model
-    return zoo.load(model)
+    if not isinstance(model, DiverseClassifier):
+        model = zoo.load(model)
+    if mixed_precision:
+        from keras_dae import scale
+
+        model = scale.with_precision(model, mixed_precision)
+    return model
 
 
 def _forward_function(model):

@@ -58,6 +58,33 @@ class TrainConfig:
                 "joint": self.joint_epochs}[stage]
 
 
+# `keras-dae train`'s flags for the numeric settings: (flag, setting, help). Their types
+# (ranges) and defaults are the settings' own (`parse_type`, `default`).
+FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
+         ("--fusion-epochs", "fusion_epochs", None),
+         ("--joint-epochs", "joint_epochs", "optional stage 3"),
+         ("--batch-size", "batch_size", None), ("--learning-rate", "learning_rate", None),
+         ("--mixup", "mixup", "mixup alpha (0: off)"), ("--patience", "patience", None),
+         ("--seed", "seed", None))
+
+
+def from_flags(args) -> TrainConfig:
+    """The `TrainConfig` of `keras-dae train`'s parsed flags (an `argparse.Namespace`):
+    the `FLAGS`, `--balanced`, `--feature-masking on|off|preset`, `--feature-cache [DIR]`
+    (no DIR: `<--out>/feature_cache`), `--mixed-precision`, `--data-parallel` and
+    `--jit-compile auto|on|off`."""
+    import os
+
+    numeric = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in FLAGS}
+    return TrainConfig(
+        **numeric, balanced=args.balanced,
+        feature_masking={"on": True, "off": False, "preset": None}[args.feature_masking],
+        feature_cache=(os.path.join(args.out, "feature_cache") if args.feature_cache == "run"
+                       else args.feature_cache),
+        mixed_precision=args.mixed_precision, data_parallel=args.data_parallel,
+        jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile])
+
+
 def default(name: str):
     """The default of the setting `name`."""
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]

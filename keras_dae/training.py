@@ -147,6 +147,18 @@ def evaluate(model, dataset, sample_rate=None, chunk_seconds=1.0, hop_seconds=0.
     return report
 
 
+def report_text(report: dict, split: str) -> str:
+    """`evaluate`'s report as lines for people: the fused metrics, each stream's mAP, the
+    skipped files."""
+    d_prime = report["d_prime"] if report["d_prime"] is None else round(report["d_prime"], 3)
+    lines = [f"{split}: {report['n_clips']} clips  mAP {report['mAP']:.4f}  d' {d_prime}"
+             f"  lwlrap {report['lwlrap']:.4f}"]
+    lines += [f"  stream {name:<12} mAP {value:.4f}" for name, value in report["streams"].items()]
+    lines += [report["skip_summary"]]
+    lines += [f"  {path}: {reason}" for path, reason in report["skipped"].items()]
+    return "\n".join(lines)
+
+
 def init_fusion_from_streams(model) -> None:
     """Starts the fusion head as the average of the stream heads' logits.
 

@@ -81,14 +81,14 @@ def test_demo_without_matplotlib_prints_the_tags_and_names_the_extra(tiny_preset
     assert "speech_front_center.wav  (1.43 s)" in out
     assert out.count("keras-dae[plot]") == 1
     assert out.rstrip().splitlines()[-1] == (
-        "no picture: matplotlib is not installed (pip install 'keras-dae[plot]' draws it)")
+        'no picture: matplotlib is not installed (pip install "keras-dae[plot]" draws it)')
     assert list(tmp_path.iterdir()) == []
     for command in (["demo", str(path), "--model", str(tiny_preset)], ["frontends", str(path)]):
         assert cli.main([*command, "--plot", "picture.png"]) == 2
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err == ("error: the picture picture.png needs matplotlib: "
-                                "pip install 'keras-dae[plot]'\n")
+                                'pip install "keras-dae[plot]"\n')
 
 
 def _shipped_preset():

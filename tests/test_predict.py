@@ -334,8 +334,10 @@ def test_one_call_from_file_or_array(tiny_preset, tagger):
 
 
 def test_progress_bar_on_terminals_only(capsys):
-    assert not cli._Progress(3).enabled  # stderr is captured here, not a terminal
-    progress = cli._Progress(3, enabled=True)
+    from keras_dae.tag_files import ProgressBar
+
+    assert not ProgressBar(3).enabled  # stderr is captured here, not a terminal
+    progress = ProgressBar(3, enabled=True)
     for name in ("a.wav", "b.wav", "dir/c.wav"):
         progress.step(name)
     progress.clear()

@@ -340,7 +340,7 @@ def test_a_normal_run_prints_no_native_log_noise(tmp_path):
 ])
 def test_a_command_missing_an_optional_package_names_its_extra(module, extra, capsys):
     """Wherever a command imports an optional package, its absence is one line, exit 2."""
-    from keras_dae.cli import run_guarded
+    from keras_dae.messages import run_guarded
 
     def command(args):
         raise ModuleNotFoundError(f"No module named {module!r}", name=module)
@@ -365,7 +365,7 @@ def test_a_command_missing_an_optional_package_names_its_extra(module, extra, ca
 def test_every_cli_refusal_is_one_short_printable_line(raised, capsys):
     """Refusals (keras-dae's InputError, OSError) exit with 2; anything else, a ValueError of
     NumPy's included, is a bug and exits with 1; either way one short printable line."""
-    from keras_dae.cli import run_guarded
+    from keras_dae.messages import run_guarded
 
     def command(args):
         raise raised

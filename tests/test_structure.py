@@ -95,6 +95,17 @@ def test_nothing_in_the_package_imports_the_command_line():
     assert importers == []
 
 
+def test_the_command_line_is_thin():
+    """cli.py parses, calls the library and prints: under 400 lines, and none of its commands
+    reads a dataset or writes a file itself (no open(), no write_text/np.save of its own)."""
+    source = (ROOT / "keras_dae" / "cli.py").read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 400
+    calls = {node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+             for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+             and isinstance(node.func, (ast.Attribute, ast.Name))}
+    assert not calls & {"open", "write_bytes", "save", "savez", "savez_compressed", "read_csv"}
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
 def test_benchmarks_use_the_public_api_and_leave_sys_path_alone(script):
     tree = ast.parse((ROOT / "benchmarks" / script).read_text(encoding="utf-8"))

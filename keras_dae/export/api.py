@@ -57,6 +57,15 @@ class ExportResult:
     max_abs_diff: dict
     model_backend: str
 
+    def summary(self) -> str:
+        """What was written and, when checked, how far it is from the Keras model."""
+        text = (f"wrote {self.path} ({self.format}, quantize {self.quantize}, "
+                f"{self.size_bytes / 1e6:.2f} MB), labels {self.labels_path}")
+        diff = ", ".join(f"{k} {v:.2g}" for k, v in self.max_abs_diff.items())
+        if diff:
+            text += f"\nlargest difference from the Keras model on probe audio: {diff}"
+        return text
+
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}

@@ -31,6 +31,19 @@ def audio_files(source) -> list[Path]:
     return files
 
 
+def training_data(preset_dir) -> Path:
+    """The default int8 calibration audio of a preset: the dataset it was trained on (its
+    `metadata.json`'s `training_data`), when it is still there; refused otherwise."""
+    from keras_dae.zoo import preset_files
+
+    metadata = Path(preset_dir) / "metadata.json"
+    data = preset_files.read_json(metadata).get("training_data") if metadata.is_file() else None
+    if not data or not Path(data).exists():
+        raise InputError("--quantize int8 calibrates on representative audio: give "
+                         "--calibration DATASET_OR_AUDIO_DIR")
+    return Path(data)
+
+
 def calibration_windows(source, sample_rate: int, window: int,
                         max_windows: int = DEFAULT_WINDOWS, seed: int = 0) -> np.ndarray:
     """Up to `max_windows` windows `(n, window)` float32 of representative audio.
