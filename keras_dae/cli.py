@@ -1,4 +1,4 @@
-"""The `keras-dae` command line.
+"""The `keras-dae` command line: it parses, calls the library, and prints.
 
 Errors the user can act on (a bad audio file, an unreadable dataset or preset, an unwritable
 output directory, a full disk) end the command with one line on stderr, `error: <what>`, and
@@ -19,6 +19,7 @@ from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
 from keras_dae.export import formats as export_formats
 from keras_dae.extras import BACKENDS
+from keras_dae.pcm_input import SAMPLE_FORMATS
 from keras_dae.validation import (
     InputError,
     non_negative_int,
@@ -56,10 +57,8 @@ def _train_command(args) -> int:
     from keras_dae import train_config
     from keras_dae.train_run import train_run
 
-    config = train_config.from_flags(args)
-    train_run(args.data, args.out, args.preset, config, args.format, args.shards,
-              resume=args.resume, overwrite=args.overwrite,
-              say=lambda line: print(line, flush=True))
+    train_run(args.data, args.out, args.preset, train_config.from_flags(args), args.format,
+              args.shards, args.resume, args.overwrite, lambda line: print(line, flush=True))
     return 0
 
 
@@ -93,8 +92,7 @@ def _tag_inputs(args, verb: str, emit, **options):
 
 
 def _load_tagger(args, **kwargs):
-    """The `Tagger` of `--model` (in `--mixed-precision`), loaded with the libraries'
-    start-up noise silenced."""
+    """The `Tagger` of `--model` (in `--mixed-precision`), its libraries' start-up quiet."""
     from keras_dae.inference import Tagger, load_model
 
     with native_logs.stderr_silenced(not args.debug):
@@ -109,9 +107,11 @@ def _predict_command(args) -> int:
     from keras_dae.inference import TagFailure
 
     events = None
-    if args.events or args.audacity or args.events_tsv:
+    if args.events or args.audacity or args.events_tsv or args.stream:
         events = EventOptions(on=args.on, off=args.off)
         args.hop = 0.25 if args.hop is None else args.hop  # events: a window every 0.25 s
+    if args.stream:
+        return _stream(args, events)
     if args.events_tsv:
         atomic.check_output_path(args.events_tsv, (".tsv",), "--events-tsv")
     tracks = AudacityTracks(args.audacity) if args.audacity else None
@@ -135,23 +135,37 @@ def _predict_command(args) -> int:
     return 0 if results else 2
 
 
+def _stream(args, options) -> int:
+    """`predict --stream -`: standard input (WAV, or raw PCM with --rate), events as they come."""
+    import json
+
+    from keras_dae.pcm_input import PcmFormat, pcm_blocks
+    from keras_dae.streaming import StreamTagger
+
+    if args.inputs != ["-"]:
+        raise InputError("--stream reads standard input: give '-' as the only input")
+    raw = PcmFormat(args.rate, args.channels, args.sample_format) if args.rate else None
+    fmt, blocks = pcm_blocks(sys.stdin.buffer, raw)
+    tagger = _load_tagger(args, batch_size=args.batch_size, hop_seconds=args.hop)
+    for update in StreamTagger(tagger, fmt.rate, options).run(blocks):
+        print(json.dumps(update.to_dict()) if args.json else update.to_text(), flush=True)
+    return 0
+
+
 def _embed_command(args) -> int:
     from keras_dae import atomic
     from keras_dae.inference import save_embeddings
 
     out = atomic.check_output_path(args.out, (".npz",))
     tagger, results, failures = _tag_inputs(args, "embedded", lambda result: None, top_k=0)
+    if not results and len(failures) > 1:  # a single file's refusal was the one line already
+        raise InputError(f"nothing written to {out}: no file could be embedded")
     if not results:
-        if len(failures) > 1:  # a single file's refusal was the one line already
-            print(f"error: nothing written to {out}: no file could be embedded",
-                  file=sys.stderr)
         return 2
-    fused = save_embeddings(out, results, failures, tagger.stream_names, str(args.model),
-                            tagger.sample_rate)
-    size = fused.shape[1] // len(tagger.stream_names)
-    streams = ", ".join(tagger.stream_names)
-    print(f"wrote {out}: fused {fused.shape[0]}x{fused.shape[1]}; {streams} "
-          f"{fused.shape[0]}x{size} each")
+    n, width = save_embeddings(out, results, failures, tagger.stream_names, str(args.model),
+                               tagger.sample_rate).shape
+    print(f"wrote {out}: fused {n}x{width}; {', '.join(tagger.stream_names)} "
+          f"{n}x{width // len(tagger.stream_names)} each")
     return 0
 
 
@@ -161,13 +175,9 @@ def _shard_command(args) -> int:
     dataset = read_split(args.data, args.split, args.format)
     if dataset is None:
         raise InputError(f"{args.data}: no {args.split} split for --format {args.format}")
-    print(f"shard: {len(dataset)} clips of {args.data} ({args.split}) -> {args.out}, "
-          f"{args.sample_rate} Hz, 1 s chunks every 0.5 s, {args.workers} workers", flush=True)
     shards = write_shards(dataset, args.out, sample_rate=args.sample_rate,
                           shard_size=args.shard_size, workers=args.workers,
                           overwrite=args.overwrite, verbose=True)
-    for path, reason in shards.skipped.items():
-        print(f"  skipped {path}: {reason}")
     print(f"wrote {shards}")
     return 0
 
@@ -178,18 +188,14 @@ def _demo_command(args) -> int:
     paths = [Path(p) for p in args.files] if args.files else bundled.demo_clips()
     picture = extras.picture_path(args.plot, "demo.png")
     tagger = _load_tagger(args)
-    import keras
-
     name = Path(str(args.model)).name
-    print(f"keras-dae demo: model {name} ({len(tagger.class_names)} classes, streams "
-          f"{', '.join(tagger.stream_names)}), keras backend {keras.backend.backend()}\n")
+    print(demo.heading(tagger, name) + "\n")
     results = demo.run(tagger, paths)
     for result in results:
         print(demo.describe(result, tagger) + "\n")
     if picture:
-        title = f"keras-dae demo: {name} on {len(results)} real recordings"
-        demo.plot(results, picture, tagger.class_names, tagger.stream_names,
-                  tagger.sample_rate, title=title)
+        demo.plot(results, picture, tagger.class_names, tagger.stream_names, tagger.sample_rate,
+                  title=f"keras-dae demo: {name} on {len(results)} real recordings")
         print(f"wrote {picture}: per-second labels, spectrograms, fused scores over time, "
               "and each stream's scores beside the fused ones")
     elif note := extras.no_picture_line(args.plot):
@@ -218,8 +224,7 @@ def _export_command(args) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its refusals in the command line's one-line form (`error: ...`, exit 2)
-    instead of the usage text followed by the message."""
+    """argparse, refusing in the command line's one-line form (`error: ...`, exit 2)."""
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} "
@@ -332,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="events: write an Audacity label track (.txt) per file to DIR")
     predict.add_argument("--events-tsv", metavar="FILE.tsv",
                          help="events: write all files' events as a DCASE/DESED TSV")
+    predict.add_argument("--stream", action="store_true", help="tag standard input ('-') as it "
+                         "arrives, printing each event's onset and offset as they happen")
+    predict.add_argument("--rate", type=positive_int, help="--stream of raw PCM: its sample rate")
+    predict.add_argument("--channels", type=positive_int, default=1, help="raw PCM: channels")
+    predict.add_argument("--sample-format", choices=SAMPLE_FORMATS, default="s16le",
+                         help="raw PCM: as ffmpeg's -f names it (default s16le)")
     embed.add_argument("--out", required=True, metavar="FILE.npz", help="where to write")
 
     demo = command("demo", _demo_command, "tag the bundled real recordings and draw the labels "

@@ -36,6 +36,14 @@ STREAM_TITLES = {"fused": "fused", "pitch": "pitch", "timbre": "timbre",
                  "neuralogram": "neuralo-\ngram", "end_to_end": "end-to-\nend"}
 
 
+def heading(tagger, model_name: str) -> str:
+    """`keras-dae demo: model NAME (C classes, streams ...), keras backend B`."""
+    import keras
+
+    return (f"keras-dae demo: model {model_name} ({len(tagger.class_names)} classes, streams "
+            f"{', '.join(tagger.stream_names)}), keras backend {keras.backend.backend()}")
+
+
 def run(tagger: Tagger, paths=None, top_k: int = 3) -> list[TagResult]:
     """Tags `paths` (default: the bundled clips) with per-second labels. Raises
     `AudioDecodeError` if one cannot be read."""

@@ -27,6 +27,7 @@ future, and are not applied here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,6 +50,10 @@ class EventUpdate:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "time": round(self.time, 3), "label": self.label,
                 "score": round(self.score, 4)}
+
+    def to_text(self) -> str:
+        """`  12.25 s  onset   Speech (0.91)`."""
+        return f"{self.time:8.2f} s  {self.kind:<7} {self.label} ({self.score:.2f})"
 
 
 class StreamTagger:
@@ -150,6 +155,19 @@ class StreamTagger:
             self._buffer = self._buffer[keep:]
             self._offset += keep
         return updates
+
+    def run(self, blocks) -> Iterator[EventUpdate]:
+        """Feeds every block of the iterable `blocks` (e.g. `pcm_input.pcm_blocks`), yielding
+        updates as they come, and closes the stream when the blocks end. Interrupted
+        (Ctrl-C while a block is awaited), it yields the offsets of the open events first,
+        then lets the `KeyboardInterrupt` go on."""
+        try:
+            for block in blocks:
+                yield from self.feed(block)
+        except KeyboardInterrupt:
+            yield from self.close()
+            raise
+        yield from self.close()
 
     def close(self) -> list[EventUpdate]:
         """Ends the stream: scores a stream shorter than one window (tiled, as clips are),

@@ -120,3 +120,122 @@ def test_short_streams_and_refusals():
         StreamTagger(NumpyTagger(), options=EventOptions(min_gap=1))
     with pytest.raises(ValueError, match="NaN"):
         StreamTagger(NumpyTagger()).feed(np.array([0.1, np.nan], np.float32))
+
+
+# -- audio on a byte stream (keras_dae.pcm_input) and `keras-dae predict --stream -` ----------
+
+
+class Trickle:
+    """A pipe that hands out at most `step` bytes a read, as a slow source does."""
+
+    def __init__(self, data: bytes, step: int = 1000):
+        import io
+
+        self._io, self.step = io.BytesIO(data), step
+
+    def read(self, n=-1):
+        return self._io.read(self.step if n < 0 else min(n, self.step))
+
+    read1 = read
+
+
+def wav_bytes(audio, rate, subtype="PCM_16", channels=1):
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    data = np.repeat(audio[:, None], channels, axis=1) if channels > 1 else audio
+    sf.write(buffer, data, rate, subtype=subtype, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("subtype,channels,atol", [("PCM_16", 1, 1 / 32768), ("FLOAT", 2, 1e-7),
+                                                   ("PCM_32", 2, 1e-7), ("PCM_U8", 1, 1 / 128)])
+def test_wav_on_a_stream_reads_as_the_file_does(subtype, channels, atol):
+    """A WAV written by libsndfile, read through a pipe 1,000 bytes at a time: its format from
+    the header, the samples those of `soundfile.read` (downmixed), in blocks of whole frames."""
+    import io
+
+    import soundfile as sf
+
+    from keras_dae.pcm_input import pcm_blocks
+
+    audio = load_recording("speech_front_center.wav")[:20000] * 0.9
+    data = wav_bytes(audio, 22050, subtype, channels)
+    fmt, blocks = pcm_blocks(Trickle(data))
+    assert (fmt.rate, fmt.channels) == (22050, channels)
+    blocks = list(blocks)
+    assert len(blocks) > 10 and all(b.ndim == 1 and b.dtype == np.float32 for b in blocks)
+    expected, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    np.testing.assert_allclose(np.concatenate(blocks), expected.mean(axis=1), atol=atol)
+
+
+@pytest.mark.one_backend
+def test_raw_pcm_needs_its_rate_and_keeps_whole_frames():
+    from keras_dae.pcm_input import PcmFormat, pcm_blocks
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(-30000, 30000, size=(999, 2)).astype("<i2")
+    data = frames.tobytes() + b"\x01"  # a partial frame at the end is dropped
+    with pytest.raises(InputError, match="standard input is not WAV: .*--rate"):
+        pcm_blocks(Trickle(data))
+    fmt, blocks = pcm_blocks(Trickle(data, step=333), PcmFormat(8000, 2, "s16le"))
+    out = np.concatenate(list(blocks))
+    np.testing.assert_allclose(out, frames.mean(axis=1) / 32768, atol=1e-6)
+    with pytest.raises(InputError, match="sample format"):
+        PcmFormat(16000, 1, "s24be")
+    with pytest.raises(InputError, match="ended inside its WAV header"):
+        pcm_blocks(Trickle(b"RIFF\x00\x00\x00\x00WAVEfmt "))
+    with pytest.raises(InputError, match="format 2 with 4-bit"):  # ADPCM
+        header = b"RIFF\x00\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + np.array(
+            [2, 1], "<u2").tobytes() + np.array([8000, 4000], "<u4").tobytes() + np.array(
+            [1, 4], "<u2").tobytes()
+        pcm_blocks(Trickle(header + b"data\x00\x00\x00\x00"))
+
+
+@pytest.mark.one_backend
+def test_predict_stream_prints_the_stream_events_as_they_come(tagger, monkeypatch, capsys):
+    """`keras-dae predict --stream -` on speech then a guitar piped as WAV at 44.1 kHz, and
+    as raw stereo s16le: the JSON lines are StreamTagger's updates on the same audio; text
+    lines name the onsets and offsets; a file argument is refused."""
+    import io
+    import json
+    import types
+
+    from keras_dae.audio import load_audio
+    from keras_dae.cli import main
+    from keras_dae.data import demo_clips
+
+    audio = np.concatenate([load_audio(conftest_path("speech_front_center.wav"), 44100),
+                            load_audio(demo_clips()[1], 44100)]) * 0.9
+    stream = StreamTagger(tagger, input_rate=44100, options=EventOptions(on=0.5))
+    expected = [u.to_dict() for u in stream.run([audio])]
+    assert {u["label"] for u in expected} >= {"Speech", "Guitar"}
+
+    pcm = (np.repeat(audio[:, None], 2, axis=1) * 32767).astype("<i2").tobytes()
+    runs = [(wav_bytes(audio, 44100, "FLOAT"), []),
+            (pcm, ["--rate", "44100", "--channels", "2"])]
+    for data, flags in runs:
+        monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=Trickle(data, 8192)))
+        assert main(["predict", "--stream", "-", "--model", "diverse_sampled15", "--json",
+                     "--batch-size", "8", *flags]) == 0
+        got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(u["kind"], u["label"]) for u in got] == [(u["kind"], u["label"])
+                                                          for u in expected]
+        np.testing.assert_allclose([u["time"] for u in got], [u["time"] for u in expected],
+                                   atol=1e-3)
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=io.BytesIO(runs[0][0])))
+    assert main(["predict", "--stream", "-", "--model", "diverse_sampled15"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(" onset   Speech (" in line for line in lines)
+    assert any(" offset  Guitar (" in line for line in lines)
+    assert main(["predict", "--stream", "a.wav"]) == 2
+    assert "give '-' as the only input" in capsys.readouterr().err
+
+
+def conftest_path(name):
+    from conftest import DATA_DIR
+
+    return DATA_DIR / name

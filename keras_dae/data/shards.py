@@ -308,7 +308,7 @@ def write_shards(dataset: ClipDataset, out_dir, sample_rate: int = 16000,
         shard_size: chunks per file (4096 1 s chunks at 16 kHz: about 128 MB per file).
         workers: processes decoding clips in parallel (1: in this process).
         overwrite: replace the shards in `out_dir`.
-        verbose: print progress.
+        verbose: print what is done, progress, and each skipped file.
 
     Files that cannot be decoded are skipped, logged, and listed in the index's `skipped`.
     Returns the written `ShardSet`. Raises `ValueError` when no file could be decoded.
@@ -318,6 +318,9 @@ def write_shards(dataset: ClipDataset, out_dir, sample_rate: int = 16000,
     if len(dataset) == 0:
         raise InputError("dataset has no clips")
     args = (int(sample_rate), float(chunk_seconds), float(hop_seconds), short)
+    if verbose:
+        print(f"shard: {len(dataset)} clips -> {out_dir}, {sample_rate} Hz, {chunk_seconds:g} s "
+              f"chunks every {hop_seconds:g} s, {workers} workers", flush=True)
     with ShardWriter(out_dir, dataset.labels, dataset.mids, sample_rate, chunk_seconds,
                      hop_seconds, short, shard_size, overwrite) as writer:
         for i, chunks, reason in _decoded_clips(dataset, args, int(workers)):
@@ -330,6 +333,8 @@ def write_shards(dataset: ClipDataset, out_dir, sample_rate: int = 16000,
                       f"{len(writer.skipped)} skipped", flush=True)
     shards = writer.shards
     if verbose:
+        for path, reason in shards.skipped.items():
+            print(f"  skipped {path}: {reason}")
         print(f"shards: wrote {len(shards)} chunks of {shards.n_clips} clips in "
               f"{len(shards.index['files'])} files to {out_dir}; skipped "
               f"{len(shards.skipped)}", flush=True)
