@@ -311,7 +311,7 @@ def markdown_table(result: dict) -> str:
     head = ("| card | backend | precision | batch | pitch | timbre | Neuralogram | end-to-end "
             "| whole model | front ends, forward (x real time) | FSD50K epoch, projected |")
     lines = [head, "|" + "---|" * 11]
-    for run in result["runs"].values():
+    for run_key, run in result["runs"].items():
         keys = []
         for row in run["rows"]:
             key = (row["card"], backend_label(row), row["precision"], row["batch_size"])
@@ -331,8 +331,10 @@ def markdown_table(result: dict) -> str:
             if "whole model" in sel:
                 seconds = sel["whole model"]["projected_fsd50k_epoch_s"]
                 epoch = f"{seconds / 60:,.0f} min" if seconds >= 120 else f"{seconds:,.0f} s"
+            # A partial run (--run) is named beside the card: its rows stand beside each other.
+            where = card if run_key in ("cpu", "gpu") else f"{card}, run \"{run_key}\""
             lines.append(
-                f"| {card} | {backend} | {precision} | {batch} | {cell('pitch')} | "
+                f"| {where} | {backend} | {precision} | {batch} | {cell('pitch')} | "
                 f"{cell('timbre')} | {cell('neuralogram')} | {cell('end_to_end')} | "
                 f"{cell('whole model')} | {real_time} | {epoch} |")
     return "\n".join(lines)
