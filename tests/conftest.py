@@ -189,13 +189,12 @@ def no_network(monkeypatch):
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--not-first-backend", action="store_true",
-        help="deselect the tests marked one_backend: they ran already, under the first backend "
-             "of tests/run.sh")
+        "--skip-one-backend", action="store_true",
+        help="deselect the tests marked one_backend: tests/run.sh runs them under PyTorch only")
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--not-first-backend"):
+    if not config.getoption("--skip-one-backend"):
         return
     once = [item for item in items if item.get_closest_marker("one_backend")]
     if once:

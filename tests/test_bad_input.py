@@ -314,6 +314,7 @@ def test_a_dataset_of_every_bad_file_trains_for_an_epoch(corpus, tmp_path):
         assert f"{count} {kind}" in summary
 
 
+@pytest.mark.one_backend
 @pytest.mark.usefixtures("no_network")
 def test_evaluation_skips_and_counts_bad_files(corpus, tmp_path):
     from keras_dae import training, zoo
@@ -370,6 +371,7 @@ def test_frontends_command_refuses_a_bad_file(case, corpus, capsys):
     check_refusal(case, corpus[case.name], one_line_error(err))
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name", ["one_ms", "six_channel"])  # decoding: test_load_audio
 def test_frontends_command_takes_odd_good_files(name, corpus, capsys):
     assert cli_main(["frontends", str(corpus[name]), "--plot", ""]) == 0
@@ -425,6 +427,7 @@ def preset(tmp_path_factory):
     return zoo.save(model, tmp_path_factory.mktemp("preset") / "preset")
 
 
+@pytest.mark.one_backend
 @pytest.mark.usefixtures("no_network")
 def test_evaluate_command_with_bad_files(corpus, preset, tmp_path, capsys):
     rows = [(str(corpus[c.name]), "ok" if c.ok else "bad") for c in FAST]
@@ -649,6 +652,7 @@ def tagger(preset):
     return Tagger(str(preset))
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_python_api_on_each_file(case, corpus, tagger):
     """`Tagger.tag`: an ok file is tagged over its decoded length; a bad one raises a
@@ -676,6 +680,7 @@ def for_commands(case):
     return case
 
 
+@pytest.mark.one_backend
 @pytest.mark.usefixtures("no_network")
 @pytest.mark.parametrize("case", [c for c in EVERY if not c.ok], ids=lambda c: c.name)
 def test_predict_and_embed_refuse_a_single_bad_file(case, corpus, preset, tmp_path, capsys):
@@ -690,6 +695,7 @@ def test_predict_and_embed_refuse_a_single_bad_file(case, corpus, preset, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.one_backend
 @pytest.mark.usefixtures("no_network")
 def test_predict_and_embed_over_the_whole_corpus(corpus, preset, tmp_path, capsys):
     """A batch of every file: the good ones are tagged and embedded, the bad ones reported,

@@ -74,6 +74,7 @@ PARITY_CASES = [(name, config) for config in ("default", "24bpo") for name in SI
 ]
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name, config_name", PARITY_CASES)
 def test_magnitude_matches_librosa(signals, name, config_name):
     """Tolerance: 99% of bins within 60 dB of the peak agree with librosa to 1 dB (the guide);
@@ -93,6 +94,7 @@ def test_magnitude_matches_librosa(signals, name, config_name):
     [(name, "default") for name in SIGNAL_NAMES]
     + [("tone", "36bpo-early2"), ("shutter", "odd-hop")],
 )
+@pytest.mark.one_backend
 def test_db_matches_librosa_amplitude_to_db(signals, name, config_name):
     """to_db=True is librosa.amplitude_to_db(|C|, ref=1, amin=1e-5, top_db=80)."""
     config, max_db = CONFIGS[config_name]

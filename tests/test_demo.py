@@ -37,6 +37,7 @@ def test_bundled_clips_are_small_short_documented_and_packaged():
     assert any(fnmatch.fnmatch(relative, pattern) for pattern in package_data)
 
 
+@pytest.mark.one_backend
 def test_demo_prints_labels_over_time_and_draws_them(tiny_preset, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     picture = "demo.png"  # the default

@@ -19,6 +19,7 @@ def test_the_examples_are_found():
     assert "keras_dae.layers.mfcc" in MODULES
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)

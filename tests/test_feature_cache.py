@@ -32,6 +32,7 @@ def _loader(data_dir, **kwargs):
                        **kwargs)
 
 
+@pytest.mark.one_backend
 def test_cache_holds_the_front_ends_output_and_is_reused(data_dir, model, tmp_path):
     loader = _loader(data_dir)
     featurizer = model.featurizer

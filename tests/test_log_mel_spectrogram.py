@@ -21,6 +21,7 @@ def librosa_log_mel(y, config):
     return librosa.power_to_db(mel, top_db=config.get("top_db", 80.0)).T
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("dft_mode", ["matmul", "fft"])
 @pytest.mark.parametrize("config", CONFIGS, ids=["512-64", "400-40-band", "1024-htk"])
 @pytest.mark.parametrize("name", ["tone", "chirp", "noise", "speech", "shutter"])

@@ -35,6 +35,7 @@ def range_relative_error(ours, ref):
     return np.abs(ours - ref).max(axis=0) / span
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("name", ["tone", "chirp", "noise", "speech", "shutter"])
 def test_matches_librosa(signals, name, config):

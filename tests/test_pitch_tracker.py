@@ -164,6 +164,7 @@ def _plan_args(config):
     )
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("dft_mode", signal.DFT_MODES)
 @pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
 def test_f0_matches_librosa_yin(yin_batch, config, dft_mode):
@@ -232,6 +233,7 @@ def test_silence_and_noise_are_finite_and_unconfident(signals):
         assert np.all(np.isfinite(run(layer, scale * signals["speech"])))
 
 
+@pytest.mark.one_backend
 def test_voicing_agrees_with_pyin(pyin_reference):
     """Share of frames where `is_voiced` equals pyin's voiced_flag, default threshold 0.55.
 

@@ -279,6 +279,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert "Traceback" in err and "PresetError" in err
 
 
+@pytest.mark.one_backend
 def test_embed_writes_fused_and_stream_embeddings(tiny_preset, audio_dir, tmp_path, capsys):
     out = tmp_path / "emb.npz"
     code = cli.main(["embed", str(audio_dir), str(FILES[0]), "--out", str(out), "--model",

@@ -143,6 +143,7 @@ def _edge_examples(n_rates: int):
     return decorate
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_front_end_outputs_are_finite_with_documented_shapes(name):
     rates = LAYER_RATES[name]

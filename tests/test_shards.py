@@ -12,8 +12,8 @@ pytest.importorskip("array_record")
 from keras_dae.data import ChunkLoader, ShardLoader, ShardSet, read_fsd50k, write_shards  # noqa: E402
 from keras_dae.data.shards import ShardWriter, decode_chunk, encode_chunk  # noqa: E402
 
-# Under tests/run.sh, on the first backend only; .ci/run runs this file again on JAX and PyTorch
-# in an environment without TensorFlow.
+# Under tests/run.sh, on one backend only; .ci/run's environment without TensorFlow shards and
+# trains from shards on JAX and PyTorch (tests/test_without_tensorflow.py).
 pytestmark = pytest.mark.one_backend
 
 # int16 with a per-chunk scale: at most half a step of peak / 32767, plus float32 rounding.

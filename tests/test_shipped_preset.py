@@ -50,6 +50,7 @@ def test_a_local_preset_of_the_same_name_takes_precedence(model, tmp_path, monke
     assert zoo.load(NAME).count_params() < model.count_params()
 
 
+@pytest.mark.one_backend
 def test_tags_a_real_recording_of_speech(model):
     chunks = chunk_waveform(load_recording("speech_front_center.wav"), 16000, 1.0, 0.5)
     scores = model.predict(chunks, verbose=0)["fused"].mean(axis=0)
@@ -57,6 +58,7 @@ def test_tags_a_real_recording_of_speech(model):
     assert scores[model.class_names.index("Speech")] > 0.5
 
 
+@pytest.mark.one_backend
 def test_explanations_split_the_fused_logit_exactly_over_the_streams(model):
     """Each label's stream contributions plus the bias are the mean of the chunks' fused
     logits (checked against the fused head's own chunk scores); the shares add up; the

@@ -125,6 +125,7 @@ CASES = {
 }
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("stft, dft_mode", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_librosa(signals, name, stft, dft_mode):
@@ -183,6 +184,7 @@ def test_contrast_floor_makes_deep_valleys_reproducible(signals, name):
     assert np.all(np.isfinite(unfloored))
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name", ["speech", "shutter", "noise"])
 def test_contrast_floor_leaves_recordings_alone(signals, name):
     y = signals[name]
@@ -273,6 +275,7 @@ def interpolated_rolloff(y, stft, roll_percent=0.85):
     return np.maximum(k - 1 + fraction, 0.0) * SR / stft["n_fft"]
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("name", NAMES)
 def test_interpolated_rolloff_stays_inside_librosas_bin(signals, name):
     """`interpolate_rolloff=True`: within one bin below librosa's roll-off, never above it,

@@ -39,6 +39,7 @@ def _trainer(data_dir, run_dir, **overrides):
     return training.Trainer(model, train, val, run_dir, config, verbose=0)
 
 
+@pytest.mark.one_backend
 @pytest.mark.usefixtures("no_network")
 def test_train_and_evaluate_commands(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
