@@ -14,19 +14,15 @@ import os
 import sys
 from pathlib import Path
 
-from keras_dae import extras, messages, native_logs
+from keras_dae import events as events_module
+from keras_dae import extras, messages, microphone, native_logs, streaming
 from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
+from keras_dae.events import EventOptions
 from keras_dae.export import formats as export_formats
 from keras_dae.extras import BACKENDS
-from keras_dae.pcm_input import SAMPLE_FORMATS
-from keras_dae.validation import (
-    InputError,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    unit_interval,
-)
+from keras_dae.pcm_input import SAMPLE_FORMATS, stdin_blocks
+from keras_dae.validation import InputError, non_negative_int, positive_float, positive_int
 
 
 def _frontends_command(args) -> int:
@@ -70,16 +66,29 @@ def _evaluate_command(args) -> int:
 
     if args.json:
         atomic.check_output_path(args.json, (".json",), "--json")
-    model = load_model(args.model, args.mixed_precision)
-    dataset = read_split(args.data, args.split, args.format)
-    if dataset is None:
-        raise InputError(f"{args.data}: no {args.split} split")
-    report = training.evaluate(model, dataset.with_labels(model.class_names))
-    print(training.report_text(report, args.split))
+    if args.events:  # strong labels: event-based and segment-based F1, PSDS
+        from keras_dae import event_evaluation as ev
+
+        report = ev.evaluate_set(lambda: load_model(args.model, args.mixed_precision), args.data,
+                                 args.split, EventOptions.from_flags(args), args.hop)
+        print(ev.report_text(report))
+    else:
+        dataset = _split(args)
+        model = load_model(args.model, args.mixed_precision)
+        report = training.evaluate(model, dataset.with_labels(model.class_names))
+        print(training.report_text(report, args.split))
     if args.json:
         atomic.write_text(args.json, json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def _split(args):
+    """The `--split` of the dataset in `--data` (`--format`), or `InputError`."""
+    dataset = read_split(args.data, args.split, args.format)
+    if dataset is None:
+        raise InputError(f"{args.data}: no {args.split} split for --format {args.format}")
+    return dataset
 
 
 def _tag_inputs(args, verb: str, emit, **options):
@@ -102,20 +111,15 @@ def _load_tagger(args, **kwargs):
 def _predict_command(args) -> int:
     import json
 
-    from keras_dae import atomic
-    from keras_dae.events import AudacityTracks, EventOptions, events_table
     from keras_dae.inference import TagFailure
 
     events = None
     if args.events or args.audacity or args.events_tsv or args.stream:
-        events = EventOptions(on=args.on, off=args.off)
+        events = EventOptions.from_flags(args)
         args.hop = 0.25 if args.hop is None else args.hop  # events: a window every 0.25 s
     if args.stream:
-        return _stream(args, events)
-    if args.events_tsv:
-        atomic.check_output_path(args.events_tsv, (".tsv",), "--events-tsv")
-    tracks = AudacityTracks(args.audacity) if args.audacity else None
-    found = {}
+        return _stream(args)
+    outputs = events_module.EventOutputs(args.audacity, args.events_tsv)
 
     def emit(result):
         if args.json:
@@ -123,32 +127,24 @@ def _predict_command(args) -> int:
         elif not isinstance(result, TagFailure):
             print(result.to_text(), flush=True)
         if events is not None and not isinstance(result, TagFailure):
-            found[result.source] = result.events
-            if tracks:
-                tracks.write(result.source, result.events)
+            outputs.add(result.source, result.events)
 
     _, results, _ = _tag_inputs(args, "tagged", emit, top_k=args.top_k,
                                 timestamps=args.timestamps, explain=args.explain, events=events)
-    if args.events_tsv and results:
-        atomic.write_text(args.events_tsv, events_table(found, scores=True))
-        print(f"wrote {args.events_tsv}", file=sys.stderr)
+    if results and (line := outputs.close()):
+        print(line, file=sys.stderr)
     return 0 if results else 2
 
 
-def _stream(args, options) -> int:
-    """`predict --stream -`: standard input (WAV, or raw PCM with --rate), events as they come."""
-    import json
-
-    from keras_dae.pcm_input import PcmFormat, pcm_blocks
-    from keras_dae.streaming import StreamTagger
-
-    if args.inputs != ["-"]:
-        raise InputError("--stream reads standard input: give '-' as the only input")
-    raw = PcmFormat(args.rate, args.channels, args.sample_format) if args.rate else None
-    fmt, blocks = pcm_blocks(sys.stdin.buffer, raw)
-    tagger = _load_tagger(args, batch_size=args.batch_size, hop_seconds=args.hop)
-    for update in StreamTagger(tagger, fmt.rate, options).run(blocks):
-        print(json.dumps(update.to_dict()) if args.json else update.to_text(), flush=True)
+def _stream(args) -> int:
+    """`predict --stream -` (standard input) and `listen` (the microphone): `print_stream`."""
+    if args.command == "listen":
+        rate, blocks = microphone.microphone_blocks(args.device, args.rate, args.channels)
+    else:
+        rate, blocks = stdin_blocks(args.inputs, args.rate, args.channels, args.sample_format)
+    tagger = _load_tagger(args, batch_size=args.batch_size, hop_seconds=args.hop or 0.25)
+    options = EventOptions.from_flags(args, stream=True)  # thresholds only
+    streaming.print_stream(tagger, rate, blocks, options, args.json)
     return 0
 
 
@@ -172,10 +168,7 @@ def _embed_command(args) -> int:
 def _shard_command(args) -> int:
     from keras_dae.data import write_shards
 
-    dataset = read_split(args.data, args.split, args.format)
-    if dataset is None:
-        raise InputError(f"{args.data}: no {args.split} split for --format {args.format}")
-    shards = write_shards(dataset, args.out, sample_rate=args.sample_rate,
+    shards = write_shards(_split(args), args.out, sample_rate=args.sample_rate,
                           shard_size=args.shard_size, workers=args.workers,
                           overwrite=args.overwrite, verbose=True)
     print(f"wrote {shards}")
@@ -196,8 +189,7 @@ def _demo_command(args) -> int:
     if picture:
         demo.plot(results, picture, tagger.class_names, tagger.stream_names, tagger.sample_rate,
                   title=f"keras-dae demo: {name} on {len(results)} real recordings")
-        print(f"wrote {picture}: per-second labels, spectrograms, fused scores over time, "
-              "and each stream's scores beside the fused ones")
+        print(f"wrote {picture}: {demo.PICTURE}")
     elif note := extras.no_picture_line(args.plot):
         print(note)
     return 0
@@ -295,9 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run in RUN_DIR (its own files are removed first)")
 
-    evaluate = command("evaluate", _evaluate_command, "clip-level metrics of a run or preset",
-                       model="required", data=True, mixed_precision=True)
+    evaluate = command("evaluate", _evaluate_command, "clip-level metrics of a run or preset "
+                       "(--events: events in time against strong labels)", model="required",
+                       data=True, mixed_precision=True)
     evaluate.add_argument("--split", choices=("eval", "val"), default="eval")
+    evaluate.add_argument("--events", action="store_true", help="--data holds strong labels "
+                          "(DCASE/DESED layout): event-based F1, segment-based F1, PSDS1")
+    evaluate.add_argument("--hop", type=positive_float, default=0.25, help="--events: seconds "
+                          "between 1 s windows")
     evaluate.add_argument("--json", help="also write the report as JSON here")
 
     shard = command("shard", _shard_command,
@@ -313,26 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
                       "of each second)", model="optional", mixed_precision=True)
     embed = command("embed", _embed_command, "write the fused and per-stream embeddings of "
                     "audio files to .npz", model="optional", mixed_precision=True)
+    listen = command("listen", _stream, "tag the microphone, printing each event's onset "
+                     "and offset as it happens", model="optional", mixed_precision=True)
+    for flag, options in microphone.FLAGS:  # --device, --list-devices, --rate, --channels
+        listen.add_argument(flag, **options)
     for p in (predict, embed):
         p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
                        help="audio files, or directories searched for them")
+    for p in (predict, embed, listen):
         p.add_argument("--batch-size", type=positive_int, default=32,
                        help="1 s chunks per model call")
+    for flag, options in streaming.FLAGS:  # --json, --hop
+        for p in (predict, listen):
+            p.add_argument(flag, **options)
+    for flag, field, parse, help in events_module.FLAGS:  # defaults: EventOptions'
+        for p in (predict, listen, evaluate):
+            p.add_argument(flag, dest=field, type=parse, default=None, help=help)
     predict.add_argument("--top-k", type=positive_int, default=5, help="labels per file (default 5)")
-    predict.add_argument("--json", action="store_true",
-                         help="one JSON object per file and line, instead of text")
     predict.add_argument("--timestamps", action="store_true",
                          help="also the labels of each second")
     predict.add_argument("--explain", action="store_true",
                          help="also each stream's share of every label's fused score")
     predict.add_argument("--events", action="store_true",
                          help="also each sound's events in time (onset, offset, label, score)")
-    predict.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
-                         help="seconds between 1 s windows (default 0.5; 0.25 with events)")
-    predict.add_argument("--on", type=unit_interval, default=0.5,
-                         help="events: the score at which an event starts (default 0.5)")
-    predict.add_argument("--off", type=unit_interval, default=None,
-                         help="events: the score below which it ends (default: --on)")
     predict.add_argument("--audacity", metavar="DIR",
                          help="events: write an Audacity label track (.txt) per file to DIR")
     predict.add_argument("--events-tsv", metavar="FILE.tsv",

@@ -26,9 +26,12 @@ from keras_dae.inference import Tagger, TagResult, display_label, format_labels
 LABEL_THRESHOLD = 0.5
 CAPTION = (
     "Each second's labels scoring 0.5 or more (from the 1 s window over it; faded: the best "
-    "one when none does),\nthe mel spectrogram, and the fused scores of the clip's top "
-    "classes over time (1 s windows every 0.5 s)."
+    "one when none does),\nthe mel spectrogram with the clip's events in time (bars along its "
+    "top), and the fused scores\nof the clip's top classes over time (1 s windows every 0.5 s)."
 )
+# What the picture shows, in a line.
+PICTURE = ("per-second labels, spectrograms with events in time, fused scores over time, and "
+           "each stream's scores beside the fused ones")
 TABLE_CAPTION = (
     "Clip scores (mean over its windows) of the\nfused head and of each stream's own head"
 )
@@ -45,10 +48,13 @@ def heading(tagger, model_name: str) -> str:
 
 
 def run(tagger: Tagger, paths=None, top_k: int = 3) -> list[TagResult]:
-    """Tags `paths` (default: the bundled clips) with per-second labels. Raises
-    `AudioDecodeError` if one cannot be read."""
+    """Tags `paths` (default: the bundled clips) with per-second labels and events in time
+    (`keras_dae.events`' default rules). Raises `AudioDecodeError` if one cannot be read."""
+    from keras_dae.events import EventOptions
+
     paths = list(paths) if paths is not None else demo_clips()
-    return [tagger.tag(path, top_k=top_k, timestamps=True) for path in paths]
+    return [tagger.tag(path, top_k=top_k, timestamps=True, events=EventOptions())
+            for path in paths]
 
 
 def describe(result: TagResult, tagger: Tagger) -> str:
@@ -64,6 +70,9 @@ def describe(result: TagResult, tagger: Tagger) -> str:
     for segment in result.per_second:
         span = f"{segment.start:.1f}-{segment.end:.1f} s"
         lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
+    for event in result.events:
+        span = f"{event.onset:.2f}-{event.offset:.2f} s"
+        lines.append(f"  {span:>12}  event {display_label(event.label)} {event.score:.2f}")
     return "\n".join(lines)
 
 
@@ -79,6 +88,7 @@ def _class_colours(results: list[TagResult], class_names, top_classes: int) -> d
     for result in results:
         shown = [index[x.label] for s in result.per_second for x in _shown_labels(s)]
         shown += list(np.argsort(-result.scores["fused"], kind="stable")[:top_classes])
+        shown += [index[e.label] for e in result.events]
         for k in shown:
             if int(k) not in colours:
                 colours[int(k)] = palette[len(colours) % len(palette)]
@@ -90,6 +100,25 @@ def _shown_labels(segment) -> list:
     best one when none does."""
     shown = [x for x in segment.labels if x.score >= LABEL_THRESHOLD][:2]
     return shown or [segment.labels[0]]
+
+
+def _draw_events(axes, events, colours: dict, index: dict, height: int) -> None:
+    """The clip's events as bars along the top of its spectrogram, one lane per class."""
+    from matplotlib.patches import Rectangle
+
+    lanes = list(dict.fromkeys(e.label for e in events))[:4]
+    lane = height * 0.11
+    for event in events:
+        if event.label not in lanes:
+            continue
+        colour = colours[index[event.label]]
+        bottom = height - (lanes.index(event.label) + 1) * lane
+        axes.add_patch(Rectangle((event.onset, bottom + lane * 0.1), event.offset - event.onset,
+                                 lane * 0.8, facecolor=colour, alpha=0.9,
+                                 edgecolor="white", lw=0.6))
+        axes.text(event.onset + 0.03, bottom + lane / 2, display_label(event.label),
+                  fontsize=6.5, va="center", ha="left", clip_on=True,
+                  color=_text_colour(colour))
 
 
 def _text_colour(rgb) -> str:
@@ -180,6 +209,7 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
         spec.set_facecolor("0.96")
         for side in ("top", "right"):
             spec.spines[side].set_visible(False)
+        _draw_events(spec, result.events, colours, index, mel.shape[0])
 
         # Fused scores over time of the clip's top classes.
         centres = result.chunk_starts + min(1.0, duration) / 2

@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_dae.validation import InputError
 
-__all__ = ["SAMPLE_FORMATS", "PcmFormat", "pcm_blocks"]
+__all__ = ["SAMPLE_FORMATS", "PcmFormat", "pcm_blocks", "stdin_blocks"]
 
 # Raw sample formats, named as ffmpeg's `-f` names them (little-endian).
 SAMPLE_FORMATS = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4", "u8": "u1"}
@@ -129,3 +129,17 @@ def pcm_blocks(stream: BinaryIO, raw: PcmFormat | None = None, block_seconds: fl
                 return
 
     return fmt, blocks()
+
+
+def stdin_blocks(inputs, rate: int | None = None, channels: int = 1,
+                 sample_format: str = "s16le") -> tuple[int, Iterator[np.ndarray]]:
+    """`keras-dae predict --stream -`'s source: standard input's sample rate and mono float32
+    blocks (`pcm_blocks`; raw PCM in the format `rate`, `channels`, `sample_format` when
+    `rate` is given). `inputs` must be `["-"]`, else `InputError`."""
+    import sys
+
+    if list(inputs) != ["-"]:
+        raise InputError("--stream reads standard input: give '-' as the only input")
+    raw = PcmFormat(rate, channels, sample_format) if rate else None
+    fmt, blocks = pcm_blocks(sys.stdin.buffer, raw)
+    return fmt.rate, blocks

@@ -1,10 +1,12 @@
 """Tagging audio as it arrives: blocks of any size and rate in, event onsets and offsets out.
 
     from keras_dae.inference import Tagger
+    from keras_dae.microphone import microphone_blocks
     from keras_dae.streaming import StreamTagger
 
-    stream = StreamTagger(Tagger("diverse_sampled15", hop_seconds=0.25), input_rate=48000)
-    for block in microphone_blocks():                 # numpy arrays, any length
+    rate, blocks = microphone_blocks()                # or any iterable of numpy arrays
+    stream = StreamTagger(Tagger("diverse_sampled15", hop_seconds=0.25), input_rate=rate)
+    for block in blocks:                              # numpy arrays, any length
         for update in stream.feed(block):             # as soon as a window completes
             print(update)                             # EventUpdate("onset", 3.25, "Speech", 0.91)
     stream.close()                                    # ends the events still open
@@ -20,8 +22,9 @@ stream's length: nothing of the past is kept but the open events.
 
 The events equal `keras_dae.events.detect_events` on the whole recording with the same
 options, for a recording whose windows fall on the hop grid (offline chunking adds a last
-window aligned to the clip's end). Median filtering, gap closing and minimum duration need the
-future, and are not applied here.
+window aligned to the clip's end) and options with thresholds only
+(`EventOptions.thresholds_only()`). Median filtering, gap closing and minimum duration need the
+future, and a stream does not apply them.
 """
 
 from __future__ import annotations
@@ -32,9 +35,19 @@ from collections.abc import Iterator
 import numpy as np
 
 from keras_dae.events import EventOptions
-from keras_dae.validation import InputError
+from keras_dae.validation import InputError, positive_float
 
-__all__ = ["EventUpdate", "StreamTagger"]
+__all__ = ["FLAGS", "EventUpdate", "StreamTagger", "print_stream"]
+
+# The command line's flags for how streamed events are scored and printed, shared by
+# `keras-dae predict` (files and `--stream`) and `keras-dae listen`: (flag, argparse options).
+# The event rules' flags are `keras_dae.events.FLAGS`.
+FLAGS = (
+    ("--json", {"action": "store_true", "help": "one JSON object per line (a file's, or an "
+                "event's onset or offset), instead of text"}),
+    ("--hop", {"type": positive_float, "default": None, "metavar": "SECONDS",
+               "help": "seconds between 1 s windows (default 0.5; 0.25 with events)"}),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +75,15 @@ class StreamTagger:
     Args:
         tagger: a `keras_dae.inference.Tagger` (its model, window, hop and batch size).
         input_rate: the blocks' sample rate (default: the model's).
-        options: the thresholds (`EventOptions.on`, `off`; per class too).
+        options: the thresholds (`EventOptions.on`, `off`; per class too; default
+            `EventOptions()`'s). Its median filter, gap closing and minimum duration are not
+            applied (`EventOptions.thresholds_only`): they need the future.
     """
 
     def __init__(self, tagger, input_rate: int | None = None,
                  options: EventOptions | None = None):
         self.tagger = tagger
-        self.options = options or EventOptions()
-        if (self.options.median_seconds or self.options.min_gap
-                or self.options.min_duration):
-            raise InputError("a stream applies thresholds only: median_seconds, min_gap and "
-                             "min_duration need the future (use detect_events on a recording)")
+        self.options = (options or EventOptions()).thresholds_only()
         self.sample_rate = tagger.sample_rate
         self.input_rate = int(input_rate or self.sample_rate)
         if self.input_rate <= 0:
@@ -185,3 +196,18 @@ class StreamTagger:
             updates.append(EventUpdate("offset", end, self.tagger.class_names[k],
                                        self._open.pop(k)))
         return updates
+
+
+def print_stream(tagger, input_rate: int, blocks, options: EventOptions | None = None,
+                 json: bool = False, file=None) -> None:
+    """Tags `blocks` as they come (`StreamTagger(tagger, input_rate, options).run(blocks)`) and
+    prints each update as it happens, on a line of its own, flushed: `EventUpdate.to_text()`,
+    or with `json` its `to_dict()` as JSON (to `file`, default standard output). What
+    `keras-dae predict --stream` and `keras-dae listen` print; Ctrl-C prints the offsets of
+    the open events, then raises `KeyboardInterrupt`."""
+    import json as json_module
+    import sys
+
+    for update in StreamTagger(tagger, input_rate, options).run(blocks):
+        line = json_module.dumps(update.to_dict()) if json else update.to_text()
+        print(line, file=file or sys.stdout, flush=True)

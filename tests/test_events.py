@@ -7,6 +7,8 @@ rules in the module's docstring; `Tagger.events` on a real recording is tested a
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,12 @@ from keras_dae.events import Event, EventOptions, detect_events, window_bounds
 from keras_dae.validation import InputError
 
 HOP = 0.25
+# The rules with nothing but a 0.5 threshold, so each test turns on the rule it is about.
+RAW = EventOptions(on=0.5, median_seconds=0.0, min_gap=0.0, min_duration=0.0, default=0.5)
+
+
+def raw(**rules) -> EventOptions:
+    return dataclasses.replace(RAW, **rules)
 
 
 def track(*values, labels=("a",)):
@@ -37,7 +45,7 @@ def test_window_bounds_are_midpoints_from_zero_to_the_end():
 @pytest.mark.one_backend
 def test_one_event_per_occurrence_with_edges_at_the_window_midpoints():
     times, scores, labels, duration = track(0.1, 0.7, 0.9, 0.8, 0.2, 0.1)
-    (event,) = detect_events(times, scores, labels, duration)
+    (event,) = detect_events(times, scores, labels, duration, RAW)
     assert event == Event(onset=0.625, offset=1.375, label="a", score=0.9)
 
 
@@ -45,12 +53,12 @@ def test_one_event_per_occurrence_with_edges_at_the_window_midpoints():
 def test_hysteresis_keeps_a_wavering_event_whole():
     values = (0.1, 0.6, 0.45, 0.55, 0.42, 0.6, 0.1)
     times, scores, labels, duration = track(*values)
-    assert len(detect_events(times, scores, labels, duration, EventOptions(on=0.5))) == 3
-    (event,) = detect_events(times, scores, labels, duration, EventOptions(on=0.5, off=0.4))
+    assert len(detect_events(times, scores, labels, duration, raw(on=0.5))) == 3
+    (event,) = detect_events(times, scores, labels, duration, raw(on=0.5, off=0.4))
     assert (event.onset, event.offset) == (0.625, 1.875)
     # an event starts where `on` is reached, not where the score first passes `off`
     times, scores, labels, duration = track(0.1, 0.45, 0.6, 0.1)
-    (event,) = detect_events(times, scores, labels, duration, EventOptions(on=0.5, off=0.4))
+    (event,) = detect_events(times, scores, labels, duration, raw(on=0.5, off=0.4))
     assert event.onset == 0.875
 
 
@@ -58,8 +66,8 @@ def test_hysteresis_keeps_a_wavering_event_whole():
 def test_median_filter_removes_blips_and_keeps_long_events():
     values = (0.1, 0.9, 0.1, 0.1, 0.8, 0.8, 0.8, 0.8, 0.1, 0.1)
     times, scores, labels, duration = track(*values)
-    assert len(detect_events(times, scores, labels, duration)) == 2
-    (event,) = detect_events(times, scores, labels, duration, EventOptions(median_seconds=0.75))
+    assert len(detect_events(times, scores, labels, duration, RAW)) == 2
+    (event,) = detect_events(times, scores, labels, duration, raw(median_seconds=0.75))
     assert (event.onset, event.offset) == (1.375, 2.375)
 
 
@@ -67,11 +75,11 @@ def test_median_filter_removes_blips_and_keeps_long_events():
 def test_short_gaps_close_and_short_events_go():
     values = (0.9, 0.9, 0.1, 0.9, 0.9, 0.1, 0.1, 0.1, 0.9, 0.1)
     times, scores, labels, duration = track(*values)
-    assert len(detect_events(times, scores, labels, duration)) == 3
-    merged = detect_events(times, scores, labels, duration, EventOptions(min_gap=0.3))
+    assert len(detect_events(times, scores, labels, duration, RAW)) == 3
+    merged = detect_events(times, scores, labels, duration, raw(min_gap=0.3))
     assert [(e.onset, e.offset) for e in merged] == [(0.0, 1.625), (2.375, 2.625)]
     kept = detect_events(times, scores, labels, duration,
-                         EventOptions(min_gap=0.3, min_duration=0.5))
+                         raw(min_gap=0.3, min_duration=0.5))
     assert [(e.onset, e.offset) for e in kept] == [(0.0, 1.625)]
 
 
@@ -79,27 +87,41 @@ def test_short_gaps_close_and_short_events_go():
 def test_per_class_thresholds_and_sorting():
     times, scores, labels, duration = track((0.6, 0.3), (0.6, 0.35), (0.1, 0.3),
                                             labels=("dog", "bird"))
-    assert [e.label for e in detect_events(times, scores, labels, duration)] == ["dog"]
+    assert [e.label for e in detect_events(times, scores, labels, duration, RAW)] == ["dog"]
     for on in ({"bird": 0.3}, [0.5, 0.3]):
-        events = detect_events(times, scores, labels, duration, EventOptions(on=on))
+        events = detect_events(times, scores, labels, duration, raw(on=on))
         assert [(e.label, e.onset) for e in events] == [("bird", 0.0), ("dog", 0.0)]
+
+
+@pytest.mark.one_backend
+def test_the_defaults_are_those_chosen_on_validation_soundscapes():
+    """benchmarks/event_detection.py chose the rules on the validation soundscapes; the
+    defaults must be what it chose (rerun it and update both if the shipped preset changes)."""
+    chosen = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" /
+                         "event_detection.json").read_text())["tuned"]
+    defaults = EventOptions()
+    assert defaults.on == chosen["on"] == defaults.default
+    assert (defaults.on if defaults.off is None else defaults.off) == chosen["off"]
+    for rule in ("median_seconds", "min_gap", "min_duration"):
+        assert getattr(defaults, rule) == chosen[rule]
+    assert EventOptions().thresholds_only() == raw(on=chosen["on"], default=chosen["on"])
 
 
 @pytest.mark.one_backend
 def test_bad_options_and_scores_are_refused():
     times, scores, labels, duration = track(0.1, 0.9)
     with pytest.raises(InputError, match="off must not exceed on"):
-        detect_events(times, scores, labels, duration, EventOptions(on=0.4, off=0.5))
+        detect_events(times, scores, labels, duration, raw(on=0.4, off=0.5))
     with pytest.raises(InputError, match="unknown classes"):
         EventOptions(on={"cat": 0.5}).thresholds(labels)
     with pytest.raises(InputError, match="min_gap"):
         EventOptions(min_gap=-1)
     with pytest.raises(InputError, match="NaN"):
-        detect_events(times, np.array([[np.nan], [0.5]]), labels, duration)
+        detect_events(times, np.array([[np.nan], [0.5]]), labels, duration, RAW)
     with pytest.raises(InputError, match="n_windows"):
-        detect_events(times, scores[:1], labels, duration)
+        detect_events(times, scores[:1], labels, duration, RAW)
     with pytest.raises(InputError, match="increase"):
-        detect_events(times[::-1], scores, labels, duration)
+        detect_events(times[::-1], scores, labels, duration, RAW)
 
 
 @pytest.mark.one_backend  # numpy over the model's outputs, whose backends agree (cross-backend)
@@ -113,7 +135,7 @@ def test_tagger_events_on_a_real_recording():
     tagger = Tagger("diverse_sampled15", hop_seconds=0.25, batch_size=16)
     waveform = load_recording("speech_front_center.wav")
     duration = len(waveform) / 16000
-    events = tagger.events(waveform, options=EventOptions(on=0.5, off=0.3, min_gap=0.5))
+    events = tagger.events(waveform, options=raw(off=0.3, min_gap=0.5))
     speech = [e for e in events if e.label == "Speech"]
     assert len(speech) == 1 and speech[0].offset - speech[0].onset > 0.5 * duration
     assert all(0 <= e.onset < e.offset <= duration + 1e-9 for e in events)
@@ -123,8 +145,6 @@ def test_tagger_events_on_a_real_recording():
 def test_predict_events_writes_audacity_tracks_and_a_dcase_table(tmp_path, capsys):
     """`predict --events` on two bundled clips: events in the JSON, an Audacity label track
     per file, and one DCASE/DESED TSV (header, one row per event)."""
-    import json
-
     from keras_dae import cli
     from keras_dae.data import demo_clips
 

@@ -46,7 +46,7 @@ def test_stream_events_equal_offline_events_at_any_block_size_and_rate(tagger):
     audio = np.concatenate([speech, guitar])
     n = tagger.chunk_samples + (len(audio) - tagger.chunk_samples) // 4000 * 4000
     audio = audio[:n]
-    options = EventOptions(on=0.5, off=0.3)
+    options = EventOptions(on=0.5, off=0.3).thresholds_only()  # what a stream applies
     result = tagger.tag(audio, top_k=0)
     times = result.chunk_starts + 0.5
     offline = detect_events(times, result.chunk_scores["fused"], tagger.class_names,
@@ -116,8 +116,9 @@ def test_short_streams_and_refusals():
     assert (onset.kind, onset.time, offset.kind, offset.time) == ("onset", 0.0, "offset", 0.1)
     with pytest.raises(InputError, match="closed"):
         stream.feed(np.zeros(10, np.float32))
-    with pytest.raises(InputError, match="need the future"):
-        StreamTagger(NumpyTagger(), options=EventOptions(min_gap=1))
+    # The rules that need the future are left out: a stream applies the thresholds only.
+    assert StreamTagger(NumpyTagger(), options=EventOptions(on=0.6, min_gap=1)).options == (
+        EventOptions(on=0.6, median_seconds=0, min_gap=0, min_duration=0))
     with pytest.raises(ValueError, match="NaN"):
         StreamTagger(NumpyTagger()).feed(np.array([0.1, np.nan], np.float32))
 
@@ -220,7 +221,7 @@ def test_predict_stream_prints_the_stream_events_as_they_come(tagger, monkeypatc
     for data, flags in runs:
         monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=Trickle(data, 8192)))
         assert main(["predict", "--stream", "-", "--model", "diverse_sampled15", "--json",
-                     "--batch-size", "8", *flags]) == 0
+                     "--batch-size", "8", "--on", "0.5", *flags]) == 0
         got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [(u["kind"], u["label"]) for u in got] == [(u["kind"], u["label"])
                                                           for u in expected]
