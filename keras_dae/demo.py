@@ -21,7 +21,7 @@ import numpy as np
 from keras_dae import atomic
 from keras_dae.audio import load_audio
 from keras_dae.data.bundled import DEMO_CLIPS, demo_clips  # noqa: F401  (part of this API)
-from keras_dae.inference import Tagger, TagResult, display_label, format_labels
+from keras_dae.inference import Tagger, TagResult, display_label, event_text, format_labels
 
 LABEL_THRESHOLD = 0.5
 CAPTION = (
@@ -70,9 +70,7 @@ def describe(result: TagResult, tagger: Tagger) -> str:
     for segment in result.per_second:
         span = f"{segment.start:.1f}-{segment.end:.1f} s"
         lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
-    for event in result.events:
-        span = f"{event.onset:.2f}-{event.offset:.2f} s"
-        lines.append(f"  {span:>12}  event {display_label(event.label)} {event.score:.2f}")
+    lines += [f"  {event_text(event)}" for event in result.events]
     return "\n".join(lines)
 
 
@@ -212,7 +210,7 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
         _draw_events(spec, result.events, colours, index, mel.shape[0])
 
         # Fused scores over time of the clip's top classes.
-        centres = result.chunk_starts + min(1.0, duration) / 2
+        centres = result.chunk_times
         fused = result.chunk_scores["fused"]
         top = np.argsort(-result.scores["fused"], kind="stable")[:3]
         for k in top:

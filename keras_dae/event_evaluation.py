@@ -160,8 +160,8 @@ def score_timelines(tagger, labels: StrongLabels) -> dict[str, Timeline]:
     for name, result in zip(names, results, strict=True):
         if isinstance(result, TagFailure):
             raise InputError(result.reason)
-        times = result.chunk_starts + tagger.chunk_seconds / 2
-        timelines[name] = Timeline(times, result.chunk_scores["fused"], result.duration)
+        timelines[name] = Timeline(result.chunk_times, result.chunk_scores["fused"],
+                                   result.duration)
     return timelines
 
 

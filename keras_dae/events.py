@@ -36,8 +36,8 @@ import numpy as np
 
 from keras_dae.validation import InputError, non_negative_float, unit_interval
 
-__all__ = ["FLAGS", "Event", "EventOptions", "EventOutputs", "audacity_labels", "detect_events", "events_table",
-           "median_filtered", "window_bounds"]
+__all__ = ["FLAGS", "Event", "EventOptions", "EventOutputs", "audacity_labels",
+           "detect_events", "events_table", "median_filtered", "window_bounds"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,6 +156,8 @@ class TagResult:
         per_second: with `timestamps=True`, one `Segment` per second of audio (the last one
             may be shorter), each scored by the chunk centred nearest to it; else empty.
         chunk_starts: `(n_chunks,)` start of every chunk in seconds.
+        chunk_times: `(n_chunks,)` centre of every chunk in seconds (a clip shorter than a
+            chunk: its own centre), the times its scores stand for.
         chunk_scores: output name -> `(n_chunks, num_classes)` chunk scores.
         chunk_embeddings: `(n_chunks, n_streams * 64)` float32.
         explanations: with `explain=True`, an `Explanation` per label of `labels`; else
@@ -172,6 +174,7 @@ class TagResult:
     stream_names: tuple[str, ...]
     per_second: tuple[Segment, ...]
     chunk_starts: np.ndarray
+    chunk_times: np.ndarray
     chunk_scores: dict[str, np.ndarray]
     chunk_embeddings: np.ndarray
     explanations: tuple[Explanation, ...] = ()
@@ -196,8 +199,7 @@ class TagResult:
             span = f"{segment.start:.1f}-{segment.end:.1f} s"
             lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
         lines += [f"  {explanation.to_text()}" for explanation in self.explanations]
-        lines += [f"  {f'{e.onset:.2f}-{e.offset:.2f} s':>12}  event {display_label(e.label)} "
-                  f"{e.score:.2f}" for e in self.events]
+        lines += [f"  {event_text(e)}" for e in self.events]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -219,6 +221,12 @@ def display_label(label: str) -> str:
     `"Wind instrument"` (underscores to spaces; AudioSet's "X and Y" names keep X), made
     `printable`: every label shown goes through here."""
     return printable(label.split("_and_")[0].replace("_", " "))
+
+
+def event_text(event) -> str:
+    """A `keras_dae.events.Event` for people: `    0.00-1.75 s  event Drum kit 1.00`."""
+    span = f"{event.onset:.2f}-{event.offset:.2f} s"
+    return f"{span:>12}  event {display_label(event.label)} {event.score:.2f}"
 
 
 def format_labels(labels) -> str:
@@ -420,17 +428,18 @@ class Tagger:
         explanations = ()
         if explain:
             explanations = self._explain(labels, scores, clip.pooled("embedding"))
+        times = clip.chunk_times()
         found = ()
         if events is not None:
             from keras_dae.events import detect_events
 
-            found = tuple(detect_events(clip.chunk_times(), chunk["fused"], self.class_names,
+            found = tuple(detect_events(times, chunk["fused"], self.class_names,
                                         clip.n_samples / self.sample_rate, events))
         return TagResult(
             source=clip.source, duration=clip.n_samples / self.sample_rate, labels=labels,
             scores=scores, embedding=clip.pooled("embedding").astype(np.float32),
             stream_names=self.stream_names, per_second=per_second,
-            chunk_starts=clip.chunk_starts() / self.sample_rate,
+            chunk_starts=clip.chunk_starts() / self.sample_rate, chunk_times=times,
             chunk_scores={name: chunk[name] for name in self.outputs},
             chunk_embeddings=chunk["embedding"], explanations=explanations, events=found,
         )

@@ -96,14 +96,15 @@ def single_class_clips(data: Path, split: str) -> dict[str, list[Path]]:
     return clips
 
 
-def trimmed(path: Path, out: Path) -> float:
-    """Writes `path` without its leading and trailing silence, at 16 kHz, to `out`; returns
-    the duration kept (s)."""
+def write_mono_16k(path: Path, out: Path, trim: bool = False) -> float:
+    """Writes `path` as mono 16 kHz float WAV to `out` (with `trim`, without its leading and
+    trailing silence); returns its duration (s)."""
     import librosa
 
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     audio = librosa.resample(audio.mean(axis=1), orig_sr=rate, target_sr=SAMPLE_RATE)
-    audio, _ = librosa.effects.trim(audio, top_db=TRIM_DB)
+    if trim:
+        audio, _ = librosa.effects.trim(audio, top_db=TRIM_DB)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, audio, SAMPLE_RATE, subtype="FLOAT")
     return audio.size / SAMPLE_RATE
@@ -117,7 +118,7 @@ def prepare_sources(data: Path, split: str, work: Path) -> tuple[Path, Path, dic
     for label, paths in sorted(single_class_clips(data, split).items()):
         for path in paths:
             out = fg / label / f"{path.stem}.wav"
-            if trimmed(path, out) >= 0.25:  # keep sounds long enough for a 0.2 s collar
+            if write_mono_16k(path, out, trim=True) >= 0.25:  # keep sounds long enough for a 0.2 s collar
                 origin[str(out)] = str(path.relative_to(data))
             else:
                 out.unlink()
@@ -127,12 +128,7 @@ def prepare_sources(data: Path, split: str, work: Path) -> tuple[Path, Path, dic
             raise BuildError(f"background recording {source} not found: install the Debian "
                              "package tuxpaint-stamps-default")
         out = bg / "noise" / f"{Path(rel).stem}.wav"
-        audio, rate = sf.read(source, dtype="float32", always_2d=True)
-        import librosa
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(out, librosa.resample(audio.mean(axis=1), orig_sr=rate,
-                                       target_sr=SAMPLE_RATE), SAMPLE_RATE, subtype="FLOAT")
+        write_mono_16k(source, out)
         origin[str(out)] = f"tuxpaint-stamps-default:{rel}"
     return fg, bg, origin
 
