@@ -136,7 +136,10 @@ def test_classifier_takes_any_length(signals):
 
 def test_classifier_passes_the_harness(signals, tmp_path):
     """Symbolic call, config and `.keras` round trips (reloaded as a DiverseClassifier with
-    its DiverseBackbone), compiled predict and one training step."""
+    its DiverseBackbone), compiled predict and one training step. Seeded: with some random
+    weights TensorFlow's XLA and eager outputs differ by up to 1.1x the harness tolerance
+    (about 2e-4 of 1.8; YIN's trough choice is discontinuous), so an unseeded run is flaky."""
+    keras.utils.set_random_seed(0)
     model = tiny_classifier()
     x = np.stack([signals["speech"][:16000], signals["chirp"]])
     checks.run_model_test(model, x, tmp_path, compiled=COMPILED)
