@@ -189,14 +189,22 @@ def no_network(monkeypatch):
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--skip-one-backend", action="store_true",
-        help="deselect the tests marked one_backend: tests/run.sh runs them under PyTorch only")
+        "--one-backend-run", action="store_true",
+        help="run each test marked one_backend only under the backend it names "
+             "(`one_backend(\"tensorflow\")`; default PyTorch): tests/run.sh passes it to each "
+             "backend's run")
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--skip-one-backend"):
+    if not config.getoption("--one-backend-run"):
         return
-    once = [item for item in items if item.get_closest_marker("one_backend")]
-    if once:
-        config.hook.pytest_deselected(items=once)
-        items[:] = [item for item in items if not item.get_closest_marker("one_backend")]
+    here = keras.backend.backend()
+
+    def elsewhere(item):
+        marker = item.get_closest_marker("one_backend")
+        return marker is not None and (marker.args[0] if marker.args else "torch") != here
+
+    dropped = [item for item in items if elsewhere(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not elsewhere(item)]

@@ -2,11 +2,13 @@
 # Runs the test suite on each Keras backend: tensorflow, jax, torch.
 # Usage: bash tests/run.sh [extra pytest args]   (default: the fast tests; add -m slow for the rest)
 #
-# Tests marked `one_backend` run under PyTorch only: their result does not depend on the
+# Tests marked `one_backend` run once (`--one-backend-run`, tests/conftest.py): their result does not depend on the
 # backend (decoding, dataset files, command-line checks, run directories, metrics, parity with
 # librosa, which tests/test_cross_backend.py then holds every backend to), or they run the other
 # backends themselves (tests/test_cross_backend.py). PyTorch runs them because its eager steps
 # cost no tracing or compiling: the same tests took about three times as long on TensorFlow.
+# A few whose time is mostly other processes' name the run they go to, `one_backend("jax")`,
+# so that the three runs end at about the same time.
 # The three backends run at once (most of a test's time is one core's: tracing, compiling,
 # Python); TensorFlow's run prints as it goes, the others' when they end. TESTS_SERIAL=1 runs
 # them one after the other. Each run ends with its 15 slowest tests.
@@ -33,15 +35,15 @@ run() {  # run BACKEND [pytest args]: exit status 0 for "no tests selected" (5) 
 
 status=0
 if [ "${TESTS_SERIAL:-0}" = 1 ]; then
-  run torch "$@" || status=$?
-  run tensorflow --skip-one-backend "$@" || status=$?
-  run jax --skip-one-backend "$@" || status=$?
+  run torch --one-backend-run "$@" || status=$?
+  run tensorflow --one-backend-run "$@" || status=$?
+  run jax --one-backend-run "$@" || status=$?
 else
-  run torch "$@" > "$scratch/torch.log" 2>&1 &
+  run torch --one-backend-run "$@" > "$scratch/torch.log" 2>&1 &
   torch_pid=$!
-  run jax --skip-one-backend "$@" > "$scratch/jax.log" 2>&1 &
+  run jax --one-backend-run "$@" > "$scratch/jax.log" 2>&1 &
   jax_pid=$!
-  run tensorflow --skip-one-backend "$@" || status=$?
+  run tensorflow --one-backend-run "$@" || status=$?
   wait $torch_pid || status=$?
   wait $jax_pid || status=$?
   cat "$scratch/torch.log" "$scratch/jax.log"

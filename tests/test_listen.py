@@ -29,8 +29,8 @@ from conftest import load_recording
 from keras_dae.validation import InputError
 
 # The microphone is no Keras code, and the model's events do not depend on the backend
-# (test_cross_backend): tests/run.sh runs these once.
-pytestmark = pytest.mark.one_backend
+# (test_cross_backend): tests/run.sh runs these once, in TensorFlow's run (the shortest).
+pytestmark = pytest.mark.one_backend("tensorflow")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "kdae_test_mic"

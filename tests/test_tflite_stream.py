@@ -31,8 +31,9 @@ SR = 16000
 HOP = 0.25
 ON, OFF = 0.5, 0.3
 
+# Run once, in TensorFlow's run: the export then needs no worker process.
 pytestmark = [
-    pytest.mark.one_backend,
+    pytest.mark.one_backend("tensorflow"),
     pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None
                        or importlib.util.find_spec("ai_edge_litert") is None,
                        reason="exporting needs TensorFlow, and running the file LiteRT"),
