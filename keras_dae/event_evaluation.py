@@ -143,7 +143,10 @@ def read_strong_labels(directory, split: str = "eval") -> StrongLabels:
         durations = {}
     for name, path in files.items():
         if name not in durations:
-            durations[name] = sf.info(str(path)).duration
+            try:
+                durations[name] = sf.info(str(path)).duration
+            except RuntimeError as error:  # soundfile: not audio, truncated
+                raise InputError(f"{path}: cannot read it as audio ({error})") from None
         events[name] = merge_overlaps(events.get(name, []))  # none: every detection is false
     return StrongLabels(directory, split, files, events, durations)
 

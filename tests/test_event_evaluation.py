@@ -162,6 +162,16 @@ def test_refusals_name_the_problem(soundscapes, tmp_path):
         "filename\tonset\toffset\tevent_label\nx.wav\t0\t1\tA\n")
     with pytest.raises(InputError, match="names files that"):
         read_strong_labels(tmp_path, "eval")
+    # A file that is not audio: refused, named, before any model runs (no durations table);
+    # with one, when it is decoded.
+    (tmp_path / "audio" / "eval" / "x.wav").write_bytes(b"not audio at all")
+    with pytest.raises(InputError, match="x.wav: cannot read it as audio"):
+        read_strong_labels(tmp_path, "eval")
+    (tmp_path / "metadata" / "eval_durations.tsv").write_text("filename\tduration\nx.wav\t1\n")
+    from keras_dae.event_evaluation import evaluate_set
+
+    with pytest.raises(InputError, match="x.wav"):
+        evaluate_set("diverse_sampled15", tmp_path, "eval")
     done = run("-m", "keras_dae.cli", "evaluate", "--events", "--data", tmp_path / "nowhere",
                "--model", "diverse_sampled15")
     assert done.returncode == 2 and "not a strongly labelled set" in done.stderr
