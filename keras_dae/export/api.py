@@ -131,7 +131,7 @@ def check_export_path(path, fmt: str) -> Path:
 def export(model, path, format: str, quantize: str = "none", calibration=None,
            calibration_windows: int = 200, dft_mode: str | None = None,
            window_seconds: float = 1.0, batch_size: int | str | None = "auto",
-           check: bool = True) -> ExportResult:
+           check: bool = True, streams=None) -> ExportResult:
     """Exports `model` (a `DiverseClassifier`) to `path`.
 
     Args:
@@ -154,10 +154,14 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
             quantization's tolerance (`TOLERANCE`: 2e-3 float32, 1e-2 float16) or is not
             finite. This is the export's one check (on JAX and PyTorch too: against the
             model on its own backend); `check=False` runs none.
+        streams: None (every stream), or the streams to export (a list, or
+            `"pitch,timbre"`): the artifact is `model.with_streams(streams)`'s, with only
+            those front ends and towers inside, and is checked against that model. Its fused
+            output leaves out the other streams (see `DiverseClassifier.with_streams`).
 
     The input is `waveform`, float32 `(batch, window)`; the outputs are named `fused`, one per
-    stream, and `embedding`. Labels are written beside the artifact (and embedded in TFLite
-    and ONNX files). Returns an `ExportResult`.
+    stream (of `streams`, when given), and `embedding`. Labels are written beside the artifact
+    (and embedded in TFLite and ONNX files). Returns an `ExportResult`.
     """
     import keras
 
@@ -165,6 +169,8 @@ def export(model, path, format: str, quantize: str = "none", calibration=None,
     if batch_size == "auto":
         batch_size = DEFAULT_BATCH_SIZE.get(format)
     _check_args(format, quantize, dft_mode, calibration, batch_size)
+    if streams is not None:
+        model = model.with_streams(streams)
     missing = extras.missing_for_export(format, quantize)
     if missing:
         raise ExportError(missing)

@@ -126,6 +126,31 @@ class DiverseClassifier(keras.Model):
             outputs[name] = head(drop(embeddings[name]))
         return keras.Model(inputs, outputs, name=f"{self.name}_feature_inputs")
 
+    def with_streams(self, streams) -> DiverseClassifier:
+        """A new classifier on some of this one's streams, with their variables.
+
+        Args:
+            streams: the names of the streams to keep (a list, or one string separated by
+                commas: `"pitch,timbre"`); they keep this model's stream order, whatever
+                order they are given in.
+
+        The copy has the same front ends, tower settings (and the kept streams' overrides),
+        classes and dropout, and every variable of the kept front ends, towers and stream
+        heads, so each kept stream's output is this model's. The fused output: with one
+        stream, that stream's own head (the two outputs are equal); with several, the rows of
+        the fusion kernel that read the kept streams' embeddings and the original bias. The
+        full model's fused logit is the bias plus one term per stream, so this leaves out the
+        dropped streams' terms: an approximation. For the best fused accuracy on a subset,
+        refit the fusion head on it (`keras-dae finetune --mode probe --streams ...`).
+
+        The copy is rebuilt from this model's config as `keras_dae.models.derived_model`
+        does (under the current dtype policy) and saves and loads like any classifier.
+        An unknown stream, a stream given twice, or none raise an `InputError` naming them.
+        """
+        from keras_dae.models.stream_subset import with_streams
+
+        return with_streams(self, streams)
+
     @property
     def sample_rate(self) -> int:
         return self.featurizer.sample_rate
@@ -158,7 +183,8 @@ class DiverseClassifier(keras.Model):
         return cls(backbone, featurizer, num_classes=num_classes, **kwargs)
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs) -> DiverseClassifier:
+    def from_preset(cls, preset, load_weights=True, streams=None,
+                    **kwargs) -> DiverseClassifier:
         """The classifier of a preset name (`keras_dae.zoo.list_presets()`), a preset
         directory or a training run directory (its `preset/`).
 
@@ -170,13 +196,17 @@ class DiverseClassifier(keras.Model):
             **kwargs: config values to override. `class_names` (with `class_mids`, default
                 none) or a different `num_classes` keep the featurizer and towers with their
                 weights and replace every head by a freshly initialised one (fine-tuning).
+            streams: None (every stream), or the streams to keep: the loaded model (with its
+                weights, and its new heads when `**kwargs` ask for them) becomes
+                `model.with_streams(streams)`.
 
         Loading uses Keras' safe mode and only keras-dae's own classes, and refuses weights
         whose SHA-256 is not the one the preset's `metadata.json` records.
         """
         from keras_dae.zoo.loading import load_preset
 
-        return load_preset(cls, preset, load_weights, **kwargs)
+        model = load_preset(cls, preset, load_weights, **kwargs)
+        return model if streams is None else model.with_streams(streams)
 
     def save_to_preset(self, preset_dir, metadata: dict | None = None):
         """Writes this model as a preset directory: `config.json`, `model.weights.h5`,

@@ -18,9 +18,9 @@ import keras
 from keras_dae.validation import InputError
 
 
-def copy_variables(source: keras.Model, target: keras.Model) -> None:
-    """Copies every variable of `source` into `target`, a model of the same architecture
-    (the same layers in the same order), running each layer's loading hooks.
+def copy_variables(source: keras.Layer, target: keras.Layer) -> None:
+    """Copies every variable of `source` into `target`, a model or layer of the same
+    architecture (the same layers in the same order), running each layer's loading hooks.
 
     Raises `ValueError` when a layer of `target` is not of its counterpart's class, and
     Keras' own error when its variables do not match (in number or shape).
@@ -38,9 +38,9 @@ def copy_variables(source: keras.Model, target: keras.Model) -> None:
                                   for key, value in store.items()})
 
 
-def derived_model(model: keras.Model, change=None) -> keras.Model:
-    """A copy of `model` rebuilt from its config, changed by `change` (a function from the
-    serialized config to the new one; None: unchanged), with every variable of `model`.
+def rebuilt_model(model: keras.Model, change=None) -> keras.Model:
+    """A new model built from `model`'s config, changed by `change` (a function from the
+    serialized config to the new one; None: unchanged), with freshly initialised variables.
 
     The config is deserialized in safe mode under the current dtype policy (wrap the call in
     `keras_dae.scale.precision` to change it) and without the model's compile settings.
@@ -49,6 +49,16 @@ def derived_model(model: keras.Model, change=None) -> keras.Model:
     config.pop("compile_config", None)
     if change is not None:
         config = change(config)
-    twin = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    return keras.saving.deserialize_keras_object(config, safe_mode=True)
+
+
+def derived_model(model: keras.Model, change=None) -> keras.Model:
+    """A copy of `model` rebuilt from its config, changed by `change` (a function from the
+    serialized config to the new one; None: unchanged), with every variable of `model`.
+
+    The config is deserialized as `rebuilt_model` does: in safe mode under the current dtype
+    policy, without the model's compile settings.
+    """
+    twin = rebuilt_model(model, change)
     copy_variables(model, twin)
     return twin

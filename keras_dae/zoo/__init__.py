@@ -4,6 +4,7 @@
     model = DiverseClassifier.from_preset("diverse_fsd50k", load_weights=False)  # random
     model = DiverseClassifier.from_preset("runs/my_run")          # a run (its preset/)
     model = keras_dae.zoo.load("diverse_fsd50k", labels=["dog", "cat"], freeze_backbone=True)
+    model = keras_dae.zoo.load("diverse_fsd50k", streams=["pitch", "timbre"])  # two streams
     model.save_to_preset("my_preset")                              # or keras_dae.zoo.save
 
 Nothing is ever downloaded. Weights of a named preset are looked for in
@@ -42,7 +43,7 @@ def save(model: DiverseClassifier, directory, labels=None, mids=None, metadata=N
 
 
 def load(name_or_path, weights="auto", labels=None, num_classes=None,
-         freeze_backbone: bool = False) -> DiverseClassifier:
+         freeze_backbone: bool = False, streams=None) -> DiverseClassifier:
     """Returns the classifier of a named preset, a preset directory or a training run
     directory: `DiverseClassifier.from_preset`, with zoo's argument names.
 
@@ -55,6 +56,10 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
         num_classes: the same, with placeholder class names.
         freeze_backbone: make the towers and the learned front ends non-trainable, so that
             training updates only the heads.
+        streams: None (every stream), or the streams to keep, as a list or `"pitch,timbre"`:
+            `model.with_streams(streams)` of the loaded model (after its weights and new
+            heads), a smaller model whose fused output leaves out the other streams (see
+            `DiverseClassifier.with_streams`).
 
     The model's class names are in `model.class_names` (AudioSet ids, when known, in
     `model.class_mids`). Loading uses Keras' safe mode and only keras-dae's own classes: no
@@ -68,7 +73,8 @@ def load(name_or_path, weights="auto", labels=None, num_classes=None,
     if num_classes is not None:
         head["num_classes"] = int(num_classes)
     model = DiverseClassifier.from_preset(
-        name_or_path, load_weights=True if weights == "auto" else weights, **head)
+        name_or_path, load_weights=True if weights == "auto" else weights, streams=streams,
+        **head)
     if freeze_backbone:
         model.backbone.trainable = False
         model.featurizer.trainable = False
