@@ -5,7 +5,7 @@
 
     tagger = Tagger()                                    # the shipped preset
     results = demo.run(tagger)                           # TagResults with per-second labels
-    print(demo.describe(results[0], tagger))
+    print(demo.describe(results[0], tagger))             # with each label's stream shares
     demo.plot(results, "demo.png", tagger.class_names, tagger.stream_names)  # matplotlib
 
 The clips (keras_dae/data/demo/, sources and licences in its README.md) come from recordings
@@ -30,11 +30,19 @@ CAPTION = (
     "top), and the fused scores\nof the clip's top classes over time (1 s windows every 0.5 s)."
 )
 # What the picture shows, in a line.
-PICTURE = ("per-second labels, spectrograms with events in time, fused scores over time, and "
-           "each stream's scores beside the fused ones")
+PICTURE = ("per-second labels, spectrograms with events in time, fused scores over time, "
+           "each stream's scores beside the fused ones, and each top label's stream shares")
 TABLE_CAPTION = (
-    "Clip scores (mean over its windows) of the\nfused head and of each stream's own head"
+    "Clip scores (mean over its windows)\nof the fused head and of each\nstream's own head"
 )
+SHARES_CAPTION = (
+    "Each top label's fused logit, split\nover the streams (right: for it,\nleft: against "
+    "it; \u2260: the streams'\nown scores differ by 0.5 or more)"
+)
+DISAGREE_MARK = "\u2260 disagree"
+# Stream -> colour of its share bars (muted, unlike the strong class colours).
+STREAM_COLOURS = {"pitch": "#66c2a5", "timbre": "#fc8d62", "neuralogram": "#8da0cb",
+                  "end_to_end": "#e78ac3"}
 STREAM_TITLES = {"fused": "fused", "pitch": "pitch", "timbre": "timbre",
                  "neuralogram": "neuralo-\ngram", "end_to_end": "end-to-\nend"}
 
@@ -53,12 +61,14 @@ def run(tagger: Tagger, paths=None, top_k: int = 3) -> list[TagResult]:
     from keras_dae.events import EventOptions
 
     paths = list(paths) if paths is not None else demo_clips()
-    return [tagger.tag(path, top_k=top_k, timestamps=True, events=EventOptions())
+    return [tagger.tag(path, top_k=top_k, timestamps=True, explain=True,
+                       events=EventOptions())
             for path in paths]
 
 
 def describe(result: TagResult, tagger: Tagger) -> str:
-    """The clip's labels, each stream's own top label, and the labels of each second."""
+    """The clip's labels, each stream's own top label, each top label's stream shares
+    (`Explanation.to_text`), and the labels of each second."""
     name = Path(result.source).name
     lines = [f"{name}  ({result.duration:.2f} s)  {format_labels(result.labels)}"]
     streams = []
@@ -67,6 +77,7 @@ def describe(result: TagResult, tagger: Tagger) -> str:
         streams.append(f"{stream} {display_label(tagger.class_names[best])} "
                        f"{result.scores[stream][best]:.2f}")
     lines.append(f"  {'streams':>12}  " + " | ".join(streams))
+    lines += [f"  {'shares':>12}  {e.to_text()}" for e in result.explanations]
     for segment in result.per_second:
         span = f"{segment.start:.1f}-{segment.end:.1f} s"
         lines.append(f"  {span:>12}  {format_labels(segment.labels)}")
@@ -119,6 +130,58 @@ def _draw_events(axes, events, colours: dict, index: dict, height: int) -> None:
                   color=_text_colour(colour))
 
 
+def _stream_colours(stream_names) -> dict:
+    """Stream -> colour of its share bars: `STREAM_COLOURS`, then Set2's others in turn."""
+    import matplotlib
+
+    spare = [c for c in matplotlib.colormaps["Set2"].colors
+             if matplotlib.colors.to_hex(c) not in STREAM_COLOURS.values()]
+    colours = {}
+    for name in stream_names:
+        colours[name] = STREAM_COLOURS.get(name) or spare[len(colours) % len(spare)]
+    return colours
+
+
+def _draw_shares(axes, explanations, stream_colours: dict, colours: dict, index: dict) -> None:
+    """Each top label's stream shares as one diverging bar: the streams that speak for it to
+    the right of 0, those against it to the left (stacked in stream order), under a title of
+    the label and its fused score, with `DISAGREE_MARK` after it when the streams disagree."""
+    inches_per_unit = axes.get_position().width * axes.figure.get_figwidth() / 2.0
+    blank = {"facecolor": "white", "edgecolor": "none", "pad": 1.0}  # lines pass behind titles
+    for row, explanation in enumerate(explanations):
+        right = left = 0.0
+        for name, share in explanation.shares.items():
+            start = right if share >= 0 else left - abs(share)
+            if share >= 0:
+                right += share
+            else:
+                left -= abs(share)
+            axes.barh(row, abs(share), left=start, height=0.46, color=stream_colours[name],
+                      edgecolor="white", lw=0.6)
+            text = f"{100 * abs(share):.0f}%"
+            if abs(share) * inches_per_unit > (len(text) + 0.6) * 6.5 * 0.6 / 72:
+                axes.text(start + abs(share) / 2, row, text, ha="center", va="center",
+                          fontsize=6.5, color="0.1")
+        colour = colours.get(index[explanation.label], "0.2")
+        title = axes.text(-1.0, row - 0.3, f"{display_label(explanation.label)} "
+                          f"{explanation.score:.2f}", ha="left", va="bottom", fontsize=8,
+                          fontweight="bold", color=colour, zorder=4, bbox=blank)
+        if explanation.disagree:
+            axes.annotate(DISAGREE_MARK, xy=(1, 0), xycoords=title, xytext=(4, 0),
+                          textcoords="offset points", ha="left", va="bottom", fontsize=7,
+                          color="0.25", fontstyle="italic", zorder=4, bbox=blank)
+    axes.axvline(0, color="0.3", lw=0.8, zorder=3)
+    axes.set_xlim(-1.0, 1.0)
+    axes.set_ylim(len(explanations) - 0.45, -1.05)
+    axes.set_xticks([-1, -0.5, 0, 0.5, 1], ["100%", "50%", "0", "50%", "100%"])
+    axes.set_yticks([])
+    axes.tick_params(labelsize=6.5, length=2)
+    axes.grid(axis="x", color="0.9", lw=0.6)
+    axes.set_axisbelow(True)
+    for side in ("top", "right", "left"):
+        axes.spines[side].set_visible(False)
+
+
 def _text_colour(rgb) -> str:
     r, g, b = rgb[:3]
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"
@@ -139,8 +202,10 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
     One row per clip: on the left, the labels of each second (the fused labels of the 1 s
     window over it that score 0.5 or more, at most two; else the best one, faded), the mel
     spectrogram, and the fused scores of the clip's top classes over
-    time (one point per 1 s chunk, at its centre); on the right, the clip's scores for its top
-    classes from the fused head and from each stream's own head. Every class keeps one colour.
+    time (one point per 1 s chunk, at its centre); then the clip's scores for its top classes
+    from the fused head and from each stream's own head; on the right, each top label's
+    stream shares of its fused logit (`TagResult.explanations`, which `run` asks for), one
+    diverging bar per label. Every class keeps one colour, and every stream one.
     """
     import librosa
     import matplotlib
@@ -150,15 +215,19 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
     from matplotlib.patches import Rectangle
 
     colours = _class_colours(results, class_names, top_classes)
+    stream_colours = _stream_colours(stream_names)
     index = {name: i for i, name in enumerate(class_names)}
     columns = ["fused", *stream_names]
     max_duration = max(max(r.duration for r in results), 1.0)
     n = len(results)
-    height = 2.75 * n + 1.55
-    fig = plt.figure(figsize=(14, height))
-    outer = fig.add_gridspec(n, 2, width_ratios=[3.3, 1.15], wspace=0.3, hspace=0.55,
-                             left=0.06, right=0.91, top=1 - 1.5 / height,
-                             bottom=0.45 / height)
+    width, top = 14.0, 1.75
+    height = 2.75 * n + top + 0.22
+    fig = plt.figure(figsize=(width, height))
+    # Columns (inches): the clip over time, room for its legend, the score table, room for
+    # the table's class names, the stream shares.
+    outer = fig.add_gridspec(n, 5, width_ratios=[6.0, 1.35, 2.25, 1.3, 2.06], wspace=0.0,
+                             hspace=0.55, left=0.84 / width, right=1 - 0.2 / width,
+                             top=1 - top / height, bottom=0.62 / height)
     for row, result in enumerate(results):
         left = outer[row, 0].subgridspec(3, 1, height_ratios=[0.68, 2.0, 1.15], hspace=0.06)
         chips, spec, lines = (fig.add_subplot(left[i]) for i in range(3))
@@ -232,7 +301,7 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
             lines.set_xlabel("time (s)", fontsize=9)
 
         # Fused and per-stream clip scores of the top classes.
-        table = fig.add_subplot(outer[row, 1])
+        table = fig.add_subplot(outer[row, 2])
         classes = np.argsort(-result.scores["fused"], kind="stable")[:top_classes]
         values = np.array([[result.scores[c][k] for c in columns] for k in classes])
         table.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
@@ -254,11 +323,29 @@ def plot(results: list[TagResult], path, class_names, stream_names, sample_rate:
         table.tick_params(length=0)
         for spine in table.spines.values():
             spine.set_visible(False)
+
+        # Each top label's stream shares of its fused logit.
+        shares = fig.add_subplot(outer[row, 4])
+        if result.explanations:
+            _draw_shares(shares, result.explanations, stream_colours, colours, index)
+        else:  # tagged without explain=True
+            shares.axis("off")
+            shares.text(0, 0.5, "no stream shares\n(tagged without explain=True)",
+                        fontsize=8, color="0.4", va="center", transform=shares.transAxes)
+        if row == n - 1:
+            shares.set_xlabel("share of the fused logit\n\u2190 against          for \u2192",
+                              fontsize=8)
     if title:
         fig.text(0.06, 1 - 0.3 / height, title, fontsize=13, fontweight="bold", va="top")
     fig.text(0.06, 1 - 0.68 / height, CAPTION, fontsize=9, color="0.3", va="top")
-    right = outer[0, 1].get_position(fig)
-    fig.text(right.x0, 1 - 0.68 / height, TABLE_CAPTION, fontsize=9, color="0.3", va="top")
+    middle = outer[0, 2].get_position(fig)
+    fig.text(middle.x0, 1 - 0.68 / height, TABLE_CAPTION, fontsize=9, color="0.3", va="top")
+    right = outer[0, 4].get_position(fig)
+    fig.text(right.x0, 1 - 0.68 / height, SHARES_CAPTION, fontsize=8.5, color="0.3", va="top")
+    fig.legend([Rectangle((0, 0), 1, 1, color=stream_colours[s]) for s in stream_names],
+               list(stream_names), loc="upper left", ncol=2, fontsize=7.5, frameon=False,
+               bbox_to_anchor=(right.x0, 1 - 1.33 / height), borderaxespad=0,
+               handlelength=1.0, handleheight=0.8, columnspacing=1.0, labelspacing=0.25)
     atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path

@@ -49,12 +49,85 @@ def test_demo_prints_labels_over_time_and_draws_them(tiny_preset, tmp_path, monk
     assert out.count("0.0-1.0 s") == 4  # the four clips longer than one second
     assert out.count("0.0-0.9 s") == 1  # the dog: 0.93 s
     assert out.count("streams  pitch ") == len(demo.DEMO_CLIPS)
+    # Each top label's stream shares (3 by default), as `Explanation.to_text` writes them.
+    shares = re.findall(r"^        shares  (.+)$", out, re.MULTILINE)
+    assert len(shares) == 3 * len(demo.DEMO_CLIPS)
+    assert all(re.fullmatch(r"\S.* \d\.\d\d  (\w+ [+-]\d+% ){4} \(streams alone: .+\)"
+                            r"(  streams disagree)?", line) for line in shares), shares
     assert f"wrote {picture}" in out
     import matplotlib.image
 
     image = matplotlib.image.imread(tmp_path / picture)
     assert image.shape[0] > image.shape[1] > 1000  # one row per clip, 14 in wide
     assert image[..., :3].std() > 0.1  # not blank
+
+
+def test_demo_draws_each_top_labels_stream_shares(tiny_preset, tmp_path, monkeypatch):
+    """Beside the score table, one diverging bar per top label: each stream's share of the
+    fused logit (for it right of 0, against it left), one colour per stream throughout, under
+    a title of the label and its fused score (and the mark when the streams disagree); titles
+    clear of the bars and of the table's class names, inside the picture."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from keras_dae.inference import display_label
+
+    tagger = Tagger(tiny_preset, batch_size=8)
+    results = demo.run(tagger, demo.demo_clips()[:3])
+    for result in results:
+        assert len(result.explanations) == 3  # demo.run asks for them
+        lines = demo.describe(result, tagger).splitlines()
+        assert [line for line in lines if line.startswith("        shares  ")] == [
+            f"        shares  {e.to_text()}" for e in result.explanations]
+        assert lines.index(next(x for x in lines if "shares" in x)) == 2  # after "streams"
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", figures.append)  # kept open to measure, closed below
+    demo.plot(results, tmp_path / "demo.png", tagger.class_names, tagger.stream_names)
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    colours = demo._stream_colours(tagger.stream_names)
+    assert len(set(colours.values())) == len(tagger.stream_names)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(tagger.stream_names)
+    for result in results:
+        titles = [f"{display_label(e.label)} {e.score:.2f}" for e in result.explanations]
+        (axes,) = [a for a in fig.axes if [t.get_text() for t in a.texts if t.get_fontweight()
+                                           == "bold"] == titles]
+        assert axes.get_xlim() == (-1.0, 1.0)
+        bars = [p for p in axes.patches if isinstance(p, matplotlib.patches.Rectangle)]
+        assert len(bars) == 3 * len(tagger.stream_names)
+        marks = [t for t in axes.texts if t.get_text() == demo.DISAGREE_MARK]
+        assert len(marks) == sum(e.disagree for e in result.explanations)
+        for row, explanation in enumerate(result.explanations):
+            in_row = [b for b in bars if abs(b.get_y() + b.get_height() / 2 - row) < 1e-6]
+            assert sum(b.get_width() for b in in_row) == pytest.approx(1.0, abs=1e-6)
+            for name, share in explanation.shares.items():
+                colour = matplotlib.colors.to_rgba(colours[name])
+                (bar,) = [b for b in in_row if b.get_facecolor() == colour]
+                assert bar.get_width() == pytest.approx(abs(share), abs=1e-6)
+                if share > 0:
+                    assert bar.get_x() >= -1e-9  # for it: right of 0
+                elif share < 0:
+                    assert bar.get_x() + bar.get_width() <= 1e-9  # against it: left of 0
+        texts = [t for t in axes.texts if t.get_fontweight() == "bold" or t in marks]
+        boxes = [b.get_window_extent(renderer) for b in bars]
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert page.x0 <= box.x0 and box.x1 <= page.x1, text.get_text()
+            assert not any(box.overlaps(b) for b in boxes), text.get_text()
+        # The score table's class names (its right-hand tick labels) stop before the bars.
+        table = next(a for a in fig.axes if a.images and a.get_yticklabels()[0].get_text()
+                     == titles[0].rsplit(" ", 1)[0])
+        names = [t.get_window_extent(renderer).x1 for t in table.get_yticklabels()]
+        assert max(names) < axes.get_window_extent(renderer).x0
+    label = axes.xaxis.label.get_window_extent(renderer)  # the last clip's, under its bars
+    assert axes.xaxis.label.get_text() and page.y0 <= label.y0
+    for text in fig.texts:  # the title and the captions
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, text.get_text()
+    close(fig)
 
 
 def test_demo_on_given_files(tiny_preset, tmp_path, capsys):
