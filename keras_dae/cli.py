@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 from keras_dae import events as events_module
-from keras_dae import extras, messages, microphone, native_logs, streaming
+from keras_dae import extras, messages, microphone, native_logs, pcm_input, streaming
+from keras_dae import finetune as finetune_flags
 from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
 from keras_dae.events import EventOptions
 from keras_dae.export import formats as export_formats
 from keras_dae.extras import BACKENDS
-from keras_dae.pcm_input import SAMPLE_FORMATS, stdin_blocks
+from keras_dae.pcm_input import stdin_blocks
 from keras_dae.validation import InputError, non_negative_int, positive_float, positive_int
 
 
@@ -55,6 +56,17 @@ def _train_command(args) -> int:
 
     train_run(args.data, args.out, args.preset, train_config.from_flags(args), args.format,
               args.shards, args.resume, args.overwrite, lambda line: print(line, flush=True))
+    return 0
+
+
+def _finetune_command(args) -> int:
+    """`keras-dae finetune`: `keras_dae.finetune.finetune_run` with the flags' recipe."""
+    from keras_dae import train_config
+    from keras_dae.finetune import finetune_run
+
+    finetune_run(args.source, args.data, args.out, args.mode, args.streams,
+                 train_config.from_flags(args), args.format, args.val_fraction, args.resume,
+                 args.overwrite, lambda line: print(line, flush=True))
     return 0
 
 
@@ -210,7 +222,8 @@ def _export_command(args) -> int:
     batch_size = "auto" if args.batch_size is None else (args.batch_size or None)
     result = export.export(model, args.out, args.format, quantize=args.quantize,
                            calibration=calibration, calibration_windows=args.calibration_windows,
-                           dft_mode=args.dft_mode, check=not args.no_check, batch_size=batch_size)
+                           dft_mode=args.dft_mode, check=not args.no_check, batch_size=batch_size,
+                           streams=args.streams)
     print(result.summary())
     return 0
 
@@ -262,30 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
                     data=True, mixed_precision=True)
     train.add_argument("--out", required=True, help="run directory (checkpoints, preset, report)")
     train.add_argument("--preset", default="diverse_fsd50k", help="model configuration")
-    for flag, field, help in train_config.FLAGS:  # types (ranges), defaults: TrainConfig's
-        train.add_argument(flag, type=train_config.parse_type(field),
-                           default=train_config.default(field), help=help)
-    train.add_argument("--balanced", action="store_true", help="balanced sampling")
-    train.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
-                       help="SpecAugment-style masking of the towers' features in training "
-                            "(default: as the preset's towers say)")
-    train.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
-                       help="compute the handcrafted streams' features once and keep them in "
-                            "DIR (default RUN_DIR/feature_cache)")
     train.add_argument("--shards", metavar="DIR",
                        help="read the training chunks from shards written by `keras-dae shard` "
                             "(val and eval still come from --data)")
-    train.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                       help="compile the train step (auto: XLA on TensorFlow and JAX, eager "
-                            "on PyTorch; on: also torch.compile)")
-    train.add_argument("--data-parallel", action="store_true",
-                       help="split every batch over all local devices (JAX: "
-                            "keras.distribution.DataParallel; TensorFlow: MirroredStrategy); "
-                            "the batch size must divide by the device count")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in RUN_DIR from its checkpoint")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace the run in RUN_DIR (its own files are removed first)")
+    train_config.add_arguments(train)
+    finetune = command("finetune", _finetune_command, "new labels on a preset's towers: fit "
+                       "the heads (probe, heads) or everything (full)", mixed_precision=True)
+    for flag, options in finetune_flags.FLAGS:  # --from, --data, --out, --mode, --streams, ...
+        finetune.add_argument(flag, **options)
+    train_config.add_arguments(finetune)
 
     evaluate = command("evaluate", _evaluate_command, "clip-level metrics of a run or preset "
                        "(--events: events in time against strong labels)", model="required",
@@ -339,10 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="events: write all files' events as a DCASE/DESED TSV")
     predict.add_argument("--stream", action="store_true", help="tag standard input ('-') as it "
                          "arrives, printing each event's onset and offset as they happen")
-    predict.add_argument("--rate", type=positive_int, help="--stream of raw PCM: its sample rate")
-    predict.add_argument("--channels", type=positive_int, default=1, help="raw PCM: channels")
-    predict.add_argument("--sample-format", choices=SAMPLE_FORMATS, default="s16le",
-                         help="raw PCM: as ffmpeg's -f names it (default s16le)")
+    for flag, options in pcm_input.FLAGS:  # --rate, --channels, --sample-format
+        predict.add_argument(flag, **options)
     embed.add_argument("--out", required=True, metavar="FILE.npz", help="where to write")
 
     demo = command("demo", _demo_command, "tag the bundled real recordings and draw the labels "
@@ -369,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--batch-size", type=non_negative_int, default=None,
                           help="windows per call, fixed in the file; 0 for any (default: 1 "
                           "for TFLite, any for SavedModel and ONNX)")
+    exporter.add_argument("--streams", type=finetune_flags.stream_list, metavar="A,B",
+                          help="only these streams (e.g. pitch,timbre; refit the fusion on "
+                          "them first: finetune --mode probe --streams)")
     exporter.add_argument("--no-check", action="store_true",
                           help="skip running the artifact next to the Keras model")
 

@@ -19,12 +19,20 @@ from typing import BinaryIO
 
 import numpy as np
 
-from keras_dae.validation import InputError
+from keras_dae.validation import InputError, positive_int
 
-__all__ = ["SAMPLE_FORMATS", "PcmFormat", "pcm_blocks", "stdin_blocks"]
+__all__ = ["FLAGS", "SAMPLE_FORMATS", "PcmFormat", "pcm_blocks", "stdin_blocks"]
 
 # Raw sample formats, named as ffmpeg's `-f` names them (little-endian).
 SAMPLE_FORMATS = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4", "u8": "u1"}
+
+# `keras-dae predict --stream -`'s flags for raw PCM on standard input: (flag, argparse options).
+FLAGS = (
+    ("--rate", {"type": positive_int, "help": "--stream of raw PCM: its sample rate"}),
+    ("--channels", {"type": positive_int, "default": 1, "help": "raw PCM: channels"}),
+    ("--sample-format", {"choices": SAMPLE_FORMATS, "default": "s16le",
+                         "help": "raw PCM: as ffmpeg's -f names it (default s16le)"}),
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, no protect
     fcntl = None
 
 #: What a run writes into its directory (keras_dae.training), and `overwrite` removes.
-RUN_FILES = ("checkpoint", "logs", "preset", "report.json", "feature_cache",
+RUN_FILES = ("checkpoint", "logs", "preset", "report.json", "feature_cache", "embedding_cache",
              "training_curves.png", "ap_per_class.png", "streams_vs_fused.png")
 LOCK_FILE = ".keras-dae.lock"
 

@@ -30,6 +30,10 @@ class TrainConfig:
     # computed once before training (None: computed in every step). See FeatureCache.
     feature_cache: str | None = None
     patience: int = 3
+    # The model comes from a preset (fine-tuning, keras_dae.finetune): its feature
+    # normalisation is kept, and stage 1 trains the stream heads only (front ends and towers
+    # frozen); the joint stage, when it has epochs, trains everything.
+    pretrained: bool = False
     normalization_chunks: int = 512
     seed: int = 0
     # Scale (keras_dae.scale): None (float32) or "bfloat16" (Keras' mixed_bfloat16 policy; build
@@ -66,6 +70,31 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--batch-size", "batch_size", None), ("--learning-rate", "learning_rate", None),
          ("--mixup", "mixup", "mixup alpha (0: off)"), ("--patience", "patience", None),
          ("--seed", "seed", None))
+
+
+def add_arguments(parser) -> None:
+    """Adds the recipe's flags (`FLAGS` and the others `from_flags` reads, with `--resume` and
+    `--overwrite`) to the argparse `parser` of `keras-dae train` or `finetune`."""
+    for flag, field, help in FLAGS:  # types (ranges), defaults: TrainConfig's
+        parser.add_argument(flag, type=parse_type(field), default=default(field), help=help)
+    parser.add_argument("--balanced", action="store_true", help="balanced sampling")
+    parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
+                        help="SpecAugment-style masking of the towers' features in training "
+                             "(default: as the preset's towers say)")
+    parser.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
+                        help="compute the handcrafted streams' features once and keep them in "
+                             "DIR (default RUN_DIR/feature_cache)")
+    parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                        help="compile the train step (auto: XLA on TensorFlow and JAX, eager "
+                             "on PyTorch; on: also torch.compile)")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="split every batch over all local devices (JAX: "
+                             "keras.distribution.DataParallel; TensorFlow: MirroredStrategy); "
+                             "the batch size must divide by the device count")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in RUN_DIR from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in RUN_DIR (its own files are removed first)")
 
 
 def from_flags(args) -> TrainConfig:

@@ -26,7 +26,7 @@ from pathlib import Path
 from keras_dae.train_config import TrainConfig
 from keras_dae.validation import InputError
 
-__all__ = ["read_splits", "train_run"]
+__all__ = ["read_splits", "report_lines", "scaled", "train_run"]
 
 
 def read_splits(data, format: str | None = None, shards=None):
@@ -62,23 +62,44 @@ def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | N
     """Trains the preset's architecture on the dataset in `data` into the run directory `out`
     and returns its report (see the module's docstring). `say` receives the progress lines
     (what was read, each split's metrics and skipped files, what was written)."""
-    from keras_dae import runs, scale
+    from keras_dae import runs
 
     config = config or TrainConfig()
     with runs.run_lock(out):
         runs.prepare(out, resume=resume, overwrite=overwrite)
         train, val, test = read_splits(data, format, shards)
-        if config.data_parallel:
-            try:
-                scale.check_data_parallel(config.batch_size)
-            except ValueError as error:
-                raise InputError(f"data parallelism: {error}") from None
-        parallel = (scale.data_parallel(config.batch_size) if config.data_parallel
-                    else contextlib.nullcontext())
-        # The model and its optimizer are built inside both contexts.
-        with scale.precision(config.mixed_precision), parallel:
+        with scaled(config):
             return _train(Path(data), Path(out), preset, config, train, val, test, shards,
                           resume, overwrite, say)
+
+
+@contextlib.contextmanager
+def scaled(config: TrainConfig):
+    """The precision and data-parallel contexts of `config` (`keras_dae.scale`), in which a
+    run builds its model and optimizer. Refuses (`InputError`) data parallelism that does not
+    suit the batch size."""
+    from keras_dae import scale
+
+    if config.data_parallel:
+        try:
+            scale.check_data_parallel(config.batch_size)
+        except ValueError as error:
+            raise InputError(f"data parallelism: {error}") from None
+    parallel = (scale.data_parallel(config.batch_size) if config.data_parallel
+                else contextlib.nullcontext())
+    with scale.precision(config.mixed_precision), parallel:
+        yield
+
+
+def report_lines(report: dict, skip_summaries: dict, out) -> list[str]:
+    """What a run says at its end: each split's fused and per-stream mAP, each split's
+    skipped files (`skip_summaries`: split -> line), and what it wrote in `out`."""
+    lines = []
+    for split, r in report["evaluation"].items():
+        streams = "  ".join(f"{k} {v:.3f}" for k, v in r["streams"].items())
+        lines.append(f"{split}: fused mAP {r['mAP']:.3f}  |  {streams}  ({r['n_clips']} clips)")
+    lines += [f"{split}: {line}" for split, line in skip_summaries.items()]
+    return lines + [f"wrote {Path(out) / 'preset'}, report.json and plots"]
 
 
 def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, test, shards,
@@ -107,13 +128,9 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     trainer.run(resume=resume, overwrite=overwrite)
     eval_sets = {"val": val} if test is None else {"eval": test, "val": val}
     report = training.finish_run(trainer, eval_sets, training_data=str(data.resolve()))
-    for split, r in report["evaluation"].items():
-        streams = "  ".join(f"{k} {v:.3f}" for k, v in r["streams"].items())
-        say(f"{split}: fused mAP {r['mAP']:.3f}  |  {streams}  ({r['n_clips']} clips)")
     summaries = trainer.skip_summary()  # train and val
     if "eval" in report["evaluation"]:
         summaries["eval"] = report["evaluation"]["eval"]["skip_summary"]
-    for split, line in summaries.items():
-        say(f"{split}: {line}")
-    say(f"wrote {out / 'preset'}, report.json and plots")
+    for line in report_lines(report, summaries, out):
+        say(line)
     return report

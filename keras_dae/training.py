@@ -485,11 +485,11 @@ class Trainer:
     def _compile(self, stage: str) -> None:
         model, c = self.model, self.config
         streams = model.stream_names
-        trainable_backbone = stage != "fusion"
+        trainable_backbone = stage == "joint" or (stage == "towers" and not c.pretrained)
         model.featurizer.trainable = trainable_backbone
         model.backbone.trainable = trainable_backbone
         for head in model.stream_heads.values():
-            head.trainable = trainable_backbone
+            head.trainable = stage != "fusion"
         model.fusion_head.trainable = stage != "towers"
         weights = {"fused": 0.0 if stage == "towers" else 1.0,
                    **{s: 0.0 if stage == "fusion" else 1.0 for s in streams}}
@@ -559,7 +559,8 @@ class Trainer:
             print(f"No checkpoint in {self.ckpt_dir}; starting from scratch.", flush=True)
         if not self.state["normalized"]:
             keras.utils.set_random_seed(self.config.seed)
-            self._adapt_normalization()
+            if not self.config.pretrained:  # a preset's towers keep their statistics
+                self._adapt_normalization()
             self.state["normalized"] = True
         if self.config.feature_cache:
             self._use_feature_cache()
@@ -626,14 +627,12 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     written = []
     history = state["history"]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    for stage in STAGES:
+    for stage in dict.fromkeys(h["stage"] for h in history):  # in the order they ran
         rows = [h for h in history if h["stage"] == stage]
-        if not rows:
-            continue
         x = [i for i, h in enumerate(history) if h["stage"] == stage]
         ax_loss.plot(x, [h["loss"] for h in rows], "o-", label=stage)
         ax_map.plot(x, [h["val_map"] for h in rows], "o-", label=f"{stage}: fused")
-        if stage == "towers":
+        if stage in ("towers", "probe"):  # the stream heads' own curves
             for name in rows[0]["val_streams"]:
                 ax_map.plot(x, [h["val_streams"][name] for h in rows], ".--", label=name)
     ax_loss.set(title="training loss", xlabel="epoch (all stages)")
@@ -662,13 +661,26 @@ def write_plots(state: dict, reports: dict, labels: list[str], out_dir: Path) ->
     return written
 
 
-def finish_run(trainer: Trainer, eval_sets: dict, training_data: str) -> dict:
-    """Evaluates on each named split, writes the preset, report.json and the plots."""
+def finish_run(trainer: Trainer, eval_sets: dict, training_data: str,
+               metadata: dict | None = None) -> dict:
+    """Evaluates on each named split, writes the preset, report.json and the plots
+    (`write_run` with the trainer's model, run directory, recipe, history and skipped files)."""
+    return write_run(trainer.model, trainer.run_dir, trainer.config, trainer.state,
+                     trainer.train, eval_sets, training_data, trainer.skipped, metadata)
+
+
+def write_run(model, run_dir, config: TrainConfig, state: dict, train, eval_sets: dict,
+              training_data: str, skipped: dict | None = None,
+              metadata: dict | None = None) -> dict:
+    """Evaluates `model` on each named split of `eval_sets`, writes `run_dir/preset` (its
+    metadata: the training data, the metrics, the recipe and `metadata`), `report.json` and
+    the plots of `state["history"]`; returns the report."""
     from keras_dae import zoo
 
-    model, run_dir = trainer.model, trainer.run_dir
-    reports = {split: evaluate(model, data, chunk_seconds=trainer.config.chunk_seconds,
-                               hop_seconds=trainer.config.hop_seconds, skipped=trainer.skipped)
+    run_dir = Path(run_dir)
+    skipped = {} if skipped is None else skipped
+    reports = {split: evaluate(model, data, chunk_seconds=config.chunk_seconds,
+                               hop_seconds=config.hop_seconds, skipped=skipped)
                for split, data in eval_sets.items()}
     summary = {split: {"mAP": r["mAP"], "streams": r["streams"], "n_clips": r["n_clips"]}
                for split, r in reports.items()}
@@ -676,16 +688,16 @@ def finish_run(trainer: Trainer, eval_sets: dict, training_data: str) -> dict:
     # way); `scale.with_precision` runs it in bfloat16 again.
     preset_model = model if scale.model_precision(model) is None else scale.with_precision(
         model, None)
-    zoo.save(preset_model, run_dir / "preset", labels=trainer.train.labels, mids=trainer.train.mids,
+    zoo.save(preset_model, run_dir / "preset", labels=train.labels, mids=train.mids,
              metadata={"training_data": training_data, "metrics": summary,
                        "labels_source": training_data,
-                       "train_config": dataclasses.asdict(trainer.config)})
-    report = {"config": dataclasses.asdict(trainer.config), "training_data": training_data,
-              "backend": keras.backend.backend(), "history": trainer.state["history"],
-              "evaluation": reports}
+                       "train_config": dataclasses.asdict(config), **(metadata or {})})
+    report = {"config": dataclasses.asdict(config), "training_data": training_data,
+              "backend": keras.backend.backend(), "history": state["history"],
+              "evaluation": reports, **(metadata or {})}
     _atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
     try:
-        write_plots(trainer.state, reports, trainer.train.labels, run_dir)
+        write_plots(state, reports, train.labels, run_dir)
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'keras-dae[plot]')")
     return report

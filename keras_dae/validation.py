@@ -30,6 +30,7 @@ RULES = {
     "non_negative_float": (float, lambda v: math.isfinite(v) and v >= 0,
                            "a finite number >= 0"),
     "unit_interval": (float, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "fraction": (float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
 }
 
 
@@ -72,3 +73,4 @@ non_negative_int = _argparse_type("non_negative_int")
 positive_float = _argparse_type("positive_float")
 non_negative_float = _argparse_type("non_negative_float")
 unit_interval = _argparse_type("unit_interval")
+fraction = _argparse_type("fraction")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_dae.atomic import write_text
-from keras_dae.validation import InputError
+from keras_dae.validation import InputError, check
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -219,6 +219,47 @@ class ClipDataset:
         return ClipDataset(paths=self.paths, targets=targets, labels=labels,
                            mids=[own_mids.get(label, "") for label in labels],
                            clip_ids=self.clip_ids, groups=self.groups, missing=self.missing)
+
+    def split_off(self, fraction: float, seed: int = 0,
+                  min_clips: int = 3) -> tuple[ClipDataset, ClipDataset, list[str]]:
+        """`(rest, held_out, too_few)`: about `fraction` of each class's clips held out (for
+        validation), the rest kept, stratified by each clip's rarest label and seeded.
+
+        Clips of one source (`groups`, when known) stay on one side. A class with fewer than
+        `min_clips` clips (or sources) keeps them all: its name is in `too_few`, and it has
+        no clip to be validated on. Raises `InputError` when nothing could be held out."""
+        check("the fraction held out", fraction, "fraction")
+        counts = self.label_counts()
+        sources: dict[str, list[int]] = {}  # a source's clips (a clip alone when unknown)
+        for i in range(len(self)):
+            sources.setdefault(self.groups[i] if self.groups is not None else f"#{i}",
+                               []).append(i)
+        units: dict[int, dict[str, list[int]]] = {}  # rarest class -> source -> clips
+        for source, clips in sources.items():
+            present = np.flatnonzero(self.targets[clips].max(axis=0))
+            if present.size:  # clips without labels stay in training
+                key = int(present[np.argmin(counts[present])])
+                units.setdefault(key, {})[source] = clips
+        rng = np.random.default_rng(seed)
+        held, too_few = [], []
+        for key in sorted(units):
+            sources = sorted(units[key])
+            if len(sources) < min_clips:
+                too_few.append(self.labels[key])
+                continue
+            wanted = max(1, round(fraction * sum(len(units[key][s]) for s in sources)))
+            taken = 0
+            for j in rng.permutation(len(sources)):
+                if taken >= wanted:
+                    break
+                held += units[key][sources[j]]
+                taken += len(units[key][sources[j]])
+        if not held:
+            raise InputError(f"too few clips to hold any out for validation: give each class "
+                             f"at least {min_clips} clips (or sources), or a val split")
+        mask = np.zeros(len(self), bool)
+        mask[held] = True
+        return self.subset(~mask), self.subset(mask), too_few
 
     def clip_labels(self, index: int) -> list[str]:
         """Class names of clip `index`."""
