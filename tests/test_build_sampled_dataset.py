@@ -14,7 +14,7 @@ import importlib.util
 import re
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +232,52 @@ def test_fsd50k_vocabulary_agrees_with_sampled_dataset_classes():
     assert len(shared) == 13, shared  # Flute and Synthesizer are AudioSet-only classes
     for label, mid in shared:
         assert vocabulary[label] == mid, label
+
+
+@pytest.fixture(scope="module")
+def novel_dataset(tmp_path_factory) -> Path:
+    result = run_script("--classes", "novel", "--check")
+    if result.returncode != 0:
+        pytest.fail("the Debian packages for the novel classes are not installed: "
+                    f"{result.stderr.strip()}", pytrace=False)
+    out = tmp_path_factory.mktemp("novel") / "fsd50k"
+    result = run_script("--classes", "novel", "--out", str(out), "--small", "--seed", "3")
+    assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
+    return out
+
+
+def test_novel_classes_layout_and_source_split(novel_dataset: Path, dataset: Path) -> None:
+    """--classes novel: FSD50K's layout, classes and sources the default set does not have,
+    one label a clip, balanced splits disjoint by source, each class in each split."""
+    module = load_module()
+    vocab, vocabulary, dev, ev = ground_truth(novel_dataset)
+    assert sorted(p.name for p in novel_dataset.iterdir()) == [
+        "FSD50K.dev_audio", "FSD50K.eval_audio", "FSD50K.ground_truth", "README.md",
+        "source_inventory.csv", "sources.csv"]
+    assert 6 <= len(vocabulary) <= 10
+    assert not set(vocab) & {label for label, _ in module.CLASSES}
+    assert not {mid for _, mid in vocab.values()} & {mid for _, mid in module.CLASSES}
+    assert {p.stem for p in (novel_dataset / "FSD50K.dev_audio").iterdir()} == {
+        row[0] for row in dev[1:]}
+    assert {p.stem for p in (novel_dataset / "FSD50K.eval_audio").iterdir()} == {
+        row[0] for row in ev[1:]}
+    rows = [(row[1], row[3]) for row in dev[1:]] + [(row[1], "eval") for row in ev[1:]]
+    assert all("," not in labels for labels, _ in rows)  # single-class clips
+    assert Counter(split for _, split in rows) == {"train": 40, "val": 12, "eval": 16}
+    assert set(Counter(labels for labels, split in rows if split == "train").values()) == {5}
+    assert {(labels, split) for labels, split in rows} == {
+        (label, split) for label in vocab for split in ("train", "val", "eval")}
+    inventory = read_rows(novel_dataset / "source_inventory.csv")
+    group_split = {row[0]: row[2] for row in inventory[1:]}
+    for fname, split, source_ids, _, _ in read_rows(novel_dataset / "sources.csv")[1:]:
+        assert group_split[source_ids] == split, fname
+    # Every class has at least three source groups, one or more in each split.
+    splits_of = defaultdict(set)
+    for row in inventory[1:]:
+        splits_of[row[1]].add((row[0], row[2]))
+    for label in vocab:
+        assert {s for _, s in splits_of[label]} == {"train", "val", "eval"}, label
+    # No file or preset of the default build (every source it has, in its inventory) is a
+    # source here.
+    default_members = {row[3] for row in read_rows(dataset / "source_inventory.csv")[1:]}
+    assert not default_members & {row[3] for row in inventory[1:]}

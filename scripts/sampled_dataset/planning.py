@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .common import CLASSES, SPLIT_FRACTIONS, BuildError, label_with_parents, rng_for
+from .common import DEFAULT, SPLIT_FRACTIONS, BuildError, ClassSet, label_with_parents, rng_for
 from .sources import Group
 
 MIN_DURATION_S = 0.5
@@ -51,15 +51,16 @@ class Clip:
 
 
 
-def split_counts(n_clips: int) -> dict[str, int]:
-    n_train = round(n_clips * SPLIT_FRACTIONS["train"])
-    n_val = round(n_clips * SPLIT_FRACTIONS["val"])
+def split_counts(n_clips: int, fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, int]:
+    n_train = round(n_clips * fractions["train"])
+    n_val = round(n_clips * fractions["val"])
     return {"train": n_train, "val": n_val, "eval": n_clips - n_train - n_val}
 
 
-def plan_clips(groups: dict[str, Group], n_clips: int, seed: int) -> list[Clip]:
+def plan_clips(groups: dict[str, Group], n_clips: int, seed: int,
+               class_set: ClassSet = DEFAULT) -> list[Clip]:
     """Decide every clip: split, duration, classes, source groups, mixing gains."""
-    labels = [label for label, _ in CLASSES]
+    labels = class_set.labels
     by_split_label: dict[tuple[str, str], list[str]] = defaultdict(list)
     for gid, group in sorted(groups.items()):
         by_split_label[(group.split, group.label)].append(gid)
@@ -68,7 +69,7 @@ def plan_clips(groups: dict[str, Group], n_clips: int, seed: int) -> list[Clip]:
             if not by_split_label[(split, label)]:
                 raise BuildError(f"class {label} has no source group in split {split}")
     rng = rng_for(seed, "plan")
-    counts = split_counts(n_clips)
+    counts = split_counts(n_clips, class_set.split_fractions)
     fnames = rng.choice(np.arange(10000, 400000), size=n_clips, replace=False)
     clips: list[Clip] = []
     for split, count in counts.items():
@@ -79,7 +80,7 @@ def plan_clips(groups: dict[str, Group], n_clips: int, seed: int) -> list[Clip]:
             index = len(clips)
             duration = float(rng.uniform(MIN_DURATION_S, MAX_DURATION_S))
             chosen = [label]
-            if rng.random() < MIXTURE_PROBABILITY:
+            if class_set.mixtures and rng.random() < MIXTURE_PROBABILITY:
                 own = set(label_with_parents(label))
                 others = [o for o in labels if not own & set(label_with_parents(o))]
                 chosen.append(str(rng.choice(others)))

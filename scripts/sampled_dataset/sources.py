@@ -3,7 +3,9 @@ and licensed, and the source-disjoint split of those groups.
 
 To add a source, add its package to ``PACKAGES`` and an ``Inventory.add_*`` method that
 creates its ``Group``s (one group per unit that must stay in one split), then call it from
-``Inventory.build``.
+``Inventory.build``. The ``novel`` class set (``--classes novel``) has its own packages
+(``NOVEL_PACKAGES``), instrument presets (``NOVEL_PRESETS``) and recordings
+(``NOVEL_RECORDINGS``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import fnmatch
 import gzip
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -25,7 +28,7 @@ import numpy as np
 import scipy.signal
 
 from .audio import AudioCache, same_recording
-from .common import BuildError, UnionFind, rng_for
+from .common import DEFAULT, BuildError, ClassSet, UnionFind, rng_for
 
 GROUP_FRACTIONS = {"val": 0.13, "eval": 0.2}  # of each class's source groups; rest train
 SF2_PATH = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -42,8 +45,35 @@ PACKAGES: dict[str, str] = {
     "tuxpaint-stamps-default": "Tux Paint stamps: recorded animal sounds, instrument "
     "recordings, spoken descriptions in ~12 languages",
 }
+# Debian packages of the ``novel`` class set. MuseScore General and FluidR3Mono are not
+# used: their samples of these instruments are FluidR3's; nor csound-soundfont (sf_GMbank),
+# whose samples are mostly TimGM6mb's; nor opl3-soundfont (FM synthesis, not recordings).
+NOVEL_PACKAGES: dict[str, str] = {
+    "fluidsynth": "FluidSynth, renders MIDI with the SoundFonts",
+    "fluid-soundfont-gm": "FluidR3 GM soundfont: accordions, harpsichords, sitar, choir and "
+    "voices, bells, seashore, helicopter",
+    "fluid-soundfont-gs": "FluidR3 GS sound effects: rain, stream, bubbles, door creak and "
+    "slam, wind chimes, car, train, jet plane",
+    "timgm6mb-soundfont": "TimGM6mb soundfont: accordion, bandoneon, harpsichord, sitar, "
+    "choir, voices, bells, seashore, helicopter",
+    "timidity": "TiMidity++, renders MIDI with the freepats patches",
+    "freepats": "freepats GUS patches: accordions, harpsichord, sitar, voices, tubular bells, "
+    "seashore, helicopter",
+    "sonic-pi-samples": "Sonic Pi samples: two bell recordings, a door, a choir",
+}
+PACKAGE_SETS = {"default": PACKAGES, "novel": NOVEL_PACKAGES}
 # Licence summaries for packages whose copyright file is not machine-readable (DEP-5).
-LICENCE_FALLBACK = {"fluid-soundfont-gm": ("MIT", "Frank Wen and contributors (FluidR3)")}
+LICENCE_FALLBACK = {"fluid-soundfont-gm": ("MIT", "Frank Wen and contributors (FluidR3)"),
+                    "fluid-soundfont-gs": ("MIT", "Frank Wen and contributors (FluidR3)"),
+                    "freepats": ("GPL-2+", "Free Software Foundation, freepats contributors "
+                                 "(with an exception for compositions using the patches)")}
+# SoundFonts by the prefix of their members' keys ("timgm6mb:000-046"): package and file.
+SOUNDFONTS: dict[str, tuple[str, Path]] = {
+    "fluidr3": ("fluid-soundfont-gm", SF2_PATH),
+    "fluidr3gs": ("fluid-soundfont-gs", Path("/usr/share/sounds/sf2/FluidR3_GS.sf2")),
+    "timgm6mb": ("timgm6mb-soundfont", Path("/usr/share/sounds/sf2/TimGM6mb.sf2")),
+}
+FREEPATS_DIR = Path("/usr/share/midi/freepats")  # GUS patches, rendered by TiMidity++
 
 # FluidR3 GM presets per class: (bank, program, lowest note, highest note, max polyphony).
 # Only presets that are clearly that AudioSet class (e.g. no accordion under Organ, no synth
@@ -76,6 +106,49 @@ GM_PRESETS: dict[str, list[tuple[int, int, int, int, int]]] = {
 }
 GM_DRUM_BANK = 128
 
+# The novel class set's instruments: (SoundFont or "freepats", bank, program, lowest note,
+# highest note, max polyphony); a single note (lowest == highest) is a sound effect, held
+# for the whole clip. Each preset is a source group, merged with the presets of its SoundFont
+# that share a sample and with any preset or recording of its class that holds the same
+# recording (freepats' Voice Oohs is FluidR3's, TimGM6mb's choir has a FluidR3 sample, all
+# three seashores are one recording). Left out for want of three independent sources: Harp
+# (freepats' harp is FluidR3's recording, so FluidR3 and TimGM6mb only), Timpani and Wood
+# block (FluidR3's samples are in the FluidR3 drum kits the default set uses), Bagpipes,
+# Harmonica, Banjo (FluidR3 and TimGM6mb only), Mandolin and Ukulele (FluidR3's are its
+# guitar samples), Applause (FluidR3 and TimGM6mb only), Steel drums (Mallet percussion).
+NOVEL_PRESETS: dict[str, list[tuple[str, int, int, int, int, int]]] = {
+    "Accordion": [("fluidr3", 0, 21, 53, 89, 3), ("fluidr3", 0, 23, 53, 89, 3),
+                  ("fluidr3", 8, 21, 53, 89, 3), ("timgm6mb", 0, 21, 53, 89, 3),
+                  ("timgm6mb", 0, 23, 53, 89, 3), ("freepats", 0, 21, 53, 89, 3),
+                  ("freepats", 0, 23, 53, 89, 3)],
+    "Harpsichord": [("fluidr3", 0, 6, 41, 89, 4), ("fluidr3", 8, 6, 41, 89, 4),
+                    ("timgm6mb", 0, 6, 41, 89, 4), ("freepats", 0, 6, 41, 89, 4)],
+    "Sitar": [("fluidr3", 0, 104, 48, 79, 2), ("timgm6mb", 0, 104, 48, 79, 2),
+              ("freepats", 0, 104, 48, 79, 2)],
+    "Choir": [("fluidr3", 0, 52, 48, 79, 4), ("fluidr3", 0, 53, 48, 79, 4),
+              ("timgm6mb", 0, 52, 48, 79, 4), ("timgm6mb", 0, 53, 48, 79, 4),
+              ("freepats", 0, 53, 48, 79, 4)],
+    "Bell": [("fluidr3", 0, 14, 60, 79, 2), ("fluidr3", 8, 14, 60, 79, 2),
+             ("fluidr3", 0, 112, 72, 96, 2), ("timgm6mb", 0, 14, 60, 79, 2),
+             ("timgm6mb", 0, 112, 72, 96, 2), ("freepats", 0, 14, 60, 79, 2),
+             ("fluidr3gs", 5, 124, 60, 60, 1)],
+    "Water": [("fluidr3", 0, 122, 60, 60, 1), ("timgm6mb", 0, 122, 60, 60, 1),
+              ("freepats", 0, 122, 60, 60, 1), ("fluidr3gs", 1, 122, 60, 60, 1),
+              ("fluidr3gs", 4, 122, 60, 60, 1), ("fluidr3gs", 5, 122, 60, 60, 1)],
+    "Door": [("fluidr3gs", 2, 124, 60, 60, 1), ("fluidr3gs", 3, 124, 60, 60, 1)],
+    "Vehicle": [("fluidr3", 0, 125, 60, 60, 1), ("timgm6mb", 0, 125, 60, 60, 1),
+                ("freepats", 0, 125, 60, 60, 1), ("fluidr3gs", 1, 125, 60, 60, 1),
+                ("fluidr3gs", 2, 125, 60, 60, 1), ("fluidr3gs", 3, 125, 60, 60, 1),
+                ("fluidr3gs", 6, 125, 60, 60, 1), ("fluidr3gs", 7, 125, 60, 60, 1)],
+}
+# The novel class set's recordings: label -> [(package, file, kind)].
+NOVEL_RECORDINGS: dict[str, list[tuple[str, str, str]]] = {
+    "Bell": [("sonic-pi-samples", "/usr/share/sonic-pi/samples/perc_bell.flac", "events"),
+             ("sonic-pi-samples", "/usr/share/sonic-pi/samples/perc_bell2.flac", "events")],
+    "Choir": [("sonic-pi-samples", "/usr/share/sonic-pi/samples/ambi_choir.flac", "crop")],
+    "Door": [("sonic-pi-samples", "/usr/share/sonic-pi/samples/perc_door.flac", "events")],
+}
+
 # --- Debian packages ------------------------------------------------------------------------
 
 
@@ -102,9 +175,12 @@ def install_command(packages: Sequence[str]) -> str:
             "--no-install-recommends " + " ".join(packages))
 
 
-def ensure_packages(install: bool) -> dict[str, str]:
-    """Check (and with ``install``, apt-get install) every package; return their versions."""
-    versions = package_versions(PACKAGES)
+def ensure_packages(install: bool, packages: dict[str, str] | None = None) -> dict[str, str]:
+    """Check (and with ``install``, apt-get install) every package (default: ``PACKAGES``);
+    return their versions."""
+    if packages is None:
+        packages = PACKAGES
+    versions = package_versions(packages)
     missing = [p for p, v in versions.items() if v is None]
     if missing and install:
         prefix = [] if os.geteuid() == 0 else (["sudo"] if shutil.which("sudo") else None)
@@ -116,17 +192,21 @@ def ensure_packages(install: bool) -> dict[str, str]:
                                         *missing]):
             if subprocess.run(apt + args, check=False).returncode != 0:
                 raise BuildError(f"{' '.join(apt + args)} failed (see its output above)")
-        versions = package_versions(PACKAGES)
+        versions = package_versions(packages)
         missing = [p for p, v in versions.items() if v is None]
     if missing:
         raise BuildError(
-            "missing Debian package(s): " + ", ".join(f"{p} ({PACKAGES[p]})" for p in missing)
+            "missing Debian package(s): " + ", ".join(f"{p} ({packages[p]})" for p in missing)
             + ". Run this script with --install (as root), or: " + install_command(missing))
-    if shutil.which("fluidsynth") is None:
-        raise BuildError("the fluidsynth binary is not on PATH although package fluidsynth is "
-                         "installed")
-    if not SF2_PATH.is_file():
-        raise BuildError(f"{SF2_PATH} not found (package fluid-soundfont-gm)")
+    for program in ("fluidsynth", "timidity"):
+        if program in packages and shutil.which(program) is None:
+            raise BuildError(f"the {program} binary is not on PATH although package {program} "
+                             "is installed")
+    for package, path in SOUNDFONTS.values():
+        if package in packages and not path.is_file():
+            raise BuildError(f"{path} not found (package {package})")
+    if "freepats" in packages and not FREEPATS_DIR.is_dir():
+        raise BuildError(f"{FREEPATS_DIR} not found (package freepats)")
     return {p: v for p, v in versions.items() if v is not None}
 
 
@@ -183,28 +263,36 @@ def licence_of(path: Path, package: str, stanzas: list[CopyrightStanza]) -> tupl
 # --- SoundFont parsing ----------------------------------------------------------------------
 
 
-def sf2_presets(path: Path) -> dict[tuple[int, int], tuple[str, frozenset[int]]]:
-    """Map (bank, program) -> (preset name, ids of every sample the preset can play).
-
-    Reads the SF2 ``pdta`` chunks directly (phdr/pbag/pgen -> inst/ibag/igen -> samples), so
-    presets that share recorded samples can be kept in one split.
-    """
-    data = path.read_bytes()
+def _sf2_chunks(path: Path, data: bytes) -> dict[str, bytes]:
+    """The sub-chunks of an SF2 file's ``sdta`` and ``pdta`` lists, by id."""
     if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
         raise BuildError(f"{path} is not a SoundFont 2 file")
     chunks: dict[str, bytes] = {}
     pos = 12
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if cid == b"LIST" and data[pos + 8:pos + 12] == b"pdta":
+        if cid == b"LIST" and data[pos + 8:pos + 12] in (b"pdta", b"sdta"):
             sub, end = pos + 12, pos + 8 + size
             while sub + 8 <= end:
                 sid, ssize = data[sub:sub + 4], struct.unpack("<I", data[sub + 4:sub + 8])[0]
                 chunks[sid.decode("latin1")] = data[sub + 8:sub + 8 + ssize]
                 sub += 8 + ssize + (ssize & 1)
-        pos += 8 + size + (size & 1)
+        step = 8 + size + (size & 1)
+        if size & 1 and data[pos + step:pos + step + 4] not in (b"LIST", b""):
+            step -= 1  # some writers (MuseScore's sf3) leave an odd chunk unpadded
+        pos += step
     if not {"phdr", "pbag", "pgen", "inst", "ibag", "igen"} <= set(chunks):
         raise BuildError(f"{path}: SoundFont preset data (pdta) is incomplete")
+    return chunks
+
+
+def sf2_presets(path: Path) -> dict[tuple[int, int], tuple[str, frozenset[int]]]:
+    """Map (bank, program) -> (preset name, ids of every sample the preset can play).
+
+    Reads the SF2 ``pdta`` chunks directly (phdr/pbag/pgen -> inst/ibag/igen -> samples), so
+    presets that share recorded samples can be kept in one split.
+    """
+    chunks = _sf2_chunks(path, path.read_bytes())
 
     def records(name: str, size: int, fmt: str) -> list[tuple]:
         blob = chunks[name]
@@ -231,6 +319,53 @@ def sf2_presets(path: Path) -> dict[tuple[int, int], tuple[str, frozenset[int]]]
         presets[(bank, program)] = (name.split(b"\0")[0].decode("latin1").strip(),
                                     frozenset(samples))
     return presets
+
+
+def _at_4khz(x: np.ndarray, rate: int) -> np.ndarray:
+    """``x`` resampled to 4 kHz, the rate ``same_recording`` compares at."""
+    g = math.gcd(int(rate), 4000)
+    return scipy.signal.resample_poly(x, 4000 // g, int(rate) // g).astype("float32")
+
+
+def sf2_sample_audio(chunks: dict[str, bytes], sample_ids: Iterable[int]) -> list[np.ndarray]:
+    """The 16-bit samples ``sample_ids`` of an SF2 file (its ``_sf2_chunks``), mono float32
+    at 4 kHz."""
+    shdr, smpl = chunks["shdr"], chunks.get("smpl", b"")
+    out = []
+    for i in sorted(sample_ids):
+        _, start, end, _, _, rate = struct.unpack("<20sIIIII", shdr[46 * i:46 * i + 40])
+        x = np.frombuffer(smpl[2 * start:2 * end], "<i2").astype("float32") / 32768
+        out.append(_at_4khz(x, rate))
+    return out
+
+
+def gus_patch_audio(path: Path) -> list[np.ndarray]:
+    """The waves of a Gravis UltraSound patch (.pat, as in freepats), mono float32 at 4 kHz."""
+    data = path.read_bytes()
+    if not data.startswith(b"GF1PATCH"):
+        raise BuildError(f"{path} is not a GUS patch")
+    pos, out = 239, []  # after the patch, instrument and layer headers
+    for _ in range(data[198]):  # the layer's number of waves
+        length, rate = struct.unpack("<I", data[pos + 8:pos + 12])[0], struct.unpack(
+            "<H", data[pos + 20:pos + 22])[0]
+        modes = data[pos + 55]  # bit 0: 16-bit, bit 1: unsigned
+        raw = data[pos + 96:pos + 96 + length]
+        if modes & 1:
+            x = np.frombuffer(raw, "<u2" if modes & 2 else "<i2").astype("float32") / 32768
+        else:
+            x = np.frombuffer(raw, "u1" if modes & 2 else "i1").astype("float32") / 128
+        out.append(_at_4khz(x - 1.0 if modes & 2 else x, rate))
+        pos += 96 + length
+    return out
+
+
+def freepats_patch(program: int) -> Path:
+    """The freepats patch file of a General MIDI program (bank 0)."""
+    paths = sorted((FREEPATS_DIR / "Tone_000").glob(f"{program:03d}_*.pat"))
+    if len(paths) != 1:
+        raise BuildError(f"expected one freepats patch for GM program {program} in "
+                         f"{FREEPATS_DIR / 'Tone_000'}, found {len(paths)}; is freepats installed?")
+    return paths[0]
 
 
 # --- Source inventory -----------------------------------------------------------------------
@@ -268,10 +403,11 @@ def _files(pattern: str, package: str, minimum: int) -> list[Path]:
 
 
 class Inventory:
-    """Discovers every source on this machine and groups it for the split."""
+    """Discovers every source of a class set on this machine and groups it for the split."""
 
-    def __init__(self) -> None:
-        self.copyrights = {p: read_copyright(p) for p in PACKAGES}
+    def __init__(self, class_set: ClassSet = DEFAULT) -> None:
+        self.class_set = class_set
+        self.copyrights = {p: read_copyright(p) for p in PACKAGE_SETS[class_set.name]}
         self.groups: dict[str, Group] = {}
 
     def member(self, path: Path, package: str, role: str = "") -> Member:
@@ -512,8 +648,122 @@ class Inventory:
                                if len(kinds) == 1 else "events",
                                [m for g in groups for m in g.members]))
 
+    # The novel class set ---------------------------------------------------------------------
+    def add_novel_presets(self) -> None:
+        """Soundfont and freepats presets: one group per preset, merged with the presets of its
+        SoundFont that share a sample. FluidR3 presets sharing a sample with a preset or drum
+        kit of the default class set are refused, so the two datasets share no source."""
+        by_font: dict[str, list[tuple[str, int, int, int, int, int]]] = defaultdict(list)
+        for label, table in NOVEL_PRESETS.items():
+            for font, bank, program, lo, hi, poly in table:
+                by_font[font].append((label, bank, program, lo, hi, poly))
+        for font, table in sorted(by_font.items()):
+            if font == "freepats":
+                licence, holder = LICENCE_FALLBACK["freepats"]
+                for label, bank, program, lo, hi, poly in table:
+                    path = freepats_patch(program)
+                    key = f"freepats:{bank:03d}-{program:03d}"
+                    self.add(Group(key, label, "gm", [Member(key, "freepats", licence, holder,
+                                                             path.name, (lo, hi, poly))]))
+                continue
+            package, path = SOUNDFONTS[font]
+            presets = sf2_presets(path)
+            licence, holder = licence_of(path, package, self.copyrights[package])
+            reserved: set[int] = set()
+            if font == "fluidr3":  # every sample the default class set can play
+                for rows in GM_PRESETS.values():
+                    for b, p, *_ in rows:
+                        reserved |= presets[(b, p)][1]
+                for (b, _), (_, samples) in presets.items():
+                    if b == GM_DRUM_BANK:
+                        reserved |= samples
+            uf = UnionFind()
+            owners: dict[tuple[int, int], tuple[str, tuple[int, int, int]]] = {}
+            by_sample: dict[int, tuple[int, int]] = {}
+            for label, bank, program, lo, hi, poly in table:
+                if (bank, program) not in presets:
+                    raise BuildError(f"{path}: no preset bank {bank} program {program}")
+                samples = presets[(bank, program)][1]
+                if samples & reserved:
+                    raise BuildError(f"{path}: preset {bank}-{program} ({label}) shares samples "
+                                     "with the default class set's presets or drum kits")
+                owners[(bank, program)] = (label, (lo, hi, poly))
+                uf.find((bank, program))
+                for sample in samples:
+                    if sample in by_sample:
+                        uf.union((bank, program), by_sample[sample])
+                    by_sample.setdefault(sample, (bank, program))
+            components: dict[object, list[tuple[int, int]]] = defaultdict(list)
+            for key in owners:
+                components[uf.find(key)].append(key)
+            for keys in components.values():
+                labels = {owners[k][0] for k in keys}
+                if len(labels) > 1:
+                    raise BuildError(f"{path}: presets {keys} share samples across classes "
+                                     f"{labels}")
+                members = [Member(f"{font}:{b:03d}-{p:03d}", package, licence, holder,
+                                  presets[(b, p)][0], owners[(b, p)][1]) for b, p in sorted(keys)]
+                gid = f"{font}:" + "+".join(f"{b:03d}-{p:03d}" for b, p in sorted(keys))
+                self.add(Group(gid, labels.pop(), "gm", members))
+
+    def add_novel_recordings(self) -> None:
+        for label, rows in NOVEL_RECORDINGS.items():
+            for package, file, kind in rows:
+                path = Path(file)
+                self.add(Group(f"{package}:{path.stem}", label, kind,
+                               [self.member(path, package)]))
+
+    def member_audio(self, member: Member, cache: AudioCache) -> list[np.ndarray]:
+        """A member's recorded waves at 4 kHz: a file, or the samples of a preset."""
+        font, _, preset = member.key.partition(":")
+        if font == "freepats":
+            return gus_patch_audio(freepats_patch(int(preset.split("-")[1])))
+        if font in SOUNDFONTS:
+            path = SOUNDFONTS[font][1]
+            if path not in self._fonts:
+                self._fonts[path] = (sf2_presets(path), _sf2_chunks(path, path.read_bytes()))
+            presets, chunks = self._fonts[path]
+            bank, program = (int(v) for v in preset.split("-"))
+            return sf2_sample_audio(chunks, presets[(bank, program)][1])
+        return [_at_4khz(cache.get(member.key), 44100)]
+
+    def merge_same_recordings(self, cache: AudioCache) -> None:
+        """Groups of a class holding the same recording, in whatever SoundFont, patch set or
+        file, are merged (so they share a split); see ``same_recording``."""
+        self._fonts: dict[Path, tuple[dict, dict]] = {}
+        audio = {gid: [x for m in g.members for x in self.member_audio(m, cache)]
+                 for gid, g in self.groups.items()}
+        uf = UnionFind()
+        gids = sorted(self.groups)
+        for i, a in enumerate(gids):
+            uf.find(a)
+            for b in gids[i + 1:]:
+                if self.groups[a].label != self.groups[b].label or uf.find(a) == uf.find(b):
+                    continue
+                if any(same_recording(x, y) for x in audio[a] for y in audio[b]):
+                    uf.union(a, b)
+        merged: dict[object, list[str]] = defaultdict(list)
+        for gid in gids:
+            merged[uf.find(gid)].append(gid)
+        for parts in merged.values():
+            if len(parts) > 1:
+                groups = [self.groups.pop(g) for g in parts]
+                if len({g.kind == "gm" for g in groups}) > 1:
+                    raise BuildError(f"sources {parts} hold the same recording but are rendered "
+                                     "differently (presets and recordings); leave one out")
+                self.add(Group("+".join(parts), groups[0].label, groups[0].kind,
+                               [m for g in groups for m in g.members]))
+
     def build(self, cache: AudioCache) -> dict[str, Group]:
         """Collect every source, drop silent files, merge groups sharing audio."""
+        if self.class_set.name == "novel":
+            self.add_novel_presets()
+            self.add_novel_recordings()
+            dropped = self.drop_silent(cache)
+            if dropped:
+                print(f"skipped silent recordings: {', '.join(dropped)}", flush=True)
+            self.merge_same_recordings(cache)
+            return self.groups
         self.add_fluidr3()
         self.add_drum_kits()
         self.add_tabla_and_instruments()

@@ -17,7 +17,7 @@ import soundfile as sf
 from .audio import AudioCache, active_rms, add_at, crop_loud, fade, room_reverb
 from .common import SAMPLE_RATE, BuildError
 from .planning import Clip, Component
-from .sources import SF2_PATH, Group, Member
+from .sources import FREEPATS_DIR, SOUNDFONTS, Group, Member, freepats_patch
 
 SLOTS_PER_RENDER = 60  # FluidSynth renders this many components per MIDI file
 SLOT_GAP_S = 1.0
@@ -65,6 +65,9 @@ def gm_phrase(rng: np.random.Generator, low: int, high: int, max_poly: int,
     Modes: a melody (random walk), block chords, arpeggios, or one or two sustained notes;
     tempo, articulation, register and dynamics vary per phrase.
     """
+    if low == high:  # a sound effect: one note, held to the end
+        start = float(rng.uniform(0.0, 0.12))
+        return [(start, low, int(rng.uniform(70, 127)), duration - start)]
     modes = ["melody", "sustain"] + (["chords", "arpeggio"] if max_poly > 1 else [])
     weights = [0.45, 0.2, 0.2, 0.15][: len(modes)]
     mode = rng.choice(modes, p=np.asarray(weights) / sum(weights))
@@ -189,14 +192,51 @@ def gm_events(comp: Component, groups: dict[str, Group]) -> list[tuple[float, in
     return events
 
 
+def preset_source(comp: Component, groups: dict[str, Group]) -> str:
+    """The SoundFont (``SOUNDFONTS`` key) or "freepats" of the preset ``gm_events`` picks."""
+    group = groups[comp.groups[0]]
+    member = group.members[int(np.random.default_rng(comp.seed).integers(
+        0, len(group.members)))]
+    return member.key.split(":")[0]
+
+
+def write_freepats_config(programs: set[int], path: Path) -> None:
+    """A TiMidity++ configuration naming the freepats patch of each GM program played.
+
+    TiMidity++ also reads its system configuration, but the programs named here take
+    precedence over it, and only these programs are played."""
+    path.write_text(f"dir {FREEPATS_DIR}\nbank 0\n" + "".join(
+        f"{p} Tone_000/{freepats_patch(p).name}\n" for p in sorted(programs)))
+
+
+def render_command(font: str, mid: Path, wav: Path, tmp: Path) -> list[str]:
+    """The command that renders ``mid`` to ``wav`` with a SoundFont, or with the freepats
+    (configured by ``write_freepats_config`` in ``tmp``)."""
+    if font == "freepats":
+        return ["timidity", "-c", str(tmp / "freepats.cfg"), "-Ow", "--output-mono", "-s",
+                str(SAMPLE_RATE), "--preserve-silence", "-EFreverb=d", "-EFchorus=d",
+                "-o", str(wav), str(mid)]
+    return ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.4",
+            "-r", str(SAMPLE_RATE), "-O", "float", "-T", "wav", "-F", str(wav),
+            "-o", "synth.cpu-cores=1", str(SOUNDFONTS[font][1]), str(mid)]
+
+
 def render_fluidsynth(components: list[Component], groups: dict[str, Group], workers: int,
                       tmp: Path) -> None:
-    """Render all FluidR3 components with FluidSynth (in chunks, in parallel)."""
-    chunks = [components[i:i + SLOTS_PER_RENDER]
-              for i in range(0, len(components), SLOTS_PER_RENDER)]
+    """Render all preset components (in chunks, in parallel): SoundFonts with FluidSynth,
+    freepats patches with TiMidity++."""
+    by_font: dict[str, list[Component]] = defaultdict(list)
+    for comp in components:
+        by_font[preset_source(comp, groups)].append(comp)
+    if "freepats" in by_font:
+        write_freepats_config({int(m.key.split("-")[1]) for g in groups.values()
+                               for m in g.members if m.key.startswith("freepats:")},
+                              tmp / "freepats.cfg")
+    chunks = [(font, comps[i:i + SLOTS_PER_RENDER]) for font, comps in sorted(by_font.items())
+              for i in range(0, len(comps), SLOTS_PER_RENDER)]
 
     def render(chunk_index: int) -> None:
-        chunk = chunks[chunk_index]
+        font, chunk = chunks[chunk_index]
         events, starts, t = [], [], 0.0
         for comp in chunk:
             starts.append(t)
@@ -205,12 +245,10 @@ def render_fluidsynth(components: list[Component], groups: dict[str, Group], wor
         events.append((t, 3, bytes([0xB0, 121, 0])))  # keeps the file running to the end
         mid, wav = tmp / f"chunk{chunk_index:04d}.mid", tmp / f"chunk{chunk_index:04d}.wav"
         write_midi(mid, events)
-        cmd = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.4",
-               "-r", str(SAMPLE_RATE), "-O", "float", "-T", "wav", "-F", str(wav),
-               "-o", "synth.cpu-cores=1", str(SF2_PATH), str(mid)]
+        cmd = render_command(font, mid, wav, tmp)
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not wav.exists():
-            raise BuildError(f"fluidsynth failed ({' '.join(cmd)}): {result.stderr[-2000:]}")
+            raise BuildError(f"{cmd[0]} failed ({' '.join(cmd)}): {result.stderr[-2000:]}")
         audio, rate = sf.read(wav, dtype="float32", always_2d=True)
         audio = audio.mean(axis=1)
         for comp, start in zip(chunk, starts, strict=True):
