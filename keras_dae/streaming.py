@@ -109,6 +109,11 @@ class StreamTagger:
         """Seconds of audio received (at the model's rate)."""
         return self._received / self.sample_rate
 
+    @property
+    def windows(self) -> int:
+        """Windows scored so far."""
+        return self._windows
+
     def _boundary(self, window: int) -> float:
         """Where the stretch of window `window` starts: 0, or the midpoint with the one
         before it."""
@@ -152,8 +157,13 @@ class StreamTagger:
         if self._resampler is not None:
             block = self._resampler.resample_chunk(block, last=False)
         self._take(np.clip(block, -1.0, 1.0).astype(np.float32, copy=False))
+        return self._score_complete()
+
+    def _score_complete(self) -> list[EventUpdate]:
+        """Scores the buffer's complete windows, a batch at a time, and drops the samples no
+        later window needs."""
         updates = []
-        while True:  # the complete windows, a batch at a time
+        while True:
             first = self._windows * self.hop - self._offset
             count = (self._buffer.size - first - self.chunk) // self.hop + 1
             if count <= 0:
@@ -181,14 +191,16 @@ class StreamTagger:
         yield from self.close()
 
     def close(self) -> list[EventUpdate]:
-        """Ends the stream: scores a stream shorter than one window (tiled, as clips are),
-        and ends every open event at the stream's end."""
+        """Ends the stream: scores the windows the resampler's last samples complete and a
+        stream shorter than one window (tiled, as clips are), and ends every open event at
+        the stream's end."""
         if self._closed:
             return []
         self._closed = True
         updates = []
         if self._resampler is not None:
             self._take(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            updates += self._score_complete()
         if self._windows == 0 and self._buffer.size:
             updates += self._score(np.resize(self._buffer, self.chunk)[None])
         end = self.seconds

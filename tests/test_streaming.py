@@ -71,6 +71,7 @@ def test_stream_events_equal_offline_events_at_any_block_size_and_rate(tagger):
     for begin in range(0, len(at_44k), 4410):
         updates += stream.feed(at_44k[begin:begin + 4410])
     updates += stream.close()
+    assert stream.windows == len(times)  # the resampler's last samples complete the last one
     assert [e[2] for e in as_events(updates)] == [e[2] for e in expected]
 
 

@@ -337,6 +337,9 @@ class StreamTagger:
 
     def feed(self, block: np.ndarray) -> list[tuple]:
         self._take(block)
+        return self._score_complete()
+
+    def _score_complete(self) -> list[tuple]:
         updates = []
         while True:  # the complete windows, a batch at a time
             first = self.windows * self.hop - self.offset
@@ -351,10 +354,10 @@ class StreamTagger:
         return updates
 
     def close(self, tail: np.ndarray) -> list[tuple]:
-        """Takes the resampler's `tail`, scores a stream shorter than one window (tiled),
-        and ends every open event at the stream's end."""
+        """Takes the resampler's `tail`, scores the windows it completes and a stream shorter
+        than one window (tiled), and ends every open event at the stream's end."""
         self._take(tail)
-        updates = []
+        updates = self._score_complete()
         if self.windows == 0 and self.buffer.size:
             updates += self._score(np.resize(self.buffer, self.window)[None])
         end = self.received / self.sample_rate
