@@ -236,3 +236,18 @@ def test_an_export_of_a_subset_runs_as_the_keras_subset(model, windows, tmp_path
     for name in ("fused", "timbre", "end_to_end"):
         np.testing.assert_allclose(got[name], expected[name], atol=1e-4, err_msg=name)
     np.testing.assert_allclose(got["embedding"], expected["embedding"], atol=1e-3)
+
+
+@pytest.mark.one_backend("tensorflow")
+def test_export_command_streams_flag(tiny_preset, tmp_path, capsys):
+    """`keras-dae export --streams`: an unknown stream is refused before anything is written;
+    the kept streams are the artifact's."""
+    from keras_dae import cli
+
+    out = tmp_path / "t.tflite"
+    base = ["export", "--model", str(tiny_preset), "--format", "tflite", "--out", str(out)]
+    assert cli.main([*base, "--streams", "timbre,rhythm"]) == 2
+    assert "rhythm" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*base, "--streams", "timbre"]) == 0
+    description = json.loads(out.with_suffix(".json").read_text())
+    assert description["streams"] == ["timbre"]
