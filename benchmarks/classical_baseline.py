@@ -51,13 +51,33 @@ def featurize(dataset, sample_rate=16000):
     return np.stack(rows), dataset.targets[kept]
 
 
-def main() -> None:
+def fit_and_score(train, val, test, c_grid=(0.01, 0.03, 0.1, 0.3, 1.0)) -> dict:
+    """Standardises on `train`, chooses C on `val` mAP, scores `test`: each split a
+    `(features, targets)` pair from `featurize`. Returns `{"C", "val_mAP", "eval_mAP"}`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
 
-    from keras_dae.data import read_fsd50k
     from keras_dae.metrics import mean_average_precision
+
+    scaler = StandardScaler().fit(train[0])
+    x = {s: np.nan_to_num(scaler.transform(v[0])) for s, v in
+         (("train", train), ("val", val), ("eval", test))}
+    y = {"train": train[1], "val": val[1], "eval": test[1]}
+    best = None
+    for c in c_grid:
+        clf = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000)).fit(x["train"], y["train"])
+        val_map = mean_average_precision(y["val"], clf.predict_proba(x["val"]))
+        print(f"C={c}: val mAP {val_map:.4f}")
+        if best is None or val_map > best[1]:
+            best = (c, val_map, clf)
+    c, val_map, clf = best
+    return {"C": c, "val_mAP": val_map,
+            "eval_mAP": mean_average_precision(y["eval"], clf.predict_proba(x["eval"]))}
+
+
+def main() -> None:
+    from keras_dae.data import read_fsd50k
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, type=Path)
@@ -65,25 +85,15 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     splits = {s: featurize(read_fsd50k(args.data, s)) for s in ("train", "val", "eval")}
-    scaler = StandardScaler().fit(splits["train"][0])
-    x = {s: np.nan_to_num(scaler.transform(v[0])) for s, v in splits.items()}
-    y = {s: v[1] for s, v in splits.items()}
-    best = None
-    for c in (0.01, 0.03, 0.1, 0.3, 1.0):
-        clf = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000)).fit(x["train"], y["train"])
-        val_map = mean_average_precision(y["val"], clf.predict_proba(x["val"]))
-        print(f"C={c}: val mAP {val_map:.4f}")
-        if best is None or val_map > best[1]:
-            best = (c, val_map, clf)
-    c, val_map, clf = best
-    eval_map = mean_average_precision(y["eval"], clf.predict_proba(x["eval"]))
+    scores = fit_and_score(splits["train"], splits["val"], splits["eval"])
+    c, val_map, eval_map = scores["C"], scores["val_mAP"], scores["eval_mAP"]
     result = {
         "command": f"python benchmarks/classical_baseline.py --data {args.data}",
         "features": "CQT dB (84), f0 + periodicity (2), MFCC (20), spectral descriptors (11); "
                     "clip mean, std, p10, p50, p90",
         "classifier": "one-vs-rest logistic regression, standardised features",
         "C": c, "val_mAP": val_map, "eval_mAP": eval_map,
-        "n_clips": {s: int(len(v)) for s, v in y.items()},
+        "n_clips": {s: int(len(v[1])) for s, v in splits.items()},
         "seconds": round(time.time() - start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -209,8 +209,10 @@ def tables() -> dict[str, str]:
     import contrast_floor
     import cqt_range
     import export
+    import finetune
     import frontends
     import mixed_precision_accuracy
+    import stream_subsets
     import train_throughput
 
     return {
@@ -226,6 +228,8 @@ def tables() -> dict[str, str]:
         "sampled_run_per_class": per_class_table(),
         "sampled_runs": sampled_runs_table(),
         "stream_ablation": stream_ablation_table(),
+        "stream_subsets": stream_subsets.table(load("stream_subsets.json")),
+        "finetune": finetune.table(load("finetune.json")),
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
