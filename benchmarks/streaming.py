@@ -60,16 +60,6 @@ SHARED = ("the CPU was shared with other benchmarks running at the same time, so
           "reference ran interleaved file by file, so the load fell on both")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_classify():
     """tflite/classify.py as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("tflite_classify", CLASSIFY)
@@ -305,6 +295,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
 
     import ai_edge_litert
+    from export import cpu_name  # benchmarks/export.py (Keras' backend is chosen by now)
 
     result = {
         "command": ("KERAS_BACKEND=" + keras.backend.backend() + " python benchmarks/"

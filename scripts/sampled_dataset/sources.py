@@ -371,6 +371,25 @@ def freepats_patch(program: int) -> Path:
 # --- Source inventory -----------------------------------------------------------------------
 
 
+def sample_sharing_groups(presets: dict, keys) -> list[list[tuple[int, int]]]:
+    """The presets `keys` (of `sf2_presets`' `presets`) grouped by the samples they share,
+    transitively: presets that play a common sample are one source. Groups come in the order
+    of their first key, each in `keys`' order."""
+    uf = UnionFind()
+    by_sample: dict[int, tuple[int, int]] = {}
+    keys = list(keys)
+    for key in keys:
+        uf.find(key)
+        for sample in presets[key][1]:
+            if sample in by_sample:
+                uf.union(key, by_sample[sample])
+            by_sample.setdefault(sample, key)
+    components: dict[object, list[tuple[int, int]]] = defaultdict(list)
+    for key in keys:
+        components[uf.find(key)].append(key)
+    return list(components.values())
+
+
 @dataclasses.dataclass
 class Member:
     """One source item: an audio file, or a FluidR3 preset."""
@@ -425,23 +444,13 @@ class Inventory:
     def add_fluidr3(self) -> None:
         presets = sf2_presets(SF2_PATH)
         licence, holder = LICENCE_FALLBACK["fluid-soundfont-gm"]
-        uf = UnionFind()
         owners: dict[tuple[int, int], str] = {}
-        by_sample: dict[int, tuple[int, int]] = {}
         for label, table in GM_PRESETS.items():
             for bank, program, *_ in table:
                 if (bank, program) not in presets:
                     raise BuildError(f"{SF2_PATH}: no preset bank {bank} program {program}")
                 owners[(bank, program)] = label
-                uf.find((bank, program))
-                for sample in presets[(bank, program)][1]:
-                    if sample in by_sample:
-                        uf.union((bank, program), by_sample[sample])
-                    by_sample.setdefault(sample, (bank, program))
-        components: dict[object, list[tuple[int, int]]] = defaultdict(list)
-        for key in owners:
-            components[uf.find(key)].append(key)
-        for keys in components.values():
+        for keys in sample_sharing_groups(presets, owners):
             labels = {owners[k] for k in keys}
             if len(labels) > 1:
                 raise BuildError(f"FluidR3 presets {keys} share samples across classes {labels}")
@@ -677,26 +686,15 @@ class Inventory:
                 for (b, _), (_, samples) in presets.items():
                     if b == GM_DRUM_BANK:
                         reserved |= samples
-            uf = UnionFind()
             owners: dict[tuple[int, int], tuple[str, tuple[int, int, int]]] = {}
-            by_sample: dict[int, tuple[int, int]] = {}
             for label, bank, program, lo, hi, poly in table:
                 if (bank, program) not in presets:
                     raise BuildError(f"{path}: no preset bank {bank} program {program}")
-                samples = presets[(bank, program)][1]
-                if samples & reserved:
+                if presets[(bank, program)][1] & reserved:
                     raise BuildError(f"{path}: preset {bank}-{program} ({label}) shares samples "
                                      "with the default class set's presets or drum kits")
                 owners[(bank, program)] = (label, (lo, hi, poly))
-                uf.find((bank, program))
-                for sample in samples:
-                    if sample in by_sample:
-                        uf.union((bank, program), by_sample[sample])
-                    by_sample.setdefault(sample, (bank, program))
-            components: dict[object, list[tuple[int, int]]] = defaultdict(list)
-            for key in owners:
-                components[uf.find(key)].append(key)
-            for keys in components.values():
+            for keys in sample_sharing_groups(presets, owners):
                 labels = {owners[k][0] for k in keys}
                 if len(labels) > 1:
                     raise BuildError(f"{path}: presets {keys} share samples across classes "
