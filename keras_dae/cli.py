@@ -155,7 +155,7 @@ def _stream(args) -> int:
     else:
         rate, blocks = stdin_blocks(args.inputs, args.rate, args.channels, args.sample_format)
     tagger = _load_tagger(args, batch_size=args.batch_size, hop_seconds=args.hop or 0.25)
-    options = EventOptions.from_flags(args, stream=True)  # thresholds only
+    options = EventOptions.from_flags(args)  # the offline rules, applied as windows come
     streaming.print_stream(tagger, rate, blocks, options, args.json)
     return 0
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from keras_dae.validation import InputError, non_negative_float, unit_interval
 
-__all__ = ["FLAGS", "Event", "EventOptions", "EventOutputs", "audacity_labels",
+__all__ = ["FLAGS", "Event", "EventOptions", "EventOutputs", "EventTracker", "audacity_labels",
            "detect_events", "events_table", "median_filtered", "window_bounds"]
 
 
@@ -88,18 +88,22 @@ class EventOptions:
                                  f"{value!r}")
 
     def thresholds_only(self) -> EventOptions:
-        """These thresholds without the rules that need the future (median filter, gap
-        closing, minimum duration): what a stream applies."""
+        """These thresholds without the rules that wait for later windows (median filter,
+        gap closing, minimum duration): a stream's events then come as soon as a window
+        crosses a threshold."""
         return dataclasses.replace(self, median_seconds=0.0, min_gap=0.0, min_duration=0.0)
 
+    def median_windows(self, hop_seconds: float) -> int:
+        """The median filter's length in windows at `hop_seconds` (odd; 1: no filter)."""
+        size = int(round(self.median_seconds / hop_seconds)) if hop_seconds > 0 else 1
+        return 1 if size <= 1 else size + 1 - size % 2
+
     @classmethod
-    def from_flags(cls, args, stream: bool = False) -> EventOptions:
-        """The options of the command line's `FLAGS` (a flag left out: the default); with
-        `stream`, the defaults of the rules a stream cannot apply are off."""
+    def from_flags(cls, args) -> EventOptions:
+        """The options of the command line's `FLAGS` (a flag left out: the default)."""
         given = {field: getattr(args, field) for _, field, _, _ in FLAGS
                  if getattr(args, field, None) is not None}
-        defaults = cls().thresholds_only() if stream else cls()
-        return dataclasses.replace(defaults, **given)
+        return dataclasses.replace(cls(), **given)
 
     def thresholds(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """`(on, off)` per class, float64 `(n_classes,)` each; raises `InputError`."""
@@ -166,12 +170,12 @@ def median_filtered(times, scores, seconds: float) -> np.ndarray:
     scores = np.asarray(scores, np.float64)
     times = np.asarray(times, np.float64)
     hop = float(np.median(np.diff(times))) if times.size > 1 else 0.0
-    size = int(round(seconds / hop)) if hop > 0 else 1
+    size = EventOptions(median_seconds=seconds).median_windows(hop)
     if size <= 1:
         return scores
     from scipy.ndimage import median_filter
 
-    return median_filter(scores, size=(size + 1 - size % 2, 1), mode="nearest")
+    return median_filter(scores, size=(size, 1), mode="nearest")
 
 
 def _runs(active: np.ndarray) -> list[tuple[int, int]]:
@@ -220,6 +224,126 @@ def detect_events(times, scores, labels: Sequence[str], duration: float,
             if offset - onset >= options.min_duration:
                 events.append(Event(onset, offset, label, float(column[first:end].max())))
     return sorted(events, key=lambda e: (e.onset, e.label))
+
+
+class EventTracker:
+    """`detect_events` on windows that arrive one at a time: the events of a stream, each
+    reported as soon as the rules can no longer change it.
+
+    Windows are `hop_seconds` apart, the first centred at `window_seconds / 2`. `push(rows)`
+    takes the next windows' scores `(n, n_classes)` and `close(duration)` ends the stream;
+    both return `(kind, time, class index, score)` tuples, `kind` "onset" or "offset", in the
+    order they become certain. With the same options, the events equal `detect_events` on all
+    the windows at once (whose centres fall on that grid). The wait, at a hop `h`: a median
+    filter of `m` windows needs `(m - 1) / 2` later windows; an onset is reported once its
+    event has lasted `min_duration` (so it cannot be dropped), an offset once `min_gap` has
+    passed without the class starting again (so it cannot be merged). Memory: the last `m`
+    windows and the open events.
+    """
+
+    def __init__(self, n_classes: int, hop_seconds: float, window_seconds: float,
+                 on: np.ndarray, off: np.ndarray, options: EventOptions):
+        self.hop, self.window = float(hop_seconds), float(window_seconds)
+        self.on, self.off = np.asarray(on, np.float64), np.asarray(off, np.float64)
+        self.options = options
+        self.half = options.median_windows(self.hop) // 2
+        self._raw: list[np.ndarray] = []  # rows from index self._raw_start on
+        self._raw_start = 0
+        self._received = 0  # windows pushed
+        self._done = 0  # windows filtered and tracked
+        self._run = np.zeros(n_classes, bool)  # in a run at or above `off`
+        self._started = np.zeros(n_classes, bool)  # that run has reached `on`
+        # class -> [onset window, end window (None: open), score, onset reported]
+        self._events: dict[int, list] = {}
+
+    def bound(self, index: int) -> float:
+        """Where window `index`'s stretch of time starts (0 for the first)."""
+        return 0.0 if index == 0 else index * self.hop - self.hop / 2 + self.window / 2
+
+    def _filtered(self, index: int, last: int) -> np.ndarray:
+        rows = [self._raw[min(max(j, 0), last) - self._raw_start]
+                for j in range(index - self.half, index + self.half + 1)]
+        return rows[0] if len(rows) == 1 else np.median(np.stack(rows), axis=0)
+
+    def _finish(self, k: int, end_time: float) -> list[tuple]:
+        onset, _, score, reported = self._events.pop(k)
+        start = self.bound(onset)
+        if reported:
+            return [("offset", end_time, k, score)]
+        if end_time - start >= self.options.min_duration:
+            return [("onset", start, k, score), ("offset", end_time, k, score)]
+        return []
+
+    def _track(self, i: int, row: np.ndarray, stretch_end: float) -> list[tuple]:
+        """Window `i`'s filtered scores; its stretch of time ends at `stretch_end`."""
+        updates = []
+        here = self.bound(i)
+        for k, event in list(self._events.items()):  # gaps too long to close
+            if event[1] is not None and here - self.bound(event[1]) >= self.options.min_gap:
+                updates += self._finish(k, self.bound(event[1]))
+        for k in np.flatnonzero((row >= self.off) | self._run):
+            k, value = int(k), float(row[k])
+            if value < self.off[k]:  # the run ends
+                self._run[k] = False
+                if self._started[k]:
+                    self._events[k][1] = i
+                    if self.options.min_gap <= 0:  # nothing can merge with it
+                        updates += self._finish(k, here)
+                self._started[k] = False
+                continue
+            self._run[k] = True
+            if not self._started[k] and value >= self.on[k]:
+                self._started[k] = True
+                if k in self._events:  # a gap short enough to close
+                    self._events[k][1] = None
+                else:
+                    self._events[k] = [i, None, value, False]
+            if self._started[k]:
+                event = self._events[k]
+                event[2] = max(event[2], value)
+                # It lasts at least to this window's end: past min_duration, it stays.
+                if not event[3] and (stretch_end - self.bound(event[0])
+                                     >= self.options.min_duration):
+                    event[3] = True
+                    updates.append(("onset", self.bound(event[0]), k, event[2]))
+        return updates
+
+    def _advance(self, end: float | None = None) -> list[tuple]:
+        """Tracks the windows whose filtered scores are known (all of them, the last one's
+        stretch ending at `end`, when the stream has ended)."""
+        updates = []
+        final = self._received - 1
+        while self._done < self._received and (end is not None
+                                               or self._done + self.half <= final):
+            i = self._done
+            stretch_end = end if end is not None and i == final else self.bound(i + 1)
+            updates += self._track(i, self._filtered(i, final), stretch_end)
+            self._done += 1
+        keep = max(0, self._done - self.half) - self._raw_start
+        if keep > 0:
+            del self._raw[:keep]
+            self._raw_start += keep
+        return updates
+
+    def push(self, rows) -> list[tuple]:
+        """Takes the next windows' scores `(n, n_classes)`; returns the updates now certain."""
+        for row in np.asarray(rows, np.float64):
+            self._raw.append(row)
+            self._received += 1
+        return self._advance()
+
+    def close(self, duration: float) -> list[tuple]:
+        """Ends the stream `duration` seconds long: the last windows are filtered (repeating
+        the last, as `detect_events` does) and every event still open or waiting ends."""
+        # As `window_bounds`: the last stretch ends at the stream's end or the last centre.
+        end = float(duration)
+        if self._received > 1:
+            end = max(end, (self._received - 1) * self.hop + self.window / 2)
+        updates = self._advance(end)
+        for k in sorted(self._events):
+            event = self._events[k]
+            updates += self._finish(k, end if event[1] is None else self.bound(event[1]))
+        return updates
 
 
 def audacity_labels(events: Sequence[Event]) -> str:

@@ -14,17 +14,22 @@
 Blocks are resampled to the model's rate as a stream (soxr, as files are read), kept in a
 buffer of at most one window plus one block, and cut into the `Tagger`'s windows (1 s every
 `hop_seconds`) as soon as each is complete; the windows of a block are scored in batches of
-the `Tagger`'s `batch_size`. A class's event starts at the window where its score reaches
-`on` and ends at the first window below `off` (`keras_dae.events`' hysteresis, with its edges
-at the midpoints between windows), so an onset is reported one window after the audio it
-describes arrives, and an offset one hop after the sound ends. Memory does not grow with the
-stream's length: nothing of the past is kept but the open events.
+the `Tagger`'s `batch_size`. Their fused scores go through the offline event rules
+(`keras_dae.events.EventTracker`: median filter, hysteresis, gap closing, minimum duration;
+`EventOptions`, the same defaults as `predict --events`), and each onset and offset is
+reported as soon as those rules can no longer change it. The events equal
+`keras_dae.events.detect_events` on the whole recording with the same options, for a
+recording whose windows fall on the hop grid (offline chunking adds a last window aligned to
+the clip's end).
 
-The events equal `keras_dae.events.detect_events` on the whole recording with the same
-options, for a recording whose windows fall on the hop grid (offline chunking adds a last
-window aligned to the clip's end) and options with thresholds only
-(`EventOptions.thresholds_only()`). Median filtering, gap closing and minimum duration need the
-future, and a stream does not apply them.
+How late: a window is complete 0.625 s after the start of the stretch its score stands for (1
+s windows, 0.25 s hop); a median filter of m windows waits (m - 1) / 2 more windows; an onset
+is reported once the event has lasted `min_duration` (it can no longer be dropped), an
+offset once `min_gap` has passed without the class starting again (it can no longer be
+merged). With the defaults at a 0.25 s hop (a 5-window median, 0.5 s minimum, 1 s gaps) an
+onset comes 0.75 s and an offset 1.5 s later than with `EventOptions.thresholds_only()`, whose
+events come as soon as a window crosses a threshold. Memory does not grow with the stream's
+length: a window plus a block of audio, the median filter's windows and the open events.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from keras_dae.events import EventOptions
+from keras_dae.events import EventOptions, EventTracker
 from keras_dae.validation import InputError, positive_float
 
 __all__ = ["FLAGS", "EventUpdate", "StreamTagger", "print_stream"]
@@ -75,22 +80,23 @@ class StreamTagger:
     Args:
         tagger: a `keras_dae.inference.Tagger` (its model, window, hop and batch size).
         input_rate: the blocks' sample rate (default: the model's).
-        options: the thresholds (`EventOptions.on`, `off`; per class too; default
-            `EventOptions()`'s). Its median filter, gap closing and minimum duration are not
-            applied (`EventOptions.thresholds_only`): they need the future.
+        options: the event rules (`EventOptions`, default `EventOptions()`, as offline);
+            `options.thresholds_only()` reports events with the least delay.
     """
 
     def __init__(self, tagger, input_rate: int | None = None,
                  options: EventOptions | None = None):
         self.tagger = tagger
-        self.options = (options or EventOptions()).thresholds_only()
+        self.options = options or EventOptions()
         self.sample_rate = tagger.sample_rate
         self.input_rate = int(input_rate or self.sample_rate)
         if self.input_rate <= 0:
             raise InputError(f"input_rate must be a positive integer (Hz), got {input_rate!r}")
         self.chunk = tagger.chunk_samples
         self.hop = int(round(tagger.hop_seconds * self.sample_rate))
-        self.on, self.off = self.options.thresholds(tagger.class_names)
+        on, off = self.options.thresholds(tagger.class_names)
+        self._tracker = EventTracker(len(tagger.class_names), self.hop / self.sample_rate,
+                                     self.chunk / self.sample_rate, on, off, self.options)
         self._resampler = None
         if self.input_rate != self.sample_rate:
             import soxr
@@ -101,7 +107,6 @@ class StreamTagger:
         self._offset = 0  # stream position of _buffer[0]
         self._received = 0  # samples at the model's rate so far
         self._windows = 0  # windows scored
-        self._open: dict[int, float] = {}  # class -> highest score of its open event
         self._closed = False
 
     @property
@@ -114,34 +119,18 @@ class StreamTagger:
         """Windows scored so far."""
         return self._windows
 
-    def _boundary(self, window: int) -> float:
-        """Where the stretch of window `window` starts: 0, or the midpoint with the one
-        before it."""
-        return 0.0 if window == 0 else (window * self.hop - self.hop / 2
-                                        + self.chunk / 2) / self.sample_rate
-
     def _take(self, samples: np.ndarray) -> None:
         self._buffer = np.concatenate([self._buffer, samples])
         self._received += samples.size
 
+    def _updates(self, found) -> list[EventUpdate]:
+        return [EventUpdate(kind, time, self.tagger.class_names[k], score)
+                for kind, time, k, score in found]
+
     def _score(self, windows: np.ndarray) -> list[EventUpdate]:
         scores = self.tagger.forward(windows)["fused"]
-        updates = []
-        for row in scores:
-            start = self._boundary(self._windows)
-            for k in np.flatnonzero(row >= self.on):
-                if int(k) not in self._open:
-                    self._open[int(k)] = float(row[k])
-                    updates.append(EventUpdate("onset", start, self.tagger.class_names[k],
-                                               float(row[k])))
-            for k in list(self._open):
-                if row[k] < self.off[k]:
-                    updates.append(EventUpdate("offset", start, self.tagger.class_names[k],
-                                               self._open.pop(k)))
-                else:
-                    self._open[k] = max(self._open[k], float(row[k]))
-            self._windows += 1
-        return updates
+        self._windows += len(windows)
+        return self._updates(self._tracker.push(scores))
 
     def feed(self, block) -> list[EventUpdate]:
         """Takes the next block (1-D, at `input_rate`; float or integer PCM) and returns the
@@ -203,11 +192,7 @@ class StreamTagger:
             updates += self._score_complete()
         if self._windows == 0 and self._buffer.size:
             updates += self._score(np.resize(self._buffer, self.chunk)[None])
-        end = self.seconds
-        for k in sorted(self._open):
-            updates.append(EventUpdate("offset", end, self.tagger.class_names[k],
-                                       self._open.pop(k)))
-        return updates
+        return updates + self._updates(self._tracker.close(self.seconds))
 
 
 def print_stream(tagger, input_rate: int, blocks, options: EventOptions | None = None,

@@ -75,6 +75,81 @@ def test_stream_events_equal_offline_events_at_any_block_size_and_rate(tagger):
     assert [e[2] for e in as_events(updates)] == [e[2] for e in expected]
 
 
+@pytest.mark.one_backend
+def test_stream_applies_the_offline_rules_with_their_delay(tagger):
+    """With the default rules (median filter, hysteresis, gaps, minimum duration), a stream's
+    events equal `detect_events` on the whole recording, and each onset comes only once the
+    rules cannot change it."""
+    from keras_dae.audio import load_audio
+    from keras_dae.data import demo_clips
+
+    audio = np.concatenate([load_recording("speech_front_center.wav"),
+                            load_audio(demo_clips()[1], SR), np.zeros(SR, np.float32)])
+    n = tagger.chunk_samples + (len(audio) - tagger.chunk_samples) // 4000 * 4000
+    audio = audio[:n]
+    result = tagger.tag(audio, top_k=0)
+    options = EventOptions()
+    offline = detect_events(result.chunk_starts + 0.5, result.chunk_scores["fused"],
+                            tagger.class_names, result.duration, options)
+    assert offline
+
+    def streamed(options):
+        stream, updates = StreamTagger(tagger, options=options), []
+        for begin in range(0, n, 1600):
+            updates += [(u, stream.seconds) for u in stream.feed(audio[begin:begin + 1600])]
+        return updates + [(u, stream.seconds) for u in stream.close()]
+
+    full = streamed(options)
+    got = as_events([u for u, _ in full])
+    assert [(a, b, c) for a, b, c, _ in got] == [
+        pytest.approx((e.onset, e.offset, e.label)) for e in offline]
+    np.testing.assert_allclose([s for *_, s in got], [e.score for e in offline], atol=1e-5)
+    # An onset is reported once the event has lasted the minimum duration, never before.
+    assert all(at >= u.time + options.min_duration for u, at in full if u.kind == "onset")
+
+
+@pytest.mark.one_backend
+def test_event_tracker_equals_detect_events_on_random_scores():
+    """`EventTracker`, fed windows a few at a time, against `detect_events` on them all, over
+    random scores and every combination of rules (and a stream of one short window)."""
+    from keras_dae.events import EventTracker
+
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c"]
+    for trial in range(300):
+        n = int(rng.integers(1, 50))
+        scores = (np.abs(np.cumsum(rng.normal(0, 0.25, (n, 3)), axis=0)) % 1.0
+                  if trial % 2 else rng.random((n, 3)))
+        options = EventOptions(on=float(rng.choice([0.3, 0.5, 0.7])),
+                               off=None if trial % 3 else 0.2,
+                               median_seconds=float(rng.choice([0, 0.5, 1.0, 1.5])),
+                               min_gap=float(rng.choice([0, 0.5, 1.0])),
+                               min_duration=float(rng.choice([0, 0.5, 1.0])))
+        if n > 1:
+            times, duration = np.arange(n) * 0.25 + 0.5, (n - 1) * 0.25 + 1.0
+        else:
+            duration = float(rng.uniform(0.1, 1.0))
+            times = np.array([duration / 2])
+        expected = [(e.onset, e.offset, e.label, e.score)
+                    for e in detect_events(times, scores, labels, duration, options)]
+        tracker = EventTracker(3, 0.25, 1.0, *options.thresholds(labels), options)
+        updates, i = [], 0
+        while i < n:
+            step = int(rng.integers(1, 5))
+            updates += tracker.push(scores[i:i + step])
+            i += step
+        updates += tracker.close(duration)
+        open_, got = {}, []
+        for kind, time, k, score in updates:
+            if kind == "onset":
+                open_[k] = time
+            else:
+                got.append((open_.pop(k), time, labels[k], score))
+        assert not open_
+        got.sort(key=lambda e: (e[0], e[2]))
+        assert got == [pytest.approx(e) for e in expected], (trial, options)
+
+
 class NumpyTagger:
     """A stand-in model for the stream's bookkeeping: a window's score is its peak."""
 
@@ -89,7 +164,7 @@ class NumpyTagger:
 def test_an_hour_streams_with_bounded_memory_and_events_in_place():
     """An hour in 1 s blocks, a 2 s burst every 10 minutes: six onsets and offsets where the
     bursts are, and a buffer that never holds more than a window and a block."""
-    stream = StreamTagger(NumpyTagger(), options=EventOptions(on=0.5))
+    stream = StreamTagger(NumpyTagger(), options=EventOptions(on=0.5).thresholds_only())
     updates, largest = [], 0
     for second in range(3600):
         block = np.full(SR, 0.01, np.float32)
@@ -111,15 +186,15 @@ def test_an_hour_streams_with_bounded_memory_and_events_in_place():
 
 @pytest.mark.one_backend
 def test_short_streams_and_refusals():
-    stream = StreamTagger(NumpyTagger())
+    stream = StreamTagger(NumpyTagger(), options=EventOptions().thresholds_only())
     assert stream.feed(np.full(1600, 0.9, np.float32)) == []  # no full window yet
     (onset, offset) = stream.close()
     assert (onset.kind, onset.time, offset.kind, offset.time) == ("onset", 0.0, "offset", 0.1)
     with pytest.raises(InputError, match="closed"):
         stream.feed(np.zeros(10, np.float32))
-    # The rules that need the future are left out: a stream applies the thresholds only.
-    assert StreamTagger(NumpyTagger(), options=EventOptions(on=0.6, min_gap=1)).options == (
-        EventOptions(on=0.6, median_seconds=0, min_gap=0, min_duration=0))
+    # With the default rules, 0.1 s is shorter than the minimum duration: no event.
+    stream = StreamTagger(NumpyTagger())
+    assert stream.feed(np.full(1600, 0.9, np.float32)) == [] and stream.close() == []
     with pytest.raises(ValueError, match="NaN"):
         StreamTagger(NumpyTagger()).feed(np.array([0.1, np.nan], np.float32))
 

@@ -93,7 +93,7 @@ def library_updates(tagger, audio: np.ndarray, rate: int) -> list[tuple]:
     from keras_dae.events import EventOptions
     from keras_dae.streaming import StreamTagger
 
-    stream = StreamTagger(tagger, input_rate=rate, options=EventOptions(on=ON, off=OFF))
+    stream = StreamTagger(tagger, input_rate=rate, options=EventOptions(on=ON, off=OFF).thresholds_only())
     blocks = (audio[i:i + rate // 10] for i in range(0, len(audio), rate // 10))
     return [(u.kind, u.time, u.label, u.score) for u in stream.run(blocks)]
 
@@ -249,12 +249,12 @@ def test_ctrl_c_ends_the_open_events_where_the_stream_stopped(tflite, tagger,
     from keras_dae.streaming import StreamTagger
 
     audio = decoded(wav_bytes(speech_then_guitar[: 3 * SR], SR))
-    stream, hop, cut = StreamTagger(tagger, options=EventOptions(on=ON, off=OFF)), 4000, 0
+    stream, hop, cut = StreamTagger(tagger, options=EventOptions(on=ON, off=OFF).thresholds_only()), 4000, 0
     for end in range(SR, len(audio) + 1, hop):  # a window ends with each block
         if stream.feed(audio[end - hop if end > SR else 0:end]):
             cut = end
     audio = audio[:cut]
-    stream = StreamTagger(tagger, options=EventOptions(on=ON, off=OFF))
+    stream = StreamTagger(tagger, options=EventOptions(on=ON, off=OFF).thresholds_only())
     before, after = stream.feed(audio), stream.close()
     assert before and after
     assert all(u.kind == "offset" and u.time == cut / SR for u in after)
