@@ -622,9 +622,10 @@ result = {{"kept": kept.tolist(), "finite": bool(np.isfinite(scores["fused"]).al
           f"{growth['hour']:.1f} MiB for the hour (decoded whole, the hour is 220 MiB and its "
           "chunks 440 MiB)")
     # Bounded: ten times the audio does not mean ten times the memory. The peak wobbles with
-    # the allocator (JAX's more than the others': up to ~90 MiB apart, flat in between), far
-    # below the 660 MiB that holding the hour and its chunks would add.
-    assert growth["hour"] < growth["six minutes"] + 128, growth
+    # the allocator (JAX's more than the others': runs 70-140 MiB apart on a busy 2-core
+    # machine, flat in between), far below the 660 MiB that holding the hour and its chunks
+    # would add.
+    assert growth["hour"] < growth["six minutes"] + 192, growth
     assert growth["hour"] < 440, growth
 
 
