@@ -151,3 +151,20 @@ def test_refusals(my_sounds, tmp_path, capsys):
     assert cli.main(["finetune", "--from", "diverse_sampled15", "--data",
                      str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.one_backend
+def test_probe_skips_and_reports_files_that_cannot_be_read(my_sounds, tiny_preset, tmp_path):
+    """A truncated and an empty file among the clips: reported and skipped, the run goes on."""
+    import shutil
+
+    data = tmp_path / "sounds"
+    shutil.copytree(my_sounds, data)
+    first = sorted(data.iterdir())[0]
+    (first / "empty.wav").write_bytes(b"")
+    (first / "truncated.wav").write_bytes((first / "0.wav").read_bytes()[:30])
+    lines = []
+    report = finetune.finetune_run(tiny_preset, data, tmp_path / "run", say=lines.append)
+    assert report["evaluation"]["val"]["n_clips"] >= 1
+    said = "\n".join(lines)
+    assert "skipped 2 of 32 files" in said, said
