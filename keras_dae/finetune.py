@@ -185,11 +185,8 @@ def _clip_map(targets, probabilities, clip) -> float:
     """mAP of clip scores, each the mean of its chunks' probabilities."""
     from keras_dae import metrics
 
-    clips, inverse = np.unique(clip, return_inverse=True)
-    sums = np.zeros((len(clips), probabilities.shape[1]))
-    np.add.at(sums, inverse, probabilities)
-    counts = np.bincount(inverse)[:, None]
-    return metrics.mean_average_precision(targets[clips], sums / counts)
+    clips, scores = metrics.aggregate_chunks(probabilities, clip)
+    return metrics.mean_average_precision(targets[clips], scores)
 
 
 def _fit_probe(model, train_x, train_y, val_x, val_targets, val_clip, config: TrainConfig,
