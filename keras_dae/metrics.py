@@ -275,6 +275,22 @@ def aggregate_chunks(
     return unique_sorted[appearance], pooled
 
 
+def same_top_k(scores, reference, k: int = 5) -> np.ndarray:
+    """Per row, whether the `k` highest scores are those of `reference` (as a set, any order).
+
+    How an export is compared with its model beyond a tolerance: `(n, n_classes)` each;
+    returns `(n,)` booleans.
+    """
+    scores, reference = _as_scores(scores), _as_scores(reference, "reference")
+    if scores.shape != reference.shape:
+        raise InputError(f"scores and reference: shapes differ, {scores.shape} and "
+                         f"{reference.shape}")
+    k = min(int(k), scores.shape[1])
+    top = np.sort(np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
+    return np.all(top == np.sort(np.argsort(-reference, axis=1, kind="stable")[:, :k], axis=1),
+                  axis=1)
+
+
 def _float_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 

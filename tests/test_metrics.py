@@ -448,3 +448,15 @@ def test_aggregate_chunks_bad_input():
     bad[1, 1] = np.nan
     with pytest.raises(ValueError, match="chunk_scores: 1 NaN"):
         metrics.aggregate_chunks(bad, [0, 0, 1, 1])
+
+
+def test_same_top_k_compares_the_sets_of_the_k_highest_scores():
+    reference = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4], [0.5, 0.4, 0.3, 0.2]])
+    scores = np.array([[0.7, 0.8, 0.9, 0.0],   # same three, another order: kept
+                       [0.1, 0.2, 0.5, 0.4],   # same three again
+                       [0.5, 0.4, 0.1, 0.2]])  # the third and fourth swap: not kept
+    assert metrics.same_top_k(scores, reference, k=3).tolist() == [True, True, False]
+    assert metrics.same_top_k(scores, reference, k=2).tolist() == [False, True, True]
+    assert metrics.same_top_k(scores, reference, k=9).all()  # k past the classes: all of them
+    with pytest.raises(metrics.InputError, match="shapes differ"):
+        metrics.same_top_k(scores[:2], reference)

@@ -234,7 +234,8 @@ def test_an_export_of_a_subset_runs_as_the_keras_subset(model, windows, tmp_path
     got = export.load_exported(result.path)(windows)
     assert set(got) == {"fused", "timbre", "end_to_end", "embedding"}
     for name in ("fused", "timbre", "end_to_end"):
-        np.testing.assert_allclose(got[name], expected[name], atol=1e-4, err_msg=name)
+        # Float32 exports are held to 1e-3 (tests/test_export.py).
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-3, err_msg=name)
     np.testing.assert_allclose(got["embedding"], expected["embedding"], atol=1e-3)
 
 
