@@ -187,6 +187,17 @@ def streaming_table() -> str:
     return "\n".join(lines)
 
 
+def distributed_tagging_table() -> str:
+    """Tagging on Ray against `keras-dae predict`, files per second."""
+    result = load("distributed_tagging.json")
+    lines = ["| runner | wall clock | files/s | start-up | files/s once started |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['runner']} | {r['seconds']:.1f} s | {r['files_per_second']:.1f} | "
+                     f"{r['startup_seconds']:.1f} s | {r['steady_files_per_second']:.1f} |")
+    return "\n".join(lines)
+
+
 def readme_table() -> str:
     """README's one small table: accuracy, file size and latency of the shipped model."""
     run = load("sampled_run.json")["evaluation"]["eval"]
@@ -234,6 +245,7 @@ def tables() -> dict[str, str]:
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
         "streaming": streaming_table(),
+        "distributed_tagging": distributed_tagging_table(),
         "readme": readme_table(),
     }
 

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from keras_dae import distributed, extras, messages, microphone, native_logs, pcm_input, streaming
 from keras_dae import events as events_module
-from keras_dae import extras, messages, microphone, native_logs, pcm_input, streaming
 from keras_dae import finetune as finetune_flags
 from keras_dae.data import bundled
 from keras_dae.data.datasets import DATASET_FORMATS, read_split
@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, options in pcm_input.FLAGS:  # --rate, --channels, --sample-format
         predict.add_argument(flag, **options)
     embed.add_argument("--out", required=True, metavar="FILE.npz", help="where to write")
+    distributed.add_flags(predict, embed)  # --ray [ADDRESS], --workers, ...: Parquet to --out
 
     demo = command("demo", _demo_command, "tag the bundled real recordings and draw the labels "
                    "over time", model="optional", mixed_precision=True)

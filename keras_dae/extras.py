@@ -24,6 +24,8 @@ EXTRAS = {
     "matplotlib": "plot",
     "grain": "shards",
     "array_record": "shards",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 BACKENDS = ("tensorflow", "jax", "torch")
