@@ -51,11 +51,11 @@ def _frontends_command(args) -> int:
 
 def _train_command(args) -> int:
     """`keras-dae train`: `keras_dae.train_run.train_run` with the recipe from the flags."""
-    from keras_dae import train_config
-    from keras_dae.train_run import train_run
+    from keras_dae import train_config, train_run
 
-    train_run(args.data, args.out, args.preset, train_config.from_flags(args), args.format,
-              args.shards, args.resume, args.overwrite, lambda line: print(line, flush=True))
+    train_run.train_run(args.data, args.out, args.preset, train_config.from_flags(args),
+                        args.format, args.shards, args.resume, args.overwrite, lambda line:
+                        print(line, flush=True), train_config.processes_from_flags(args))
     return 0
 
 
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--shards", metavar="DIR",
                        help="read the training chunks from shards written by `keras-dae shard` "
                             "(val and eval still come from --data)")
-    train_config.add_arguments(train)
+    train_config.add_arguments(train, processes=True)
     finetune = command("finetune", _finetune_command, "new labels on a preset's towers: fit "
                        "the heads (probe, heads) or everything (full)", mixed_precision=True)
     for flag, options in finetune_flags.FLAGS:  # --from, --data, --out, --mode, --streams, ...

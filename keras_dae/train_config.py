@@ -72,9 +72,12 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--seed", "seed", None))
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, processes: bool = False) -> None:
     """Adds the recipe's flags (`FLAGS` and the others `from_flags` reads, with `--resume` and
-    `--overwrite`) to the argparse `parser` of `keras-dae train` or `finetune`."""
+    `--overwrite`) to the argparse `parser` of `keras-dae train` or `finetune`; with
+    `processes`, also those of a multi-process run (`add_process_arguments`)."""
+    if processes:
+        add_process_arguments(parser)
     for flag, field, help in FLAGS:  # types (ranges), defaults: TrainConfig's
         parser.add_argument(flag, type=parse_type(field), default=default(field), help=help)
     parser.add_argument("--balanced", action="store_true", help="balanced sampling")
@@ -112,6 +115,68 @@ def from_flags(args) -> TrainConfig:
                        else args.feature_cache),
         mixed_precision=args.mixed_precision, data_parallel=args.data_parallel,
         jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile])
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """How this process joins a multi-process (multi-host) JAX run (`keras_dae.scale.
+    initialize_multiprocess`); not part of the recipe, so not in `TrainConfig`.
+
+    `enabled`: join one even when nothing below is set (JAX's cluster detection, e.g. SLURM,
+    supplies the rest). `coordinator` ("host:port" of process 0), `num_processes` and
+    `process_id`: None takes them from the environment (`KERAS_DISTRIBUTION_JOB_ADDRESSES`,
+    `KERAS_DISTRIBUTION_NUM_PROCESSES`, `KERAS_DISTRIBUTION_PROCESS_ID`,
+    `JAX_COORDINATOR_ADDRESS`). `timeout`: seconds the processes wait for each other (start,
+    barriers); `heartbeat_timeout`: seconds after which a silent process is taken for dead.
+    """
+
+    enabled: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    timeout: float = 300.0
+    heartbeat_timeout: float = 60.0
+
+    def __post_init__(self):
+        if self.num_processes is not None:
+            validation.check("Processes.num_processes", self.num_processes, "positive_int")
+        if self.process_id is not None:
+            validation.check("Processes.process_id", self.process_id, "non_negative_int")
+        validation.check("Processes.timeout", self.timeout, "positive_float")
+        validation.check("Processes.heartbeat_timeout", self.heartbeat_timeout,
+                         "positive_float")
+
+
+def add_process_arguments(parser) -> None:
+    """Adds the flags of a multi-process run (`Processes`) to `keras-dae train`'s parser."""
+    group = parser.add_argument_group(
+        "several processes (JAX; see docs/multi-host.md)",
+        "each process reads its part of every batch from --shards; process 0 writes the "
+        "files. Unset flags come from KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+        "KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID or "
+        "JAX_COORDINATOR_ADDRESS; any of them turns --data-parallel on")
+    group.add_argument("--multi-process", action="store_true",
+                       help="join a multi-process run even with none of these set (JAX "
+                            "detects SLURM, Open MPI and Kubernetes)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address and a free port on it")
+    group.add_argument("--num-processes", type=validation.positive_int, metavar="N")
+    group.add_argument("--process-id", type=validation.non_negative_int, metavar="I",
+                       help="this process's id, 0..N-1 (0 writes the files)")
+    group.add_argument("--process-timeout", type=validation.positive_float, metavar="S",
+                       default=Processes.timeout,
+                       help="seconds the processes wait for each other (default %(default)s)")
+    group.add_argument("--heartbeat-timeout", type=validation.positive_float, metavar="S",
+                       default=Processes.heartbeat_timeout,
+                       help="seconds of silence after which a process is taken for dead and "
+                            "the others stop (default %(default)s)")
+
+
+def processes_from_flags(args) -> Processes:
+    """The `Processes` of `keras-dae train`'s parsed flags (`add_process_arguments`)."""
+    return Processes(enabled=args.multi_process, coordinator=args.coordinator,
+                     num_processes=args.num_processes, process_id=args.process_id,
+                     timeout=args.process_timeout, heartbeat_timeout=args.heartbeat_timeout)
 
 
 def default(name: str):

@@ -15,15 +15,23 @@ batch size. Then the preset's model is built with the training split's classes, 
 precision and data-parallel contexts (`keras_dae.scale`), trained (`training.Trainer`:
 checkpoints, resume after a kill), evaluated on val and eval, and its preset, report and plots
 written (`training.finish_run`).
+
+As one of several processes (`processes`, a `train_config.Processes`; or Keras' and JAX's
+environment variables, `keras_dae.scale.multiprocess_requested`): the process first joins the
+others (`keras_dae.scale.initialize_multiprocess`), data parallelism spans every process's
+devices, the training chunks must come from `shards` (each process reads its rows of every
+batch), process 0 alone locks the run directory and writes in it, and only it says anything.
+docs/multi-host.md shows how to launch such a run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from keras_dae.train_config import TrainConfig
+from keras_dae.train_config import Processes, TrainConfig
 from keras_dae.validation import InputError
 
 __all__ = ["read_splits", "report_lines", "scaled", "train_run"]
@@ -58,19 +66,53 @@ def read_splits(data, format: str | None = None, shards=None):
 
 def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | None = None,
               format: str | None = None, shards=None, resume: bool = False,
-              overwrite: bool = False, say: Callable[[str], None] = print) -> dict:
+              overwrite: bool = False, say: Callable[[str], None] = print,
+              processes: Processes | None = None) -> dict:
     """Trains the preset's architecture on the dataset in `data` into the run directory `out`
     and returns its report (see the module's docstring). `say` receives the progress lines
-    (what was read, each split's metrics and skipped files, what was written)."""
-    from keras_dae import runs
+    (what was read, each split's metrics and skipped files, what was written); `processes`:
+    how to join a multi-process run (default: as the environment says)."""
+    config = join_processes(config or TrainConfig(), processes, shards)
+    from keras_dae import scale, training
 
-    config = config or TrainConfig()
-    with runs.run_lock(out):
-        runs.prepare(out, resume=resume, overwrite=overwrite)
-        train, val, test = read_splits(data, format, shards)
-        with scaled(config):
-            return _train(Path(data), Path(out), preset, config, train, val, test, shards,
-                          resume, overwrite, say)
+    if not scale.is_chief():
+        say = _silent
+    with training.claim_run_dir(out, resume, overwrite):
+        try:
+            train, val, test = read_splits(data, format, shards)
+            with scaled(config):
+                return _train(Path(data), Path(out), preset, config, train, val, test, shards,
+                              resume, overwrite, say)
+        except Exception as error:
+            training.raise_for_processes(error)
+            raise
+
+
+def _silent(line: str) -> None:
+    """What processes other than 0 of a multi-process run say: nothing."""
+
+
+def join_processes(config: TrainConfig, processes: Processes | None, shards=None) -> TrainConfig:
+    """Joins the multi-process run that `processes` or the environment asks for
+    (`keras_dae.scale.initialize_multiprocess`); returns `config`, with data parallelism on in
+    a run of several processes. Refuses (`InputError`) a multi-process run whose training
+    chunks do not come from `shards`. Without one asked for, returns `config` as it is."""
+    from keras_dae import scale
+
+    processes = processes or Processes()
+    if not scale.multiprocess_requested(processes.coordinator, processes.num_processes,
+                                        processes.process_id, force=processes.enabled):
+        return config
+    if shards is None:
+        raise InputError("a multi-process run reads its training chunks from shards, each "
+                         "process its part of every batch: write them once with `keras-dae "
+                         "shard --data DIR --out SHARDS` and add --shards SHARDS")
+    scale.initialize_multiprocess(processes.coordinator, processes.num_processes,
+                                  processes.process_id, timeout=processes.timeout,
+                                  heartbeat_timeout=processes.heartbeat_timeout)
+    if scale.process_count() > 1 and not config.data_parallel:
+        config = dataclasses.replace(config, data_parallel=True)
+    return config
 
 
 @contextlib.contextmanager
@@ -119,11 +161,12 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
                                      class_mids=train.mids)
     source = (f"{len(train)} chunks of {train.n_clips} clips from {shards}" if shards
               else f"{len(train)} clips")
-    devices = scale.device_count()
+    devices, processes = scale.device_count(), scale.process_count()
     say(f"train: {source}, val: {len(val)} clips, {len(train.labels)} classes; "
         f"preset {preset} ({model.count_params():,} parameters); "
         f"backend {keras.backend.backend()}, {keras.config.dtype_policy().name}"
-        + (f", data parallel over {devices} devices" if devices else ""))
+        + (f", data parallel over {devices} devices" if devices else "")
+        + (f" of {processes} processes" if processes > 1 else ""))
     trainer = training.Trainer(model, train, val, out, config)
     trainer.run(resume=resume, overwrite=overwrite)
     eval_sets = {"val": val} if test is None else {"eval": test, "val": val}

@@ -17,10 +17,17 @@ stopped: the batch order of each epoch depends only on the seed and the epoch. A
 fails (disk full, say) leaves the previous checkpoint as it was, and `Trainer.preflight`
 refuses to start when the output directory is not writable or its disk lacks room for the
 checkpoints (estimated from the model's size).
+
+In a multi-process run (`keras_dae.scale.initialize_multiprocess`, training data from shards)
+every process trains, evaluates and takes the same decisions (best epoch, early stopping),
+but only process 0 writes: checkpoints, logs, the preset, the report and the plots. The run
+directory must be on a filesystem every process sees (the others read the checkpoint on
+resume, and each stage's best weights at its end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -68,6 +75,29 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_save_weights(model: keras.Model, path: Path) -> None:
     _atomic.save_weights(model, path, CheckpointError, intact=_CHECKPOINT_INTACT)
+
+
+@contextlib.contextmanager
+def _chief_directory(directory: Path):
+    """`directory` on process 0; on the others a temporary directory, removed after the block.
+
+    With variables spread over several processes, Keras' saving takes steps that every
+    process must take (it checks that their values agree), so every process saves and only
+    process 0 keeps what it wrote.
+    """
+    if scale.is_chief():
+        yield Path(directory)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="keras_dae-not-chief-") as scratch:
+        yield Path(scratch)
+
+
+def _save_weights(model: keras.Model, path: Path) -> None:
+    """`_atomic_save_weights` by every process, kept by process 0 (`_chief_directory`)."""
+    with _chief_directory(path.parent) as directory:
+        _atomic_save_weights(model, directory / path.name)
 
 
 def _seed_variables(model) -> list:
@@ -193,6 +223,39 @@ def _check_scale(model, config: TrainConfig) -> None:
                              f"devices; use a multiple of {devices}")
 
 
+def _check_processes(train, config: TrainConfig) -> None:
+    """Refuses a multi-process run without data parallelism or with audio files (not shards)
+    for training data."""
+    processes = scale.process_count()
+    if processes == 1:
+        return
+    if not config.data_parallel:
+        raise InputError(f"a run of {processes} processes trains with data parallelism: "
+                         "TrainConfig(data_parallel=True), inside "
+                         "`with keras_dae.scale.data_parallel(batch_size):`")
+    if not isinstance(train, ShardSet):
+        raise InputError(
+            f"a run of {processes} processes reads its training chunks from shards, each "
+            "process its part of every batch: write them once with `keras-dae shard --data "
+            "DIR --out SHARDS` (keras_dae.data.write_shards) and train with --shards SHARDS")
+
+
+_COLLECTIVE_FAILURES = ("gloo", "nccl", "all-reduce", "allreduce", "collective",
+                        "connection reset", "socket closed")
+
+
+def _stopped_peer_error(error: BaseException) -> BaseException:
+    """A `ProcessGroupError` that says what a failed collective most likely means (another
+    process stopped), or `error` itself when it is something else."""
+    text = " ".join(str(error).split())
+    if not any(word in text.lower() for word in _COLLECTIVE_FAILURES):
+        return error
+    return scale.ProcessGroupError(
+        f"a step shared by the {scale.process_count()} processes failed ({text[:300]}): "
+        "another process most likely stopped; see its output, then start every process "
+        "again with --resume")
+
+
 def _check_shards(shards: ShardSet, model, config: TrainConfig) -> None:
     """Refuses shards cut otherwise than the model and the recipe expect."""
     wanted = (model.sample_rate, config.chunk_seconds, config.hop_seconds)
@@ -206,6 +269,33 @@ def _check_shards(shards: ShardSet, model, config: TrainConfig) -> None:
     if config.feature_cache:
         raise InputError("the feature cache is built from audio files, not from shards: "
                          "use one or the other")
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir, resume: bool = False, overwrite: bool = False):
+    """`keras_dae.runs.run_lock` and `prepare` of `run_dir` for the block: on process 0 only
+    in a multi-process run (the others wait for it, and share its refusal)."""
+    with contextlib.ExitStack() as stack:
+        def claim():
+            stack.enter_context(runs.run_lock(run_dir))
+            runs.prepare(run_dir, resume=resume, overwrite=overwrite)
+
+        scale.run_on_chief("prepare the run directory", claim)
+        yield
+
+
+def raise_for_processes(error: BaseException) -> None:
+    """In a multi-process run: tells the other processes that this one failed (they stop,
+    saying so), and raises a `ProcessGroupError` that explains a failed shared step
+    (another process stopped) instead of `error`. Does nothing in a single process."""
+    if scale.process_count() == 1:
+        return
+    scale.report_failure(error)
+    if isinstance(error, scale.ProcessGroupError):
+        return
+    explained = _stopped_peer_error(error)
+    if explained is not error:
+        raise explained from error
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -251,6 +341,7 @@ class Trainer:
         self.feature_cache: FeatureCache | None = None
         self.fit_model = model  # what `fit` trains: the model, or its feature-input twin
         _check_scale(model, self.config)
+        _check_processes(train, self.config)
         if isinstance(train, ShardSet):
             _check_shards(train, model, self.config)
 
@@ -274,10 +365,36 @@ class Trainer:
         The run directory must be creatable and writable, its disk must have room for the
         checkpoints (`checkpoint_bytes`), and at least one training and one validation file
         must be readable audio (headers are read; the bad ones are recorded in `skipped`).
+        In a multi-process run only process 0, which writes, checks the directory.
         """
-        import shutil
-
         from keras_dae.audio import audio_info
+
+        if scale.is_chief():  # the one process that writes
+            self._preflight_writes()
+        for split, dataset in (("training", self.train), ("validation", self.val)):
+            if isinstance(dataset, ShardSet):  # decoded when it was written
+                self.skipped.update(dataset.skipped)
+                if len(dataset) == 0:
+                    raise PreflightError(f"the {split} shards hold no chunks")
+                continue
+            readable = 0
+            for path in dataset.paths:
+                if str(path) in self.skipped:
+                    continue
+                try:
+                    audio_info(path)
+                    readable += 1
+                except AudioDecodeError as error:
+                    logger.warning("keras_dae: skipping %s: %s", path, error.problem)
+                    self.skipped[str(path)] = error.problem
+            if readable == 0:
+                raise PreflightError(
+                    f"none of the {len(dataset)} {split} files is readable audio ("
+                    + summarize_problems(self._reasons(dataset), total=len(dataset)) + ")")
+
+    def _preflight_writes(self) -> None:
+        """`preflight`'s checks of the run directory: creatable, writable, room on its disk."""
+        import shutil
 
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -304,26 +421,6 @@ class Trainer:
                 f"need about {need / mib:.1f} MiB (weights {weight_bytes(self.model) / mib:.1f}"
                 " MiB, kept with the best weights, the optimizer state and the previous "
                 "checkpoint); free some space or choose another output directory")
-        for split, dataset in (("training", self.train), ("validation", self.val)):
-            if isinstance(dataset, ShardSet):  # decoded when it was written
-                self.skipped.update(dataset.skipped)
-                if len(dataset) == 0:
-                    raise PreflightError(f"the {split} shards hold no chunks")
-                continue
-            readable = 0
-            for path in dataset.paths:
-                if str(path) in self.skipped:
-                    continue
-                try:
-                    audio_info(path)
-                    readable += 1
-                except AudioDecodeError as error:
-                    logger.warning("keras_dae: skipping %s: %s", path, error.problem)
-                    self.skipped[str(path)] = error.problem
-            if readable == 0:
-                raise PreflightError(
-                    f"none of the {len(dataset)} {split} files is readable audio ("
-                    + summarize_problems(self._reasons(dataset), total=len(dataset)) + ")")
 
     def _reasons(self, dataset) -> dict[str, str]:
         if isinstance(dataset, ShardSet):
@@ -342,29 +439,37 @@ class Trainer:
 
     # -- checkpointing -------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        """Writes the checkpoint's files, then `state.json` naming them (the commit)."""
+        """Writes the checkpoint's files, then `state.json` naming them (the commit). In a
+        multi-process run process 0 writes them; every process's `state` names them."""
         sequence = int(self.state.get("sequence", 0)) + 1
         files = dict(self.state.get("files") or {})
         files["weights"] = f"model-{sequence:06d}.weights.h5"
-        _atomic_save_weights(self.model, self.ckpt_dir / files["weights"])
+        files["variables"] = f"variables-{sequence:06d}.npz"
+        state = {**self.state, "sequence": sequence, "files": files}
+        _save_weights(self.model, self.ckpt_dir / files["weights"])
+        if scale.is_chief():
+            self._write_checkpoint(state)
+        self.state = state
+
+    def _write_checkpoint(self, state: dict) -> None:
+        """The checkpoint's variables (random generators, optimizer), then `state.json`."""
+        files = state["files"]
         arrays = {f"seed/{v.path}": keras.ops.convert_to_numpy(v)
                   for v in _seed_variables(self.model)}
         opt = self.fit_model.optimizer
         if opt is not None and opt.built:
             arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v)
                            for i, v in enumerate(opt.variables)})
-        files["variables"] = f"variables-{sequence:06d}.npz"
         atomic_write(self.ckpt_dir / files["variables"],
                      lambda tmp: np.savez(Path(tmp), **arrays))
-        state = {**self.state, "sequence": sequence, "files": files}
         _atomic_write_text(self.ckpt_dir / "state.json", json.dumps(state, indent=1))
-        self.state = state
-        self._remove_stale_files()
+        self._remove_stale_files(state)
 
-    def _remove_stale_files(self) -> None:
-        """Removes checkpoint files that `state.json` does not name (older checkpoints, and
-        files of a checkpoint that was being written when a run was killed)."""
-        keep = {"state.json", *(self.state.get("files") or {}).values()}
+    def _remove_stale_files(self, state: dict) -> None:
+        """Removes checkpoint files that `state` (`state.json`) does not name (older
+        checkpoints, and files of a checkpoint that was being written when a run was
+        killed)."""
+        keep = {"state.json", *(state.get("files") or {}).values()}
         for path in self.ckpt_dir.iterdir():
             if path.name not in keep and path.is_file() and (
                     path.name.startswith((".tmp-", "model-", "variables-", "best-"))):
@@ -402,7 +507,8 @@ class Trainer:
         for v in _seed_variables(self.model):
             if f"seed/{v.path}" in saved:
                 v.assign(saved[f"seed/{v.path}"])
-        self._remove_stale_files()
+        if scale.is_chief():
+            self._remove_stale_files(state)
         return True
 
     def _load_variables(self) -> dict:
@@ -433,7 +539,8 @@ class Trainer:
     # -- the recipe ----------------------------------------------------------------------
     def _adapt_normalization(self) -> None:
         """Per-feature mean and variance of each stream, from a sample of training chunks."""
-        loader = self._loader(shuffle=True, mixup=0.0, balanced=False)
+        # Whole batches, as one process reads them: every process computes the same statistics.
+        loader = self._loader(shuffle=True, mixup=0.0, balanced=False, whole_batches=True)
         wanted = self.config.normalization_chunks
         batches, seen = [], 0
         for i in range(len(loader)):
@@ -451,17 +558,21 @@ class Trainer:
         for name, parts in features.items():
             self.model.backbone.towers[name].normalization.adapt(np.concatenate(parts))
 
-    def _loader(self, shuffle=True, mixup=None, balanced=None):
+    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
+        """The training loader; in a multi-process run, of this process's rows of every
+        batch (`whole_batches`: of all of them)."""
         c = self.config
         if isinstance(self.train, ShardSet):  # chunks decoded once (keras-dae shard)
             from keras_dae.data.shard_loader import ShardLoader
 
+            processes = 1 if whole_batches else scale.process_count()
             return ShardLoader(
                 self.train, batch_size=c.batch_size, shuffle=shuffle, seed=c.seed,
                 target_names=("fused", *self.model.stream_names),
                 mixup=c.mixup if mixup is None else mixup,
                 balanced=c.balanced if balanced is None else balanced,
-                drop_last=c.data_parallel)
+                drop_last=c.data_parallel, process_count=processes,
+                process_index=scale.process_index() if processes > 1 else 0)
         return ChunkLoader(
             self.train, sample_rate=self.model.sample_rate, batch_size=c.batch_size,
             chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds, shuffle=shuffle,
@@ -503,6 +614,7 @@ class Trainer:
         )
 
     def _end_of_epoch(self, stage, epoch, logs) -> None:
+        # Every process evaluates (a step shared by all) and so takes the same decisions.
         report = evaluate(self.model, self.val, chunk_seconds=self.config.chunk_seconds,
                           hop_seconds=self.config.hop_seconds, skipped=self.skipped)
         score = report["mAP"] if stage != "towers" else float(np.mean(
@@ -516,21 +628,23 @@ class Trainer:
         if score > st["best_map"]:
             st["best_map"], st["best_epoch"], st["wait"] = score, epoch, 0
             best = f"best-{int(st.get('sequence', 0)) + 1:06d}.weights.h5"
-            _atomic_save_weights(self.model, self.ckpt_dir / best)
+            _save_weights(self.model, self.ckpt_dir / best)
             st.setdefault("files", {})["best"] = best  # committed with the checkpoint
         else:
             st["wait"] += 1
-        if self.verbose:
+        if self.verbose and scale.is_chief():
             streams = " ".join(f"{k}={v:.3f}" for k, v in report["streams"].items())
             print(f"[{stage}] epoch {epoch + 1}: loss {entry['loss']:.4f}  val mAP fused "
                   f"{report['mAP']:.3f}  {streams}", flush=True)
         self._save_checkpoint()
 
     def _callbacks(self, stage, loader) -> list:
+        callbacks = [loader.epoch_callback(), _EpochEnd(self, stage)]
+        if not scale.is_chief():  # process 0 writes the logs
+            return callbacks
         logs = self.run_dir / "logs"
         logs.mkdir(exist_ok=True)
-        callbacks = [loader.epoch_callback(), _EpochEnd(self, stage),
-                     keras.callbacks.CSVLogger(str(logs / f"{stage}.csv"), append=True)]
+        callbacks.append(keras.callbacks.CSVLogger(str(logs / f"{stage}.csv"), append=True))
         # Keras' TensorBoard callback writes through TensorFlow's summary ops and the
         # tensorboard package; without them (e.g. a JAX-only install) the CSV log remains.
         if importlib.util.find_spec("tensorboard") and importlib.util.find_spec("tensorflow"):
@@ -542,11 +656,16 @@ class Trainer:
 
         An earlier run in `run_dir` is continued from its checkpoint with `resume`, replaced
         with `overwrite`, and otherwise refused (`keras_dae.runs.prepare`); the directory is
-        locked against other processes while this one trains (`keras_dae.runs.run_lock`).
+        locked against other processes while this one trains (`keras_dae.runs.run_lock`). In
+        a multi-process run, process 0 locks and prepares the directory, and an error in any
+        process stops them all (`keras_dae.scale.report_failure`).
         """
-        with runs.run_lock(self.run_dir):
-            runs.prepare(self.run_dir, resume=resume, overwrite=overwrite)
-            return self._run(resume)
+        with claim_run_dir(self.run_dir, resume, overwrite):
+            try:
+                return self._run(resume)
+            except Exception as error:
+                raise_for_processes(error)
+                raise
 
     def _run(self, resume: bool) -> dict:
         self.preflight()
@@ -555,7 +674,7 @@ class Trainer:
             for tower in self.model.backbone.towers.values():
                 tower.set_feature_masking(masking)
         restored = resume and self._restore_checkpoint()
-        if resume and not restored and self.verbose:
+        if resume and not restored and self.verbose and scale.is_chief():
             print(f"No checkpoint in {self.ckpt_dir}; starting from scratch.", flush=True)
         if not self.state["normalized"]:
             keras.utils.set_random_seed(self.config.seed)
@@ -585,10 +704,13 @@ class Trainer:
                 loader = self._loader()
                 self.fit_model.fit(
                     loader, epochs=epochs, initial_epoch=initial_epoch,
-                    verbose=self.verbose, callbacks=self._callbacks(stage, loader),
+                    verbose=self.verbose if scale.is_chief() else 0,
+                    callbacks=self._callbacks(stage, loader),
                     shuffle=False,  # the loader's order depends on seed and epoch only
                 )
-            # Select the stage's best epoch before the next stage builds on it.
+            # Select the stage's best epoch before the next stage builds on it (written by
+            # process 0: the others wait for it).
+            scale.barrier(f"best weights of {stage}")
             best = self._checkpoint_file("best")
             if best is not None and best.is_file():
                 self.model.load_weights(best)
@@ -674,7 +796,8 @@ def write_run(model, run_dir, config: TrainConfig, state: dict, train, eval_sets
               metadata: dict | None = None) -> dict:
     """Evaluates `model` on each named split of `eval_sets`, writes `run_dir/preset` (its
     metadata: the training data, the metrics, the recipe and `metadata`), `report.json` and
-    the plots of `state["history"]`; returns the report."""
+    the plots of `state["history"]`; returns the report. In a multi-process run every
+    process evaluates and process 0 writes."""
     from keras_dae import zoo
 
     run_dir = Path(run_dir)
@@ -688,13 +811,16 @@ def write_run(model, run_dir, config: TrainConfig, state: dict, train, eval_sets
     # way); `scale.with_precision` runs it in bfloat16 again.
     preset_model = model if scale.model_precision(model) is None else scale.with_precision(
         model, None)
-    zoo.save(preset_model, run_dir / "preset", labels=train.labels, mids=train.mids,
-             metadata={"training_data": training_data, "metrics": summary,
-                       "labels_source": training_data,
-                       "train_config": dataclasses.asdict(config), **(metadata or {})})
     report = {"config": dataclasses.asdict(config), "training_data": training_data,
               "backend": keras.backend.backend(), "history": state["history"],
               "evaluation": reports, **(metadata or {})}
+    with _chief_directory(run_dir) as directory:  # every process saves, process 0 keeps
+        zoo.save(preset_model, directory / "preset", labels=train.labels, mids=train.mids,
+                 metadata={"training_data": training_data, "metrics": summary,
+                           "labels_source": training_data,
+                           "train_config": dataclasses.asdict(config), **(metadata or {})})
+    if not scale.is_chief():  # in a multi-process run, process 0 writes
+        return report
     _atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
     try:
         write_plots(state, reports, train.labels, run_dir)

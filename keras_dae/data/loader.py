@@ -392,11 +392,9 @@ class ChunkLoader(keras.utils.PyDataset):
 
     def _mix(self, inputs, targets: np.ndarray, index: int):
         """Mixup of a batch: the same weights and partners for every input array."""
-        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
         b = targets.shape[0]
-        lam = rng.beta(self.mixup, self.mixup, size=b)
-        lam = np.where(rng.random(b) < self.mixup_probability, lam, 1.0).astype(np.float32)
-        partner = rng.permutation(b)
+        lam, partner = mixup_draws(self.seed, self.epoch, index, b, self.mixup,
+                                   self.mixup_probability)
 
         def mix(x):
             w = lam.reshape((b,) + (1,) * (x.ndim - 1))
@@ -404,6 +402,17 @@ class ChunkLoader(keras.utils.PyDataset):
 
         inputs = {k: mix(v) for k, v in inputs.items()} if isinstance(inputs, dict) else mix(inputs)
         return inputs, mix(targets)
+
+
+def mixup_draws(seed: int, epoch: int, index: int, batch_size: int, alpha: float,
+                probability: float) -> tuple[np.ndarray, np.ndarray]:
+    """Batch `index` of epoch `epoch`'s mixup: each row's weight (float32; 1.0 where the row is
+    not mixed, with `1 - probability`) and partner row, the same wherever they are drawn (one
+    process mixing the whole batch, or each process its rows)."""
+    rng = np.random.default_rng([seed, epoch, index, 3])
+    lam = rng.beta(alpha, alpha, size=batch_size)
+    lam = np.where(rng.random(batch_size) < probability, lam, 1.0).astype(np.float32)
+    return lam, rng.permutation(batch_size)
 
 
 def iterate_clips(

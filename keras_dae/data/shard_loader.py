@@ -14,6 +14,12 @@ batch `i` is read on demand (`dataset[i]`), so memory holds one batch per worker
 number of chunks; grain's shuffle is a seeded permutation of indices computed per index, not a
 list of them (balanced sampling draws an epoch's indices up front, 8 bytes per chunk). `grain_dataset(epoch)` gives that pipeline to whoever wants grain's own loaders
 (e.g. `.to_iter_dataset()` with multiprocessing prefetch).
+
+In a multi-process run (`keras_dae.scale.initialize_multiprocess`) every process builds the
+same seeded global order and reads only its own rows of each global batch: process `p` of `P`
+gets rows `[p * B/P, (p + 1) * B/P)` of every full batch of `B` (the last, smaller one is
+dropped), so every process has the same number of batches, and together they train on exactly
+the batches one process would: `ShardLoader(..., process_index=p, process_count=P)`.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from keras_dae.data.loader import ChunkLoader, _EpochSync, check_sampling
+from keras_dae.data.loader import ChunkLoader, _EpochSync, check_sampling, mixup_draws
 from keras_dae.data.shards import ShardSet, decode_chunk
-from keras_dae.validation import InputError
+from keras_dae.validation import InputError, check
 
 __all__ = ["ShardLoader"]
 
@@ -37,6 +43,12 @@ def _read_example(item, source, n_classes: int) -> dict:
     targets = np.zeros(n_classes, np.float32)
     targets[chunk["labels"]] = 1.0
     return {"item": np.int64(item), "waveform": chunk["waveform"], "targets": targets}
+
+
+def _global_position(k: int, global_batch: int, part: int, offset: int) -> int:
+    """Where row `k` of one process's rows lies in the epoch's order (`part` rows of each
+    global batch of `global_batch`, from row `offset` on)."""
+    return (int(k) // part) * global_batch + offset + int(k) % part
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -64,6 +76,10 @@ class ShardLoader(keras.utils.PyDataset):
         mixup, mixup_probability: as `ChunkLoader`'s (the same weights and partners).
         drop_last: leave out the last, smaller batch of an epoch.
         epoch: the epoch to start at.
+        process_index, process_count: this process's part of every batch, in a run of
+            `process_count` processes (see the module docstring): batches then hold
+            `batch_size // process_count` rows; `batch_size` must divide by `process_count`,
+            and the last, smaller batch is always dropped.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `PyDataset`.
 
     Attributes:
@@ -76,7 +92,7 @@ class ShardLoader(keras.utils.PyDataset):
     def __init__(self, shards, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                  target_names: Sequence[str] | str | None = None, balanced: bool = False,
                  mixup: float = 0.0, mixup_probability: float = 1.0, drop_last: bool = False,
-                 epoch: int = 0, **kwargs):
+                 epoch: int = 0, process_index: int = 0, process_count: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
         check_sampling(batch_size, seed, mixup, mixup_probability)
@@ -89,7 +105,17 @@ class ShardLoader(keras.utils.PyDataset):
         self.balanced = bool(balanced)
         self.mixup = float(mixup)
         self.mixup_probability = float(mixup_probability)
-        self.drop_last = bool(drop_last)
+        check("process_count", process_count, "positive_int")
+        check("process_index", process_index, "non_negative_int")
+        if process_index >= process_count or self.batch_size % process_count:
+            raise InputError(
+                f"process {process_index} of {process_count}: the processes' ids are "
+                f"0..{process_count - 1} and the batch size ({self.batch_size}) must divide by "
+                "their number")
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        #: rows of each batch this process reads
+        self.local_batch_size = self.batch_size // self.process_count
+        self.drop_last = bool(drop_last) or self.process_count > 1
         self.sample_rate = self.shards.sample_rate
         self.chunk_samples = self.shards.chunk_samples
         self.chunk_seconds = self.shards.chunk_seconds
@@ -125,21 +151,55 @@ class ShardLoader(keras.utils.PyDataset):
         items = grain.MapDataset.range(self.n_items)
         return items.shuffle(seed=epoch_seed(self.seed, epoch)) if self.shuffle else items
 
-    def grain_dataset(self, epoch: int):
+    def process_items(self, epoch: int, items=None):
+        """This process's record indices of epoch `epoch`, in order, as a grain `MapDataset`
+        of ints: all of `epoch_items` (or of `items`, the epoch's order when already drawn)
+        in a single process, else its rows of each full batch."""
+        items = self.epoch_items(epoch) if items is None else items
+        if self.process_count == 1:
+            return items
+        import grain
+
+        part = self.local_batch_size
+        position = functools.partial(_global_position, global_batch=self.batch_size, part=part,
+                                     offset=self.process_index * part)
+        rows = (len(items) // self.batch_size) * part
+        return grain.MapDataset.range(rows).map(position).map(items.__getitem__)
+
+    def _read(self, item) -> dict:
+        return _read_example(item, self.shards.source, self.shards.n_classes)
+
+    def grain_dataset(self, epoch: int, items=None):
         """Epoch `epoch` as a grain `MapDataset` of batches `{"item", "waveform", "targets"}`
-        (`item`: the records' indices)."""
+        (`item`: the records' indices); this process's rows of them in a multi-process run.
+        `items`: the epoch's order (`epoch_items`) when already drawn."""
         read = functools.partial(_read_example, source=self.shards.source,
                                  n_classes=self.shards.n_classes)
-        return self.epoch_items(epoch).map(read).batch(self.batch_size,
-                                                       drop_remainder=self.drop_last)
+        return self.process_items(epoch, items).map(read).batch(self.local_batch_size,
+                                                         drop_remainder=self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Makes the next batches those of epoch `epoch` (any non-negative int)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise InputError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = int(epoch)
-        self._items = self.epoch_items(self.epoch)
-        self._dataset = self.grain_dataset(self.epoch)
+        self._order = self.epoch_items(self.epoch)  # every process's rows
+        self._items = self.process_items(self.epoch, self._order)
+        self._dataset = self.grain_dataset(self.epoch, self._order)
+
+    def _mix_part(self, inputs: np.ndarray, targets: np.ndarray, index: int):
+        """Mixup of this process's rows of global batch `index`, as `_mix` mixes the whole
+        batch in one process: the same draws (for all `batch_size` rows), each row's partner
+        read from the epoch's order wherever it lies."""
+        size, part = self.batch_size, self.local_batch_size
+        lam, partner = mixup_draws(self.seed, self.epoch, index, size, self.mixup,
+                                   self.mixup_probability)
+        rows = slice(self.process_index * part, (self.process_index + 1) * part)
+        partners = [self._read(self._order[index * size + int(j)]) for j in partner[rows]]
+        w = lam[rows][:, None]
+        mixed_x = w * inputs + (1 - w) * np.stack([p["waveform"] for p in partners])
+        mixed_y = w * targets + (1 - w) * np.stack([p["targets"] for p in partners])
+        return mixed_x.astype(np.float32), mixed_y.astype(np.float32)
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -155,8 +215,8 @@ class ShardLoader(keras.utils.PyDataset):
         """The record indices batch `index` of this epoch is made of, int64 `(B,)`."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
-        stop = min((index + 1) * self.batch_size, self.n_items)
-        return np.array([self._items[k] for k in range(index * self.batch_size, stop)],
+        stop = min((index + 1) * self.local_batch_size, len(self._items))
+        return np.array([self._items[k] for k in range(index * self.local_batch_size, stop)],
                         np.int64)
 
     def __getitem__(self, index: int):
@@ -164,7 +224,9 @@ class ShardLoader(keras.utils.PyDataset):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         batch = self._dataset[index]
         inputs, targets = batch["waveform"], batch["targets"]
-        if self.mixup > 0:
+        if self.mixup > 0 and self.process_count > 1:
+            inputs, targets = self._mix_part(inputs, targets, index)
+        elif self.mixup > 0:
             inputs, targets = self._mix(inputs, targets, index)
         if self.target_names is None:
             return inputs, targets
