@@ -14,8 +14,8 @@ with soxr, untimed, and resampled back inside the stream, as a microphone's woul
   rates) on a float32 TFLite export of the same preset (`keras_dae.export.export`, batch 1,
   made once and kept at `--tflite`), on `--threads` interpreter threads.
 
-Both use the thresholds on = off = `EventOptions().on` and nothing else (a stream cannot
-median-filter, close gaps or drop short events). Per runner and rate it measures:
+Both use the default thresholds (`EventOptions().thresholds_only()`: on, off) and nothing else,
+for the least delay (tflite/classify.py applies no other rule). Per runner and rate it measures:
 
 - speed: seconds of audio over seconds spent in `feed()` and `close()` (wall clock,
   `time.perf_counter`); each `feed()`'s compute time (median, p95, max over every block,

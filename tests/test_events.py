@@ -19,7 +19,8 @@ from keras_dae.validation import InputError
 
 HOP = 0.25
 # The rules with nothing but a 0.5 threshold, so each test turns on the rule it is about.
-RAW = EventOptions(on=0.5, median_seconds=0.0, min_gap=0.0, min_duration=0.0, default=0.5)
+RAW = EventOptions(on=0.5, off=None, median_seconds=0.0, min_gap=0.0, min_duration=0.0,
+                   default=0.5)
 
 
 def raw(**rules) -> EventOptions:
@@ -104,7 +105,8 @@ def test_the_defaults_are_those_chosen_on_validation_soundscapes():
     assert (defaults.on if defaults.off is None else defaults.off) == chosen["off"]
     for rule in ("median_seconds", "min_gap", "min_duration"):
         assert getattr(defaults, rule) == chosen[rule]
-    assert EventOptions().thresholds_only() == raw(on=chosen["on"], default=chosen["on"])
+    assert EventOptions().thresholds_only() == raw(on=chosen["on"], off=chosen["off"],
+                                                   default=chosen["on"])
 
 
 @pytest.mark.one_backend
@@ -149,7 +151,7 @@ def test_predict_events_writes_audacity_tracks_and_a_dcase_table(tmp_path, capsy
     from keras_dae.data import demo_clips
 
     clips = [str(path) for path in demo_clips()[:2]]
-    code = cli.main(["predict", *clips, "--json", "--events", "--off", "0.3",
+    code = cli.main(["predict", *clips, "--json", "--events", "--on", "0.4", "--off", "0.3",
                      "--audacity", str(tmp_path / "labels"),
                      "--events-tsv", str(tmp_path / "events.tsv")])
     assert code == 0

@@ -286,7 +286,8 @@ def test_listen_prints_the_events_of_what_the_microphone_hears(device_rate, tmp_
                             load_audio(demo_clips()[1], rate), np.zeros(2 * rate)]) * 0.9
     audio = whole_blocks(audio.astype(np.float32), rate)
     stream = StreamTagger(Tagger("diverse_sampled15", hop_seconds=0.25, batch_size=8),
-                          input_rate=rate, options=EventOptions().thresholds_only())
+                          input_rate=rate,
+                          options=EventOptions(on=0.3, off=0.3).thresholds_only())
     expected = [u for start in range(0, audio.size, block)
                 for u in stream.feed(audio[start:start + block])]
     assert not stream.close(), "an event still open at the recording's end"
@@ -296,8 +297,9 @@ def test_listen_prints_the_events_of_what_the_microphone_hears(device_rate, tmp_
     mic.fill(audio)  # 16 kHz mono: 9 s fit in the pipe
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ALSA_CONFIG_PATH": str(mic.config)}
     proc = subprocess.Popen([sys.executable, "-c", _LISTEN, "--json", "--rate", str(rate),
-                             "--batch-size", "8", "--model", "diverse_sampled15", "--median",
-                             "0", "--min-gap", "0", "--min-duration", "0"], cwd=ROOT,
+                             "--batch-size", "8", "--model", "diverse_sampled15", "--on", "0.3",
+                             "--off", "0.3", "--median", "0", "--min-gap", "0",
+                             "--min-duration", "0"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, errors = [], []
     readers = [threading.Thread(target=lambda f=f, out=out: out.extend(f), daemon=True)

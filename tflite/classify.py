@@ -435,11 +435,12 @@ def main(argv=None) -> int:
                         help="raw PCM: as ffmpeg's -f names it (default s16le)")
     parser.add_argument("--hop", type=_positive(float), default=0.25, metavar="SECONDS",
                         help="--stream: seconds between 1 s windows (default 0.25)")
-    parser.add_argument("--on", type=_score, default=0.3,
-                        help="--stream: the score at which an event starts (default 0.3, "
+    parser.add_argument("--on", type=_score, default=0.2,
+                        help="--stream: the score at which an event starts (default 0.2, "
                         "keras-dae's, chosen on validation soundscapes)")
-    parser.add_argument("--off", type=_score, default=None,
-                        help="--stream: the score below which it ends (default: --on)")
+    parser.add_argument("--off", type=_score, default=0.1,
+                        help="--stream: the score below which it ends (default 0.1, "
+                        "keras-dae's; at most --on)")
     args = parser.parse_args(argv)
     try:
         if args.stream is not None:
