@@ -6,6 +6,10 @@ on real recordings in a directory tree with a bad file and an empty one among th
 command line, 1 worker) fills the gap a deleted part left. The rows' scores equal those of
 `keras-dae predict --json`, and of the `Tagger` behind it. The refusals (no Ray, flags that do
 not fit) and the `ray` extra's dependencies are fast tests.
+
+Run the slow ones in a pytest process of their own (as .ci/run does): after `ray.shutdown()`
+Ray's threads still resolve "localhost" now and then, which the no-network guard of tests run
+later in the same process counts as network access.
 """
 
 from __future__ import annotations
