@@ -328,10 +328,13 @@ class EventTracker:
 
     def push(self, rows) -> list[tuple]:
         """Takes the next windows' scores `(n, n_classes)`; returns the updates now certain."""
+        self._append(rows)
+        return self._advance()
+
+    def _append(self, rows) -> None:
         for row in np.asarray(rows, np.float64):
             self._raw.append(row)
             self._received += 1
-        return self._advance()
 
     def close(self, duration: float, rows=None) -> list[tuple]:
         """Ends the stream `duration` seconds long, after its last windows' scores `rows`, if
@@ -339,9 +342,8 @@ class EventTracker:
         every event still open or waiting ends. A window that arrives only now (a stream
         shorter than a window, tiled) must come as `rows`: its stretch of time ends at
         `duration`, which `push` cannot know."""
-        for row in () if rows is None else np.asarray(rows, np.float64):
-            self._raw.append(row)
-            self._received += 1
+        if rows is not None:
+            self._append(rows)
         # As `window_bounds`: the last stretch ends at the stream's end or the last centre.
         end = float(duration)
         if self._received > 1:
