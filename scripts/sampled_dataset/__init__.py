@@ -1,4 +1,5 @@
-"""The recipe behind ``scripts/build_sampled_dataset.py``, one job per module.
+"""The recipe behind ``scripts/build_sampled_dataset.py`` (and
+``scripts/build_pretraining_corpus.py``), one job per module.
 
 - ``common``: the vocabularies (AudioSet names and ids, ancestors) and class sets
   (``--classes default|novel``), split sizes, seeds, errors.
@@ -9,4 +10,7 @@
 - ``synthesis``: rendering the plan (FluidSynth for SoundFont presets, TiMidity++ for freepats
   patches, arranged recordings for kits, tabla, speech and animals), reverb and the mix.
 - ``layout``: the FSD50K-layout ground-truth CSVs, the source tables and the README.
+- ``corpus``: the unlabelled pretraining corpus of ``scripts/build_pretraining_corpus.py``
+  (its sources, the exclusion of the labelled datasets' eval and val sources, the hour
+  budget, decoding and rendering into FLAC files, its README).
 """

@@ -19,16 +19,26 @@ class AudioCache:
 
     def get(self, path: str) -> np.ndarray:
         if path not in self.audio:
-            try:
-                data, rate = sf.read(path, dtype="float32", always_2d=True)
-            except Exception as exc:  # soundfile raises several types
-                raise BuildError(f"cannot decode {path}: {exc}") from exc
-            x = data.mean(axis=1)
-            if rate != SAMPLE_RATE:
-                g = math.gcd(rate, SAMPLE_RATE)
-                x = scipy.signal.resample_poly(x, SAMPLE_RATE // g, rate // g).astype("float32")
-            self.audio[path] = trim_silence(x)
+            self.audio[path] = trim_silence(read_mono(path))
         return self.audio[path]
+
+
+def read_mono(path: str, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A file decoded by soundfile, channels averaged, resampled (polyphase) to ``rate``:
+    float32."""
+    try:
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types
+        raise BuildError(f"cannot decode {path}: {exc}") from exc
+    return resample(data.mean(axis=1), file_rate, rate)
+
+
+def resample(x: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """``x`` at ``rate`` Hz resampled (polyphase, scipy's Kaiser window) to ``new_rate``."""
+    if rate == new_rate:
+        return x.astype("float32")
+    g = math.gcd(int(rate), int(new_rate))
+    return scipy.signal.resample_poly(x, new_rate // g, rate // g).astype("float32")
 
 
 def trim_silence(x: np.ndarray, floor_db: float = -50.0) -> np.ndarray:

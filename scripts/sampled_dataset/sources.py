@@ -14,7 +14,6 @@ import dataclasses
 import fnmatch
 import gzip
 import hashlib
-import math
 import os
 import re
 import shutil
@@ -25,9 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 
-from .audio import AudioCache, same_recording
+from .audio import AudioCache, resample, same_recording
 from .common import DEFAULT, BuildError, ClassSet, UnionFind, rng_for
 
 GROUP_FRACTIONS = {"val": 0.13, "eval": 0.2}  # of each class's source groups; rest train
@@ -66,12 +64,20 @@ PACKAGE_SETS = {"default": PACKAGES, "novel": NOVEL_PACKAGES}
 LICENCE_FALLBACK = {"fluid-soundfont-gm": ("MIT", "Frank Wen and contributors (FluidR3)"),
                     "fluid-soundfont-gs": ("MIT", "Frank Wen and contributors (FluidR3)"),
                     "freepats": ("GPL-2+", "Free Software Foundation, freepats contributors "
-                                 "(with an exception for compositions using the patches)")}
+                                 "(with an exception for compositions using the patches)"),
+                    "asterisk-moh-opsound-wav": (
+                        "CC-BY-SA-3.0", "2008-2009 Paul Shuler (Macroform), Manolo Camp, "
+                        "Reno Project")}
 # SoundFonts by the prefix of their members' keys ("timgm6mb:000-046"): package and file.
 SOUNDFONTS: dict[str, tuple[str, Path]] = {
     "fluidr3": ("fluid-soundfont-gm", SF2_PATH),
     "fluidr3gs": ("fluid-soundfont-gs", Path("/usr/share/sounds/sf2/FluidR3_GS.sf2")),
     "timgm6mb": ("timgm6mb-soundfont", Path("/usr/share/sounds/sf2/TimGM6mb.sf2")),
+    # AVL drum kits (recorded acoustic kits, one preset each: bank 0 program 0); only the
+    # pretraining corpus renders them.
+    "blackpearl": ("avldrums.lv2-soundfont", Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2")),
+    "redzeppelin": ("avldrums.lv2-soundfont",
+                    Path("/usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2")),
 }
 FREEPATS_DIR = Path("/usr/share/midi/freepats")  # GUS patches, rendered by TiMidity++
 
@@ -323,8 +329,7 @@ def sf2_presets(path: Path) -> dict[tuple[int, int], tuple[str, frozenset[int]]]
 
 def _at_4khz(x: np.ndarray, rate: int) -> np.ndarray:
     """``x`` resampled to 4 kHz, the rate ``same_recording`` compares at."""
-    g = math.gcd(int(rate), 4000)
-    return scipy.signal.resample_poly(x, 4000 // g, int(rate) // g).astype("float32")
+    return resample(x, int(rate), 4000)
 
 
 def sf2_sample_audio(chunks: dict[str, bytes], sample_ids: Iterable[int]) -> list[np.ndarray]:
@@ -640,7 +645,7 @@ class Inventory:
             for m in group.members:
                 x = cache.get(m.key)
                 by_family[family].append(
-                    (gid, scipy.signal.resample_poly(x, 40, 441).astype("float32")))
+                    (gid, _at_4khz(x, 44100)))
         for items in by_family.values():
             for i, (gid_a, a) in enumerate(items):
                 for gid_b, b in items[i + 1:]:

@@ -58,6 +58,86 @@ def write_midi(path: Path, events: list[tuple[float, int, bytes]]) -> None:
                      + struct.pack(">I", len(track)) + bytes(track))
 
 
+def read_midi(data: bytes, name: str = "MIDI file") -> list[tuple[float, int, bytes]]:
+    """The channel messages of a standard MIDI file (type 0 or 1), as ``write_midi`` takes
+    them: (seconds, priority, message bytes), priority 0 for controllers and program changes,
+    1 for note-offs (and note-ons of velocity 0), 2 for note-ons.
+
+    Tempo changes are applied (from any track); other meta events and system-exclusive
+    messages are dropped. ``name`` names the file in errors.
+    """
+    if data[:4] != b"MThd":
+        raise BuildError(f"{name} is not a standard MIDI file")
+    _, n_tracks, division = struct.unpack(">HHH", data[8:14])
+    if division & 0x8000:
+        raise BuildError(f"{name}: SMPTE time division is not supported")
+    pos = 8 + struct.unpack(">I", data[4:8])[0]
+    timed: list[tuple[int, int, int, bytes]] = []  # tick, order, priority, message
+    tempos: list[tuple[int, int]] = [(0, 500000)]  # tick, microseconds per quarter note
+    for _ in range(n_tracks):
+        if data[pos:pos + 4] != b"MTrk":
+            raise BuildError(f"{name}: malformed track at byte {pos}")
+        end = pos + 8 + struct.unpack(">I", data[pos + 4:pos + 8])[0]
+        pos, tick, status = pos + 8, 0, 0
+        while pos < end:
+            delta = 0
+            while True:
+                byte = data[pos]
+                pos += 1
+                delta = (delta << 7) | (byte & 0x7F)
+                if not byte & 0x80:
+                    break
+            tick += delta
+            if data[pos] & 0x80:
+                status = data[pos]
+                pos += 1
+            if status == 0xFF:  # meta event: type, length, data
+                kind, length, pos = data[pos], 0, pos + 1
+                while True:
+                    byte = data[pos]
+                    pos += 1
+                    length = (length << 7) | (byte & 0x7F)
+                    if not byte & 0x80:
+                        break
+                if kind == 0x51:
+                    tempos.append((tick, int.from_bytes(data[pos:pos + 3], "big")))
+                pos += length
+                status = 0
+            elif status in (0xF0, 0xF7):  # system exclusive: length, data
+                length = 0
+                while True:
+                    byte = data[pos]
+                    pos += 1
+                    length = (length << 7) | (byte & 0x7F)
+                    if not byte & 0x80:
+                        break
+                pos += length
+                status = 0
+            elif status >= 0x80:
+                size = 1 if status & 0xF0 in (0xC0, 0xD0) else 2
+                message = bytes([status]) + data[pos:pos + size]
+                pos += size
+                kind = status & 0xF0
+                priority = (2 if kind == 0x90 and message[2] > 0 else
+                            1 if kind in (0x80, 0x90) else 0)
+                timed.append((tick, len(timed), priority, message))
+            else:
+                raise BuildError(f"{name}: data byte without a status at byte {pos}")
+        pos = end
+    tempos.sort()
+    events = []
+    for tick, _, priority, message in sorted(timed):
+        seconds, last_tick, last_tempo = 0.0, 0, tempos[0][1]
+        for change_tick, tempo in tempos[1:]:
+            if change_tick > tick:
+                break
+            seconds += (change_tick - last_tick) * last_tempo / division / 1e6
+            last_tick, last_tempo = change_tick, tempo
+        events.append((seconds + (tick - last_tick) * last_tempo / division / 1e6, priority,
+                       message))
+    return events
+
+
 def gm_phrase(rng: np.random.Generator, low: int, high: int, max_poly: int,
               duration: float) -> list[tuple[float, int, int, float]]:
     """Random musical notes (onset s, MIDI note, velocity, length s) within ``duration``.
@@ -209,15 +289,16 @@ def write_freepats_config(programs: set[int], path: Path) -> None:
         f"{p} Tone_000/{freepats_patch(p).name}\n" for p in sorted(programs)))
 
 
-def render_command(font: str, mid: Path, wav: Path, tmp: Path) -> list[str]:
-    """The command that renders ``mid`` to ``wav`` with a SoundFont, or with the freepats
-    (configured by ``write_freepats_config`` in ``tmp``)."""
+def render_command(font: str, mid: Path, wav: Path, tmp: Path,
+                   rate: int = SAMPLE_RATE) -> list[str]:
+    """The command that renders ``mid`` to ``wav`` at ``rate`` Hz with a SoundFont, or with
+    the freepats (configured by ``write_freepats_config`` in ``tmp``)."""
     if font == "freepats":
         return ["timidity", "-c", str(tmp / "freepats.cfg"), "-Ow", "--output-mono", "-s",
-                str(SAMPLE_RATE), "--preserve-silence", "-EFreverb=d", "-EFchorus=d",
+                str(rate), "--preserve-silence", "-EFreverb=d", "-EFchorus=d",
                 "-o", str(wav), str(mid)]
     return ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.4",
-            "-r", str(SAMPLE_RATE), "-O", "float", "-T", "wav", "-F", str(wav),
+            "-r", str(rate), "-O", "float", "-T", "wav", "-F", str(wav),
             "-o", "synth.cpu-cores=1", str(SOUNDFONTS[font][1]), str(mid)]
 
 
