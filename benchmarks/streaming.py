@@ -1,8 +1,12 @@
 """Live tagging: how fast the streams run and how late their events come, on soundscapes.
 
     python scripts/build_soundscapes.py --data /tmp/sampled_fsd50k --out /tmp/soundscapes
-    KERAS_BACKEND=jax python benchmarks/streaming.py --soundscapes /tmp/soundscapes \
-        --max-files 20 --rates 16000,44100
+    KERAS_BACKEND=jax taskset -c 0 python benchmarks/streaming.py \
+        --soundscapes /tmp/soundscapes --max-files 25 --rates 16000,44100
+
+`taskset -c 0` keeps the whole run (the Keras backend's thread pools included) on one CPU
+core, the budget a live tagger beside other work gets; the JSON records how many cores the
+process could use.
 
 Each eval soundscape is read whole, then fed to two streaming runners in blocks of `--block`
 seconds at each rate of `--rates` (a rate other than the files' 16 kHz is made beforehand
@@ -297,13 +301,16 @@ def main(argv=None) -> int:
     import ai_edge_litert
     from export import cpu_name  # benchmarks/export.py (Keras' backend is chosen by now)
 
+    cores_allowed = len(os.sched_getaffinity(0))
+    pinned = "taskset -c 0 " if cores_allowed == 1 < (os.cpu_count() or 1) else ""
     result = {
-        "command": ("KERAS_BACKEND=" + keras.backend.backend() + " python benchmarks/"
+        "command": ("KERAS_BACKEND=" + keras.backend.backend() + " " + pinned
+                    + "python benchmarks/"
                     + Path(__file__).name + " " + " ".join(
                         argv if argv is not None else sys.argv[1:])),
         "model": args.model, "backend": keras.backend.backend(),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                    "shared": args.shared_cpu, **({"note": SHARED} if args.shared_cpu else {}),
+                    "cores_allowed": cores_allowed, "shared": args.shared_cpu, **({"note": SHARED} if args.shared_cpu else {}),
                     "load_average_1min": {"start": round(load_before, 2),
                                           "end": round(os.getloadavg()[0], 2)},
                     "tflite_threads": args.threads},

@@ -170,7 +170,9 @@ def streaming_table() -> str:
              f"fed in {result['block_seconds']} s blocks; a 1 s window every "
              f"{result['hop_seconds']} s, on {th['on']}, off {th['off']}, nothing else. "
              f"{machine['cores']}-core {machine['cpu']} CPU"
-             + (" shared with other jobs." if machine["shared"] else "."),
+             + (f", the run held to {machine['cores_allowed']} core"
+                if machine.get("cores_allowed", machine["cores"]) < machine["cores"] else "")
+             + (", shared with other jobs." if machine["shared"] else "."),
              "", "| runner | input rate (Hz) | stream real time (x) | offline real time (x) "
              "| stream / offline speed | compute per block, median / p95 / max (ms) "
              "| per block that completes a window, median (ms) | onset known after true "
