@@ -58,6 +58,17 @@ def write_midi(path: Path, events: list[tuple[float, int, bytes]]) -> None:
                      + struct.pack(">I", len(track)) + bytes(track))
 
 
+def _read_varlen(data: bytes, pos: int) -> tuple[int, int]:
+    """A MIDI variable-length quantity at ``pos``: (its value, the position after it)."""
+    value = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, pos
+
+
 def read_midi(data: bytes, name: str = "MIDI file") -> list[tuple[float, int, bytes]]:
     """The channel messages of a standard MIDI file (type 0 or 1), as ``write_midi`` takes
     them: (seconds, priority, message bytes), priority 0 for controllers and program changes,
@@ -80,37 +91,20 @@ def read_midi(data: bytes, name: str = "MIDI file") -> list[tuple[float, int, by
         end = pos + 8 + struct.unpack(">I", data[pos + 4:pos + 8])[0]
         pos, tick, status = pos + 8, 0, 0
         while pos < end:
-            delta = 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                delta = (delta << 7) | (byte & 0x7F)
-                if not byte & 0x80:
-                    break
+            delta, pos = _read_varlen(data, pos)
             tick += delta
             if data[pos] & 0x80:
                 status = data[pos]
                 pos += 1
             if status == 0xFF:  # meta event: type, length, data
-                kind, length, pos = data[pos], 0, pos + 1
-                while True:
-                    byte = data[pos]
-                    pos += 1
-                    length = (length << 7) | (byte & 0x7F)
-                    if not byte & 0x80:
-                        break
+                kind = data[pos]
+                length, pos = _read_varlen(data, pos + 1)
                 if kind == 0x51:
                     tempos.append((tick, int.from_bytes(data[pos:pos + 3], "big")))
                 pos += length
                 status = 0
             elif status in (0xF0, 0xF7):  # system exclusive: length, data
-                length = 0
-                while True:
-                    byte = data[pos]
-                    pos += 1
-                    length = (length << 7) | (byte & 0x7F)
-                    if not byte & 0x80:
-                        break
+                length, pos = _read_varlen(data, pos)
                 pos += length
                 status = 0
             elif status >= 0x80:
