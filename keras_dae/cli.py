@@ -23,6 +23,8 @@ from keras_dae.events import EventOptions
 from keras_dae.export import formats as export_formats
 from keras_dae.extras import BACKENDS
 from keras_dae.pcm_input import stdin_blocks
+from keras_dae.pretraining import FLAGS as PRETRAIN_FLAGS
+from keras_dae.pretraining import pretrain_run
 from keras_dae.validation import InputError, non_negative_int, positive_float, positive_int
 
 
@@ -31,8 +33,7 @@ def _frontends_command(args) -> int:
 
     path = Path(args.file) if args.file else bundled.bundled_clip_path()
     picture = extras.picture_path(args.plot, "frontends.png")
-    # Before Keras loads: a bad file is refused at once (AudioDecodeError: one line, exit 2).
-    waveform = load_audio(path, args.sample_rate)
+    waveform = load_audio(path, args.sample_rate)  # a bad file refused before Keras loads
     import keras
 
     from keras_dae.frontend_gallery import compute_frontends, frontends_table, plot_frontends
@@ -49,24 +50,22 @@ def _frontends_command(args) -> int:
     return 0
 
 
-def _train_command(args) -> int:
-    """`keras-dae train`: `keras_dae.train_run.train_run` with the recipe from the flags."""
+def _run_command(args) -> int:
+    """`keras-dae train`, `finetune` and `pretrain`: their `*_run` with the flags' recipe."""
     from keras_dae import train_config, train_run
 
-    train_run.train_run(args.data, args.out, args.preset, train_config.from_flags(args),
-                        args.format, args.shards, args.resume, args.overwrite, lambda line:
-                        print(line, flush=True), train_config.processes_from_flags(args))
-    return 0
-
-
-def _finetune_command(args) -> int:
-    """`keras-dae finetune`: `keras_dae.finetune.finetune_run` with the flags' recipe."""
-    from keras_dae import train_config
-    from keras_dae.finetune import finetune_run
-
-    finetune_run(args.source, args.data, args.out, args.mode, args.streams,
-                 train_config.from_flags(args), args.format, args.val_fraction, args.resume,
-                 args.overwrite, lambda line: print(line, flush=True))
+    config, say = train_config.from_flags(args), lambda line: print(line, flush=True)
+    if args.command == "train":
+        processes = train_config.processes_from_flags(args)
+        train_run.train_run(args.data, args.out, args.preset, config, args.format, args.shards,
+                            args.resume, args.overwrite, say, processes)
+    elif args.command == "finetune":
+        finetune_flags.finetune_run(args.source, args.data, args.out, args.mode, args.streams,
+                                    config, args.format, args.val_fraction, args.resume,
+                                    args.overwrite, say)
+    else:
+        pretrain_run(args.data, args.out, args.preset, config, args.val_fraction, args.resume,
+                     args.overwrite, say)
     return 0
 
 
@@ -96,7 +95,6 @@ def _evaluate_command(args) -> int:
 
 
 def _split(args):
-    """The `--split` of the dataset in `--data` (`--format`), or `InputError`."""
     dataset = read_split(args.data, args.split, args.format)
     if dataset is None:
         raise InputError(f"{args.data}: no {args.split} split for --format {args.format}")
@@ -166,9 +164,9 @@ def _embed_command(args) -> int:
 
     out = atomic.check_output_path(args.out, (".npz",))
     tagger, results, failures = _tag_inputs(args, "embedded", lambda result: None, top_k=0)
-    if not results and len(failures) > 1:  # a single file's refusal was the one line already
-        raise InputError(f"nothing written to {out}: no file could be embedded")
-    if not results:
+    if not results:  # a single file's refusal was the one line already
+        if len(failures) > 1:
+            raise InputError(f"nothing written to {out}: no file could be embedded")
         return 2
     n, width = save_embeddings(out, results, failures, tagger.stream_names, str(args.model),
                                tagger.sample_rate).shape
@@ -192,8 +190,7 @@ def _demo_command(args) -> int:
 
     paths = [Path(p) for p in args.files] if args.files else bundled.demo_clips()
     picture = extras.picture_path(args.plot, "demo.png")
-    tagger = _load_tagger(args)
-    name = Path(str(args.model)).name
+    tagger, name = _load_tagger(args), Path(str(args.model)).name
     print(demo.heading(tagger, name) + "\n")
     results = demo.run(tagger, paths)
     for result in results:
@@ -245,8 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {}
 
     def command(name, func, help, model=None, data=False, mixed_precision=False):
-        """A subcommand; `model`: "optional" (default: the shipped preset) or "required";
-        `data`: --data and --format; `mixed_precision`: --mixed-precision."""
+        """A subcommand; `model`: "optional" (default: the shipped preset) or "required"."""
         p = commands[name] = sub.add_parser(name, help=help)
         p.set_defaults(func=func)
         if model:
@@ -271,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     frontends.add_argument("--plot", help="where to write the picture ('' for none; default "
                            "frontends.png, drawn when matplotlib is installed)")
 
-    train = command("train", _train_command, "train the four towers, then the fusion head",
+    train = command("train", _run_command, "train the four towers, then the fusion head",
                     data=True, mixed_precision=True)
     train.add_argument("--out", required=True, help="run directory (checkpoints, preset, report)")
     train.add_argument("--preset", default="diverse_fsd50k", help="model configuration")
@@ -279,11 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read the training chunks from shards written by `keras-dae shard` "
                             "(val and eval still come from --data)")
     train_config.add_arguments(train, processes=True)
-    finetune = command("finetune", _finetune_command, "new labels on a preset's towers: fit "
+    finetune = command("finetune", _run_command, "new labels on a preset's towers: fit "
                        "the heads (probe, heads) or everything (full)", mixed_precision=True)
     for flag, options in finetune_flags.FLAGS:  # --from, --data, --out, --mode, --streams, ...
         finetune.add_argument(flag, **options)
     train_config.add_arguments(finetune)
+    pretrain = command("pretrain", _run_command, "pretrain the towers on unlabelled audio "
+                       "(contrastive, COLA)", mixed_precision=True)
+    for flag, options in PRETRAIN_FLAGS:  # --data, --out, --preset, --val-fraction
+        pretrain.add_argument(flag, **options)
+    train_config.add_arguments(pretrain, pretraining=True)
 
     evaluate = command("evaluate", _evaluate_command, "clip-level metrics of a run or preset "
                        "(--events: events in time against strong labels)", model="required",
@@ -373,8 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="skip running the artifact next to the Keras model")
 
     for name, p in commands.items():
-        # The converters are TensorFlow's: export loads the preset under TensorFlow whatever
-        # backend it was trained on (presets load on every backend).
+        # export loads the preset under TensorFlow (its converters), whatever it was trained on
         p.add_argument("--backend", choices=BACKENDS,
                        default="tensorflow" if name == "export" else None,
                        help="Keras backend (default: " + ("tensorflow)" if name == "export"

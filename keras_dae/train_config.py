@@ -72,21 +72,26 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--seed", "seed", None))
 
 
-def add_arguments(parser, processes: bool = False) -> None:
+# Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
+# `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
+PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
+PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed")
+
+
+def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:
     """Adds the recipe's flags (`FLAGS` and the others `from_flags` reads, with `--resume` and
     `--overwrite`) to the argparse `parser` of `keras-dae train` or `finetune`; with
-    `processes`, also those of a multi-process run (`add_process_arguments`)."""
+    `processes`, also those of a multi-process run (`add_process_arguments`); with
+    `pretraining`, those of `keras-dae pretrain` (`PRETRAIN_FLAGS`, `PRETRAIN_DEFAULTS`)."""
     if processes:
         add_process_arguments(parser)
     for flag, field, help in FLAGS:  # types (ranges), defaults: TrainConfig's
-        parser.add_argument(flag, type=parse_type(field), default=default(field), help=help)
-    parser.add_argument("--balanced", action="store_true", help="balanced sampling")
-    parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
-                        help="SpecAugment-style masking of the towers' features in training "
-                             "(default: as the preset's towers say)")
-    parser.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
-                        help="compute the handcrafted streams' features once and keep them in "
-                             "DIR (default RUN_DIR/feature_cache)")
+        if not pretraining or field in PRETRAIN_FLAGS:
+            parser.add_argument(flag, type=parse_type(field), help=help,
+                                default=(PRETRAIN_DEFAULTS if pretraining else {}).get(
+                                    field, default(field)))
+    if not pretraining:
+        _add_sampling_arguments(parser)
     parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                         help="compile the train step (auto: XLA on TensorFlow and JAX, eager "
                              "on PyTorch; on: also torch.compile)")
@@ -100,6 +105,17 @@ def add_arguments(parser, processes: bool = False) -> None:
                         help="replace the run in RUN_DIR (its own files are removed first)")
 
 
+def _add_sampling_arguments(parser) -> None:
+    """`--balanced`, `--feature-masking` and `--feature-cache` (supervised runs only)."""
+    parser.add_argument("--balanced", action="store_true", help="balanced sampling")
+    parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
+                        help="SpecAugment-style masking of the towers' features in training "
+                             "(default: as the preset's towers say)")
+    parser.add_argument("--feature-cache", nargs="?", const="run", default=None, metavar="DIR",
+                        help="compute the handcrafted streams' features once and keep them in "
+                             "DIR (default RUN_DIR/feature_cache)")
+
+
 def from_flags(args) -> TrainConfig:
     """The `TrainConfig` of `keras-dae train`'s parsed flags (an `argparse.Namespace`):
     the `FLAGS`, `--balanced`, `--feature-masking on|off|preset`, `--feature-cache [DIR]`
@@ -107,12 +123,14 @@ def from_flags(args) -> TrainConfig:
     `--jit-compile auto|on|off`."""
     import os
 
-    numeric = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in FLAGS}
+    numeric = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in FLAGS
+               if hasattr(args, flag[2:].replace("-", "_"))}  # pretrain: PRETRAIN_FLAGS only
+    cache = getattr(args, "feature_cache", None)
     return TrainConfig(
-        **numeric, balanced=args.balanced,
-        feature_masking={"on": True, "off": False, "preset": None}[args.feature_masking],
-        feature_cache=(os.path.join(args.out, "feature_cache") if args.feature_cache == "run"
-                       else args.feature_cache),
+        **numeric, balanced=getattr(args, "balanced", False),
+        feature_masking={"on": True, "off": False, "preset": None}[
+            getattr(args, "feature_masking", "preset")],
+        feature_cache=os.path.join(args.out, "feature_cache") if cache == "run" else cache,
         mixed_precision=args.mixed_precision, data_parallel=args.data_parallel,
         jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile])
 

@@ -11,7 +11,9 @@ In order, and refusing (with an `InputError` or `OSError` that says why) before 
 the run directory is locked (one process per run) and an earlier run in it must be asked to
 be resumed or overwritten (`keras_dae.runs`); every split is read and every label of val and
 eval must be one of the training split's (`read_splits`); data parallelism must suit the
-batch size. Then the preset's model is built with the training split's classes, inside the
+batch size. Then the preset's model is built with the training split's classes (from a
+pretrained backbone, `diverse_pretrained`: its front ends, towers and their normalisation,
+with new heads), inside the
 precision and data-parallel contexts (`keras_dae.scale`), trained (`training.Trainer`:
 checkpoints, resume after a kill), evaluated on val and eval, and its preset, report and plots
 written (`training.finish_run`).
@@ -149,16 +151,20 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     import keras
 
     from keras_dae import scale, training
-    from keras_dae.models import build_diverse_classifier
+    from keras_dae.models import DiverseClassifier, build_diverse_classifier
     from keras_dae.zoo.presets import PRESETS
 
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; the presets: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
-    model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
-                                     tower=dict(spec["tower"]), class_names=train.labels,
-                                     class_mids=train.mids)
+    if spec.get("backbone_only"):  # pretrained towers, new heads
+        model = DiverseClassifier.from_preset(preset, class_names=train.labels,
+                                              class_mids=train.mids)
+    else:
+        model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
+                                         tower=dict(spec["tower"]), class_names=train.labels,
+                                         class_mids=train.mids)
     source = (f"{len(train)} chunks of {train.n_clips} clips from {shards}" if shards
               else f"{len(train)} clips")
     devices, processes = scale.device_count(), scale.process_count()
@@ -168,6 +174,8 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
         + (f", data parallel over {devices} devices" if devices else "")
         + (f" of {processes} processes" if processes > 1 else ""))
     trainer = training.Trainer(model, train, val, out, config)
+    if spec.get("backbone_only"):  # its towers keep the statistics they were pretrained with
+        trainer.state["normalized"] = True
     trainer.run(resume=resume, overwrite=overwrite)
     eval_sets = {"val": val} if test is None else {"eval": test, "val": val}
     report = training.finish_run(trainer, eval_sets, training_data=str(data.resolve()))

@@ -326,6 +326,8 @@ class Trainer:
 
     #: Free disk space asked for beyond the estimate of the checkpoints' size.
     DISK_MARGIN_BYTES = 16 * 2**20
+    #: The recipe's stages, in order (what a checkpoint's `state.json` may name).
+    STAGES = STAGES
 
     def __init__(self, model, train, val, run_dir, config: TrainConfig | None = None,
                  verbose: int = 1):
@@ -335,7 +337,7 @@ class Trainer:
         self.verbose = verbose
         self.ckpt_dir = self.run_dir / "checkpoint"
         self.skipped: dict[str, str] = {}
-        self.state = {"stage": STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,
+        self.state = {"stage": self.STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,
                       "wait": 0, "history": [], "normalized": False, "sequence": 0,
                       "files": {}, "config": dataclasses.asdict(self.config)}
         self.feature_cache: FeatureCache | None = None
@@ -493,7 +495,7 @@ class Trainer:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"{state_path}: unreadable ({error}); remove the checkpoint "
                                   "directory to start again") from None
-        if state.get("stage") not in (*STAGES, "done"):
+        if state.get("stage") not in (*self.STAGES, "done"):
             raise CheckpointError(f"{state_path}: unknown stage {state.get('stage')!r}; remove "
                                   "the checkpoint directory to start again")
         self.state = state
@@ -545,6 +547,7 @@ class Trainer:
         batches, seen = [], 0
         for i in range(len(loader)):
             x, _ = loader[i]
+            x = x["anchor"] if isinstance(x, dict) else x  # pretraining's pairs: one view
             batches.append(x)
             seen += len(x)
             if seen >= wanted:
@@ -613,15 +616,25 @@ class Trainer:
             jit_compile=c.jit_compile,
         )
 
-    def _end_of_epoch(self, stage, epoch, logs) -> None:
-        # Every process evaluates (a step shared by all) and so takes the same decisions.
+    def _validate(self, stage: str) -> tuple[float, dict, str]:
+        """(score, history fields, progress line) of the model on the validation data; the
+        epoch of the stage's highest score is its best."""
         report = evaluate(self.model, self.val, chunk_seconds=self.config.chunk_seconds,
                           hop_seconds=self.config.hop_seconds, skipped=self.skipped)
         score = report["mAP"] if stage != "towers" else float(np.mean(
             list(report["streams"].values())))
+        streams = " ".join(f"{k}={v:.3f}" for k, v in report["streams"].items())
+        return (score, {"val_map": report["mAP"], "val_streams": report["streams"]},
+                f"val mAP fused {report['mAP']:.3f}  {streams}")
+
+    def _epochs(self, stage: str) -> int:
+        return self.config.epochs(stage)
+
+    def _end_of_epoch(self, stage, epoch, logs) -> None:
+        # Every process evaluates (a step shared by all) and so takes the same decisions.
+        score, fields, line = self._validate(stage)
         entry = {"stage": stage, "epoch": epoch, "loss": float(logs.get("loss", np.nan)),
-                 "val_map": report["mAP"], "val_streams": report["streams"],
-                 "time": time.time()}
+                 **fields, "time": time.time()}
         st = self.state
         st["history"].append(entry)
         st["epoch"] = epoch
@@ -633,9 +646,7 @@ class Trainer:
         else:
             st["wait"] += 1
         if self.verbose and scale.is_chief():
-            streams = " ".join(f"{k}={v:.3f}" for k, v in report["streams"].items())
-            print(f"[{stage}] epoch {epoch + 1}: loss {entry['loss']:.4f}  val mAP fused "
-                  f"{report['mAP']:.3f}  {streams}", flush=True)
+            print(f"[{stage}] epoch {epoch + 1}: loss {entry['loss']:.4f}  {line}", flush=True)
         self._save_checkpoint()
 
     def _callbacks(self, stage, loader) -> list:
@@ -684,10 +695,11 @@ class Trainer:
         if self.config.feature_cache:
             self._use_feature_cache()
         # "done": training ended before its report was written; nothing left to train
-        start_stage = (len(STAGES) if self.state["stage"] == "done"
-                       else STAGES.index(self.state["stage"]))
-        for stage in STAGES[start_stage:]:
-            epochs = self.config.epochs(stage)
+        stages = self.STAGES
+        start_stage = (len(stages) if self.state["stage"] == "done"
+                       else stages.index(self.state["stage"]))
+        for stage in stages[start_stage:]:
+            epochs = self._epochs(stage)
             if epochs <= 0:
                 continue
             if self.state["stage"] != stage:  # a fresh stage
@@ -714,8 +726,8 @@ class Trainer:
             best = self._checkpoint_file("best")
             if best is not None and best.is_file():
                 self.model.load_weights(best)
-            next_index = STAGES.index(stage) + 1
-            self.state.update(stage=STAGES[next_index] if next_index < len(STAGES) else "done",
+            next_index = stages.index(stage) + 1
+            self.state.update(stage=stages[next_index] if next_index < len(stages) else "done",
                               epoch=-1, best_map=-1.0, best_epoch=-1, wait=0)
             self.state["files"] = {k: v for k, v in self.state.get("files", {}).items()
                                    if k != "best"}

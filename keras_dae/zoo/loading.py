@@ -23,6 +23,8 @@ from keras_dae.zoo import preset_files as files
 from keras_dae.zoo.preset_files import PresetError
 from keras_dae.zoo.presets import PRESETS, preset_vocabulary, shipped_preset_dir
 
+BACKBONE_ONLY_CLASS = "keras_dae>DiverseContrastive"
+
 
 def keras_dae_home() -> Path:
     """`$KERAS_DAE_HOME`, default `~/.keras-dae`: where named presets' weights live."""
@@ -112,6 +114,9 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
         files.check_config_sizes(config, config_path)
     inner = config.get("config") if isinstance(config, dict) else None
     inner = inner if isinstance(inner, dict) else {}
+    # A pretrained backbone (`DiverseContrastive`): no classes, new heads on its towers.
+    backbone_only = (PRESETS[name].get("backbone_only", False) if built_from_spec
+                     else config.get("registered_name") == BACKBONE_ONLY_CLASS)
     num_classes = PRESETS[name]["num_classes"] if built_from_spec else inner.get("num_classes")
     # New class names, or another number of classes: new heads on the same featurizer and
     # towers, made once the preset's own model has its weights.
@@ -126,6 +131,14 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
                               f"{num_classes} classes")
     else:
         vocabulary = preset_vocabulary(name) if name is not None else None
+    if backbone_only:
+        if new_heads is None and cls.__name__ != BACKBONE_ONLY_CLASS.split(">")[1]:
+            raise PresetError(
+                f"{preset}: a pretrained backbone without classes; give it yours, "
+                f"{cls.__name__}.from_preset({str(preset)!r}, class_names=[...]), or "
+                f"fine-tune it: keras-dae finetune --from {preset} --data DIR --out RUN_DIR")
+        model = _load_backbone(preset, name, directory, config, config_path, load_weights)
+        return model if new_heads is None else _with_new_heads(cls, model, new_heads, **kwargs)
     if vocabulary:  # the preset's class names, unless kwargs give the config others
         kwargs = {"class_names": vocabulary[0], "class_mids": vocabulary[1], **kwargs}
     if built_from_spec:
@@ -138,6 +151,41 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
         model = files.model_from_config(config, config_path)
     if not isinstance(model, cls):
         raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a {cls.__name__}")
+    _load_preset_weights(model, name, directory, load_weights)
+    if new_heads is not None:
+        model = _with_new_heads(cls, model, new_heads, dropout=model.dropout, name=model.name)
+    return model
+
+
+def _with_new_heads(cls, model, new_heads: dict, **kwargs):
+    """A `cls` on `model`'s featurizer and towers (their layers and weights shared) with new
+    heads: `new_heads` holds `class_names`, `class_mids` and/or `num_classes`."""
+    names = new_heads.get("class_names")
+    return cls(model.backbone, model.featurizer,
+               num_classes=new_heads.get("num_classes", len(names or ())), class_names=names,
+               class_mids=new_heads.get("class_mids"), **kwargs)
+
+
+def _load_backbone(preset, name, directory: Path, config, config_path: Path, load_weights):
+    """The `DiverseContrastive` of a pretrained-backbone preset, with its weights (the class
+    from Keras' registry: the models import the zoo, not the other way round)."""
+    backbone_class = keras.saving.get_registered_object(BACKBONE_ONLY_CLASS)
+    if config is None:  # a named preset whose directory is absent
+        spec = PRESETS[name]
+        model = backbone_class.with_default_frontends(spec["sample_rate"],
+                                                      tower=spec["tower"])
+    else:
+        model = files.model_from_config(config, config_path)
+    if not isinstance(model, backbone_class):
+        raise PresetError(f"{config_path}: holds a {type(model).__name__}, not a "
+                          "DiverseContrastive")
+    _load_preset_weights(model, name, directory, load_weights)
+    return model
+
+
+def _load_preset_weights(model, name, directory: Path, load_weights) -> None:
+    """The preset's weights (True; checked against `metadata.json`'s SHA-256), those of a
+    `.weights.h5` file (a path), or none (False, None)."""
     if load_weights is True:
         if not (directory / files.WEIGHTS_FILE).is_file():
             if name is not None:
@@ -151,10 +199,3 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
         files.load_weights(model, directory / files.WEIGHTS_FILE)
     elif load_weights not in (False, None):
         files.load_weights(model, Path(load_weights))
-    if new_heads is not None:  # the layers and weights of featurizer and towers are shared
-        names = new_heads.get("class_names")
-        model = cls(model.backbone, model.featurizer,
-                    num_classes=new_heads.get("num_classes", len(names or ())),
-                    dropout=model.dropout, class_names=names,
-                    class_mids=new_heads.get("class_mids"), name=model.name)
-    return model

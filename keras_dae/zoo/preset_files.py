@@ -1,7 +1,8 @@
 """Reading and writing preset directories in the keras-hub layout.
 
 A preset directory holds:
-- `config.json`: the classifier's Keras serialization (class `keras_dae>DiverseClassifier`);
+- `config.json`: the model's Keras serialization (class `keras_dae>DiverseClassifier`, or
+  `keras_dae>DiverseContrastive` for a pretrained backbone without classes);
 - `model.weights.h5`: its weights;
 - `metadata.json`: keras-dae and Keras versions, the backend it was saved on, sample rate,
   labels source, training data and metrics, and `weights_sha256`, the SHA-256 of
@@ -51,6 +52,8 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "num_classes": (1, 32_768),
     "sample_rate": (1_000, 384_000),
     "feature_dims": (1, 4_096),  # the width of each stream's features
+    "projection_dim": (1, 4_096),  # a pretrained backbone's projections
+    "dim": (1, 4_096),
     # the Transformer towers
     "d_model": (1, 2_048),
     "intermediate_dim": (1, 8_192),

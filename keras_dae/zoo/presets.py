@@ -40,6 +40,20 @@ PRESETS: dict[str, dict] = {
         "shipped": True,
         "train_command": "bash scripts/train_shipped_preset.sh",
     },
+    "diverse_pretrained": {
+        "description": (
+            "The diverse_fsd50k architecture's front ends and four towers pretrained without "
+            "labels (COLA's contrastive objective on 1 s chunks of the same file) on hours of "
+            "real audio from Debian packages that no labelled dataset of keras-dae evaluates "
+            "on: a backbone without classes, to fine-tune or train on your labels."
+        ),
+        "num_classes": None,
+        "backbone_only": True,
+        "sample_rate": 16000,
+        "tower": dict(TOWER_DEFAULTS),
+        "labels_source": None,
+        "train_command": "bash scripts/pretrain_preset.sh",
+    },
     "diverse_tiny": {
         "description": (
             "A tiny configuration of the same architecture (one 2-head block of width 16 per "

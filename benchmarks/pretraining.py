@@ -1,0 +1,181 @@
+"""What pretraining without labels buys each stream: random towers against pretrained ones.
+
+    python benchmarks/pretraining.py --data /tmp/sampled_fsd50k --pretrained /tmp/pretrain_run
+    python benchmarks/pretraining.py --data /tmp/sampled_fsd50k --pretrained /tmp/pretrain_run \\
+        --methods train --seeds 0 --epochs 8 --fusion-epochs 4
+
+`--data` is a labelled dataset in FSD50K's layout whose eval split shares no source with the
+pretraining corpus (`scripts/build_pretraining_corpus.py --exclude DATA`); `--pretrained` the
+run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For each seed:
+
+- `probe`: the towers frozen, linear heads fitted on their embeddings (`keras-dae finetune
+  --mode probe`), once from the pretrained towers and once from random towers of the same
+  architecture (initialised with the seed, their feature normalisation adapted on the
+  training chunks as training adapts it): what the towers' embeddings hold, before any label
+  reaches them;
+- `train`: the whole recipe (`keras-dae train`) from the pretrained towers (`diverse_pretrained`)
+  and from random weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs`;
+- `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
+  table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
+  clip statistics of the handcrafted front ends, its C chosen on val, for scale.
+
+Every row holds the fused and per-stream eval mAP (val mAP too) and its wall time; rows are
+appended to benchmarks/results/pretraining.json as they finish, and a rerun skips the
+(method, init, seed) rows it already holds. The file also keeps the pretraining run's cost
+(hours of audio, steps, training time, hardware) from its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "pretraining.json"
+METHODS = ("probe", "train", "classical")
+INITS = ("random", "pretrained")
+
+
+def random_towers(data: Path, out: Path, seed: int, say) -> Path:
+    """A run directory whose preset has random towers (initialised with `seed`) and feature
+    normalisation adapted on `data`'s training chunks: a training run of no epochs."""
+    from keras_dae.train_config import TrainConfig
+    from keras_dae.train_run import train_run
+
+    train_run(data, out, "diverse_fsd50k", TrainConfig(tower_epochs=0, fusion_epochs=0,
+                                                       seed=seed), overwrite=True, say=say)
+    return out
+
+
+def run_row(method: str, init: str, seed: int, args, work: Path, features) -> dict:
+    from finetune import neural_row
+
+    from keras_dae.finetune import finetune_run
+    from keras_dae.train_config import TrainConfig
+    from keras_dae.train_run import train_run
+
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if method == "classical":
+        from classical_baseline import fit_and_score
+
+        return fit_and_score(*features)
+    run = work / f"{method}_{init}_{seed}"
+    if method == "probe":
+        source = (args.pretrained if init == "pretrained"
+                  else random_towers(args.data, work / f"random_{seed}", seed, say))
+        return neural_row(finetune_run(source, args.data, run, "probe",
+                                       config=TrainConfig(seed=seed), overwrite=True, say=say))
+    config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs)
+    preset = "diverse_pretrained" if init == "pretrained" else "diverse_fsd50k"
+    return neural_row(train_run(args.data, run, preset, config, overwrite=True, say=say))
+
+
+def main(argv=None) -> int:
+    import keras
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--pretrained", required=True, type=Path,
+                        help="run directory of keras-dae pretrain")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="probe,train")
+    parser.add_argument("--inits", default=",".join(INITS))
+    parser.add_argument("--epochs", type=int, default=10, help="train: tower epochs")
+    parser.add_argument("--fusion-epochs", type=int, default=5, help="train: fusion epochs")
+    parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods, inits = args.methods.split(","), args.inits.split(",")
+    if set(methods) - set(METHODS) or set(inits) - set(INITS):
+        parser.error(f"methods: {METHODS}; inits: {INITS}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))
+    if "train" in methods and "pretrained" in inits:
+        # `keras-dae train --preset diverse_pretrained` reads it from KERAS_DAE_HOME.
+        home = work / "home"
+        preset_dir = home / "presets" / "diverse_pretrained"
+        if not preset_dir.exists():
+            preset_dir.parent.mkdir(parents=True)
+            preset_dir.symlink_to((args.pretrained / "preset").resolve())
+        os.environ["KERAS_DAE_HOME"] = str(home)
+    result = json.loads(args.results.read_text()) if args.results.is_file() else {"rows": []}
+    pretraining = json.loads((args.pretrained / "report.json").read_text())
+    result.update({
+        "command": f"python benchmarks/pretraining.py --data {args.data} --pretrained "
+                   f"{args.pretrained}",
+        "data": str(args.data),
+        "pretraining": {**pretraining["cost"], "best_epoch": pretraining["best_epoch"],
+                        "best_val_loss": pretraining["best_val_loss"],
+                        "best_val_accuracy": pretraining["best_val_accuracy"],
+                        "config": pretraining["config"], "data": pretraining["data"]},
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cores": len(os.sched_getaffinity(0))}})
+    done = {(r["method"], r["init"], r["seed"]) for r in result["rows"]}
+    features = None
+    if "classical" in methods:
+        from classical_baseline import featurize
+
+        from keras_dae.data import read_fsd50k
+
+        splits = [read_fsd50k(args.data, s) for s in ("train", "val", "eval")]
+        features = [featurize(d) for d in splits]
+    for seed in seeds:
+        for method in methods:
+            for init in (inits if method != "classical" else ("none",)):
+                if (method, init, seed) in done or (method == "classical" and seed != seeds[0]):
+                    continue
+                start = time.time()
+                row = run_row(method, init, seed, args, work, features)
+                row.update(method=method, init=init, seed=seed, backend=keras.backend.backend(),
+                           seconds=round(time.time() - start, 1))
+                if method == "train":
+                    row.update(epochs=args.epochs, fusion_epochs=args.fusion_epochs)
+                result["rows"].append(row)
+                args.results.parent.mkdir(exist_ok=True)
+                args.results.write_text(json.dumps(result, indent=1) + "\n")
+                print(f"{method} from {init}, seed {seed}: eval mAP {row['eval_mAP']:.3f} "
+                      f"in {row['seconds']:.0f} s", flush=True)
+    print(table(result))
+    return 0
+
+
+def table(result: dict, classical: dict | None = None) -> str:
+    """Fused and per-stream eval mAP, mean ± spread over the seeds, per method and init;
+    `classical`: benchmarks/results/classical_baseline.json, when no classical row was run."""
+    streams = ("pitch", "timbre", "neuralogram", "end_to_end")
+    lines = ["| method | towers | fused | " + " | ".join(streams) + " | seeds | seconds |",
+             "|---" * (len(streams) + 5) + "|"]
+    keys = sorted({(r["method"], r["init"]) for r in result["rows"]},
+                  key=lambda k: (METHODS.index(k[0]), k[1]))
+    for method, init in keys:
+        rows = [r for r in result["rows"] if (r["method"], r["init"]) == (method, init)]
+
+        def cell(values):
+            return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-"
+
+        fused = cell([r["eval_mAP"] for r in rows])
+        per_stream = [cell([r["eval_streams"][s] for r in rows if "eval_streams" in r])
+                      for s in streams]
+        lines.append(f"| {method} | {init} | {fused} | " + " | ".join(per_stream)
+                     + f" | {len(rows)} | {np.mean([r['seconds'] for r in rows]):.0f} |")
+    if classical is not None and not any(k[0] == "classical" for k in keys):
+        lines.append(f"| classical | none | {classical['eval_mAP']:.3f} |" + " - |" * 4
+                     + f" 1 | {classical['seconds']:.0f} |")
+    cost = result.get("pretraining", {})
+    if cost:
+        lines += ["", f"Pretraining: {cost['audio_hours']:.2f} h of audio ({cost['files']} "
+                  f"files), {cost['epochs']} epochs, {cost['steps']} steps of "
+                  f"{cost['config']['batch_size']} pairs, {cost['train_seconds'] / 60:.0f} min "
+                  f"of training on {cost['hardware']} ({cost['backend']}); best epoch "
+                  f"{cost['best_epoch'] + 1}, val loss {cost['best_val_loss']:.3f}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Self-supervised pretraining of the four towers: COLA's contrastive objective on 1 s chunks.
+
+COLA (Saeed, Grangier and Zeghidour, ICASSP 2021, arXiv 2010.10915) learns general-purpose
+audio embeddings without labels: two segments of the same recording are a positive pair, the
+other recordings' segments in the batch are the negatives, and the encoder is trained to pick
+each anchor's positive by a bilinear similarity of projected embeddings (softmax over the
+batch). `DiverseContrastive` applies it to every stream at once: the shared featurizer and
+backbone embed both segments, and each stream has its own projection, its own similarity and
+its own loss, so every tower (and the Neuralogram's window network and the learned filterbank,
+the front ends that hold weights) learns from its own objective, as each tower is trained on
+its own in the supervised recipe.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_dae.models.backbone import DiverseBackbone
+from keras_dae.models.featurizer import DiverseFeaturizer
+from keras_dae.serialization import register
+from keras_dae.validation import InputError
+
+#: COLA's projection size (its Table 1 setting: a 512-d embedding projected to 512); our towers'
+#: embeddings are 64-d, and so are their projections.
+DEFAULT_PROJECTION_DIM = 64
+
+
+@register
+class PairSimilarity(keras.layers.Layer):
+    """`(anchors (B, D), positives (B, D))` to the bilinear similarities `(B, B)`:
+    `s[i, j] = anchor_i^T W positive_j`, COLA's score; row `i`'s right column is `i`."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.bilinear = keras.layers.Dense(self.dim, use_bias=False, name="bilinear",
+                                           dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.bilinear.build(input_shape[1])
+
+    def call(self, inputs):
+        anchors, positives = inputs
+        anchors = ops.cast(anchors, "float32")
+        transformed = ops.cast(self.bilinear(positives), "float32")
+        return ops.matmul(anchors, ops.transpose(transformed))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], input_shape[1][0])
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+@register
+class DiverseContrastive(keras.Model):
+    """Featurizer + backbone trained without labels (COLA), one objective per stream.
+
+    Inputs: a dict `{"anchor": (B, samples), "positive": (B, samples)}` of float32 waveforms,
+    row `i` of both from the same recording. Outputs: one `(B, B)` array of similarity logits
+    per stream; train each with sparse categorical cross-entropy (from logits) against
+    `arange(B)` (`keras_dae.pretraining.PairLoader` supplies those targets).
+
+    Each stream's projection is a dense layer, layer normalisation and tanh (COLA's), then
+    `PairSimilarity`. After pretraining, `featurizer` and `backbone` are what a classifier
+    starts from (`DiverseClassifier.from_preset("diverse_pretrained", class_names=...)`);
+    the projections are left behind.
+
+    Args:
+        backbone: a `DiverseBackbone` (or its config).
+        featurizer: a `DiverseFeaturizer` (or its config) matching the backbone's inputs.
+        projection_dim: size of each stream's projection.
+    """
+
+    # A backbone has no classes: the preset files and the loaders read these.
+    num_classes = 0
+    class_names: list[str] = []
+    class_mids: list[str] = []
+
+    def __init__(self, backbone, featurizer, projection_dim: int = DEFAULT_PROJECTION_DIM,
+                 **kwargs):
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if isinstance(featurizer, dict):
+            featurizer = keras.saving.deserialize_keras_object(featurizer)
+        if featurizer.feature_dims() != backbone.feature_dims:
+            raise InputError(f"The featurizer's streams {featurizer.feature_dims()} do not "
+                             f"match the backbone's inputs {backbone.feature_dims}.")
+        if projection_dim is None or int(projection_dim) <= 0:
+            raise InputError(f"`projection_dim` must be positive, got {projection_dim!r}.")
+        views = {name: keras.Input(shape=(None,), name=name) for name in ("anchor", "positive")}
+        embedded = {name: backbone(featurizer(x)) for name, x in views.items()}
+        outputs, projections = {}, {}
+        for stream in backbone.stream_names:
+            projection = keras.Sequential([
+                keras.layers.Dense(projection_dim, name="dense"),
+                keras.layers.LayerNormalization(name="norm"),
+                keras.layers.Activation("tanh", name="tanh"),
+            ], name=f"{stream}_projection")
+            similarity = PairSimilarity(projection_dim, name=stream, dtype="float32")
+            outputs[stream] = similarity([projection(embedded["anchor"][stream]),
+                                          projection(embedded["positive"][stream])])
+            projections[stream] = projection
+        super().__init__(inputs=views, outputs=outputs, **kwargs)
+        self.backbone = backbone
+        self.featurizer = featurizer
+        self.projection_dim = int(projection_dim)
+        self.projections = projections
+
+    @property
+    def stream_names(self) -> list[str]:
+        return self.backbone.stream_names
+
+    @property
+    def sample_rate(self) -> int:
+        return self.featurizer.sample_rate
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "featurizer": keras.saving.serialize_keras_object(self.featurizer),
+            "projection_dim": self.projection_dim,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @classmethod
+    def with_default_frontends(cls, sample_rate: int = 16000, tower: dict | None = None,
+                               streams: dict | None = None, **kwargs) -> DiverseContrastive:
+        """A new model on the paper's four streams (or `streams`) with towers configured by
+        `tower` (see `TOWER_DEFAULTS`); `kwargs` go to the constructor."""
+        featurizer = DiverseFeaturizer(streams=streams, sample_rate=sample_rate)
+        backbone = DiverseBackbone(featurizer.feature_dims(), tower=tower)
+        return cls(backbone, featurizer, **kwargs)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True) -> DiverseContrastive:
+        """The pretrained backbone of a preset name (`diverse_pretrained`), preset directory
+        or pretraining run directory (its `preset/`); `load_weights` as in
+        `DiverseClassifier.from_preset`."""
+        from keras_dae.zoo.loading import load_preset
+
+        return load_preset(cls, preset, load_weights)
+
+    def save_to_preset(self, preset_dir, metadata: dict | None = None):
+        """Writes the pretrained backbone as a preset directory (no classes: its `labels.csv`
+        is empty); `DiverseClassifier.from_preset(preset_dir, class_names=...)` puts heads on
+        it. Returns the directory."""
+        from keras_dae.zoo.loading import save_preset
+
+        return save_preset(self, preset_dir, metadata=metadata)

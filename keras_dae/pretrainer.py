@@ -1,0 +1,81 @@
+"""The recipe's `Trainer` for self-supervised pretraining (`keras_dae.pretraining`)."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from keras_dae.data.pair_loader import PairLoader
+from keras_dae.data.shards import ShardSet
+from keras_dae.train_config import TrainConfig
+from keras_dae.training import Trainer
+from keras_dae.validation import InputError
+
+__all__ = ["Pretrainer"]
+
+
+class Pretrainer(Trainer):
+    """`Trainer` for a `DiverseContrastive` on unlabelled files: one stage, `"pretrain"`,
+    of `config.tower_epochs` epochs; the recipe's checkpoints, resume and skipping as is."""
+
+    STAGES = ("pretrain",)
+
+    def __init__(self, model, train, val, run_dir, config: TrainConfig | None = None,
+                 verbose: int = 1):
+        if isinstance(train, ShardSet):
+            raise InputError("pretraining draws its pairs from audio files, not from shards")
+        super().__init__(model, train, val, run_dir, config, verbose)
+        self.val_loader = None
+
+    def _epochs(self, stage: str) -> int:
+        return self.config.tower_epochs
+
+    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
+        c = self.config
+        return PairLoader(self.train, self.model.stream_names, sample_rate=self.model.sample_rate,
+                          batch_size=c.batch_size, chunk_seconds=c.chunk_seconds,
+                          hop_seconds=c.hop_seconds, shuffle=shuffle, seed=c.seed,
+                          skipped=self.skipped)
+
+    def _compile(self, stage: str) -> None:
+        self._epoch_started = time.time()
+        streams = self.model.stream_names
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(self.config.learning_rate),
+            loss={s: keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+                  for s in streams},
+            metrics={s: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+                     for s in streams},
+            jit_compile=self.config.jit_compile)
+
+    def _end_of_epoch(self, stage, epoch, logs) -> None:
+        # Training time, summed over the epochs (a resumed run counts each epoch once).
+        now = time.time()
+        self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + (
+            now - self._epoch_started)
+        self._epoch_started = now
+        super()._end_of_epoch(stage, epoch, logs)
+
+    def _validate(self, stage: str) -> tuple[float, dict, str]:
+        """The held-out files' pairs (the same every epoch: no augmentation, epoch 0): each
+        stream's loss and accuracy (the share of anchors whose positive scores highest);
+        the score is minus the mean loss."""
+        if self.val_loader is None:
+            c = self.config
+            self.val_loader = PairLoader(
+                self.val, self.model.stream_names, augment=False,
+                sample_rate=self.model.sample_rate, batch_size=c.batch_size,
+                chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds, shuffle=True,
+                seed=c.seed + 1, skipped=self.skipped)
+        self.val_loader.set_epoch(0)
+        logs = self.model.evaluate(self.val_loader, verbose=0, return_dict=True)
+        streams = self.model.stream_names
+        loss = {s: float(logs[f"{s}_loss"]) for s in streams}
+        accuracy = {s: float(logs[f"{s}_accuracy"]) for s in streams}
+        mean_loss = float(np.mean(list(loss.values())))
+        line = "val loss " + " ".join(f"{s}={loss[s]:.3f}" for s in streams) + "  accuracy " \
+            + " ".join(f"{s}={accuracy[s]:.3f}" for s in streams)
+        return -mean_loss, {"val_loss": mean_loss, "val_stream_loss": loss,
+                            "val_accuracy": accuracy}, line

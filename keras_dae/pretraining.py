@@ -1,0 +1,188 @@
+"""Pretraining the four towers without labels: what `keras-dae pretrain` does, in one call.
+
+    from keras_dae.pretraining import pretrain_run
+
+    report = pretrain_run("/tmp/pretrain_corpus", "runs/pretrained")
+    model = DiverseClassifier.from_preset("runs/pretrained", class_names=["dog", "cat"])
+
+The data is any directory of audio files, searched recursively (for example the corpus that
+`scripts/build_pretraining_corpus.py` builds); no labels are read. The objective is COLA's
+(`keras_dae.models.contrastive`): two 1 s chunks of the same file are a positive pair, the
+other files of the batch the negatives, one loss per stream, so every tower, the
+Neuralogram's window network and the learned filterbank learn at once, each from its own
+embedding. Each view is augmented (a random gain, and half the time another file of the batch
+mixed in 5-20 dB below it, as BYOL-A mixes in background), so that level and a quiet
+background are not what tells files apart.
+
+`val_fraction` of the files (at least one batch) are held out; after every epoch the pairs of
+those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
+the streams) is kept (early stopping with `patience`). The recipe's machinery is the
+supervised one (`keras_dae.training.Trainer`): feature normalisation adapted from training
+chunks, checkpoints every epoch, `--resume` after a kill, bad files reported once and
+skipped, bfloat16 and data parallelism over the local devices. The run directory gets
+`checkpoint/`, `logs/`, `preset/` (the backbone: `DiverseContrastive`, no classes) and
+`report.json` (validation history and the cost: hours of audio, steps, wall time, hardware).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from keras_dae import validation
+from keras_dae.train_config import PRETRAIN_DEFAULTS, TrainConfig
+from keras_dae.validation import InputError
+
+__all__ = ["PRETRAIN_DEFAULTS", "VAL_FRACTION", "pretrain_config", "pretrain_run",
+           "unlabelled_dataset"]
+
+VAL_FRACTION = 0.05
+
+
+def unlabelled_dataset(root):
+    """Every audio file under `root` (recursively) as a `ClipDataset` without classes; the
+    folder of each file is its group (source)."""
+    from keras_dae.data.datasets import AUDIO_EXTENSIONS, ClipDataset, find_audio_files
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a directory of audio files")
+    paths = find_audio_files(root)
+    if not paths:
+        raise InputError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    ids = [str(p.relative_to(root)) for p in paths]
+    return ClipDataset(paths, np.zeros((len(paths), 0), np.float32), [], [], ids,
+                       groups=[str(p.parent.relative_to(root)) for p in paths])
+
+
+def split_files(dataset, val_fraction: float, batch_size: int, seed: int):
+    """(train, val): `val_fraction` of the files, drawn with `seed`, at least one batch and
+    leaving at least one batch to train on."""
+    n = len(dataset)
+    n_val = max(int(round(val_fraction * n)), batch_size)
+    if n - n_val < batch_size:
+        raise InputError(f"{n} audio files: too few to pretrain in batches of {batch_size} "
+                         f"pairs with a validation batch held out (at least "
+                         f"{2 * batch_size}); lower --batch-size or add files")
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    return dataset.subset(np.sort(order[n_val:])), dataset.subset(np.sort(order[:n_val]))
+
+
+def pretrain_config(**changes) -> TrainConfig:
+    """`TrainConfig` with pretraining's defaults (`PRETRAIN_DEFAULTS`) and `changes`."""
+    return TrainConfig(**{**PRETRAIN_DEFAULTS, **changes})
+
+
+def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | None = None,
+                 val_fraction: float = VAL_FRACTION, resume: bool = False,
+                 overwrite: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Pretrains the towers of `preset`'s architecture on the audio files under `data` into
+    the run directory `out`; returns the report (see the module's docstring)."""
+    import keras
+
+    from keras_dae import scale, training
+    from keras_dae.models.contrastive import DiverseContrastive
+    from keras_dae.pretrainer import Pretrainer
+    from keras_dae.train_run import scaled
+    from keras_dae.zoo.presets import PRESETS
+
+    config = config or pretrain_config()
+    validation.check("val_fraction", val_fraction, "positive_float")
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; the presets: {', '.join(PRESETS)}")
+    if config.feature_cache or config.mixup or config.balanced:
+        raise InputError("pretraining takes no --feature-cache, --mixup or --balanced (its "
+                         "pairs are random chunks, augmented)")
+    spec = PRESETS[preset]
+    with training.claim_run_dir(out, resume, overwrite):
+        files = unlabelled_dataset(data)
+        train, val = split_files(files, val_fraction, config.batch_size, config.seed)
+        with scaled(config):
+            keras.utils.set_random_seed(config.seed)
+            model = DiverseContrastive.with_default_frontends(spec["sample_rate"],
+                                                              tower=dict(spec["tower"]))
+            say(f"pretrain: {len(train)} files, val: {len(val)} files (no labels); "
+                f"architecture {preset} ({model.count_params():,} parameters); backend "
+                f"{keras.backend.backend()}, {keras.config.dtype_policy().name}")
+            started = time.time()
+            trainer = Pretrainer(model, train, val, out, config)
+            state = trainer.run(resume=resume, overwrite=overwrite)
+            report = _report(trainer, state, files, Path(data), preset, started)
+            with training._chief_directory(Path(out)) as directory:
+                model.save_to_preset(directory / "preset", metadata={
+                    "pretrained_on": str(Path(data).resolve()), "architecture": preset,
+                    "pretraining": report["cost"],
+                    "train_config": dataclasses.asdict(config)})
+    if scale.is_chief():
+        training._atomic_write_text(Path(out) / "report.json", json.dumps(report, indent=1))
+    say(f"skipped: {training.summarize_problems(trainer.skipped, total=len(files))}")
+    say(f"best epoch {report['best_epoch'] + 1}: val loss {report['best_val_loss']:.3f}; "
+        f"{report['cost']['steps']} steps in {report['cost']['train_seconds'] / 60:.1f} min; "
+        f"wrote {Path(out) / 'preset'} and report.json")
+    return report
+
+
+def _report(trainer, state: dict, files, data: Path, preset: str,
+            started: float) -> dict:
+    """The run's report: history, the best epoch and the cost (audio, steps, time, machine)."""
+    import keras
+
+    from keras_dae.audio import audio_info
+
+    seconds = 0.0
+    for path in files.paths:
+        if str(path) not in trainer.skipped:
+            try:
+                seconds += audio_info(path).duration
+            except Exception:  # noqa: BLE001 - counted as skipped by the loaders already
+                pass
+    history = [h for h in state["history"] if h.get("stage") == "pretrain"]
+    best = min(history, key=lambda h: h["val_loss"]) if history else None
+    steps_per_epoch = len(trainer.train) // trainer.config.batch_size
+    return {
+        "data": str(data.resolve()), "architecture": preset,
+        "config": dataclasses.asdict(trainer.config), "backend": keras.backend.backend(),
+        "history": history, "best_epoch": -1 if best is None else best["epoch"],
+        "best_val_loss": float("nan") if best is None else best["val_loss"],
+        "best_val_accuracy": None if best is None else best["val_accuracy"],
+        "cost": {"audio_hours": seconds / 3600, "files": len(files),
+                 "epochs": len(history), "steps": len(history) * steps_per_epoch,
+                 "train_seconds": float(state.get("train_seconds", 0.0)),
+                 "wall_seconds": time.time() - started,
+                 "hardware": _hardware(), "backend": keras.backend.backend()},
+        "skipped": dict(trainer.skipped),
+    }
+
+
+def _hardware() -> str:
+    import keras
+
+    devices = "cpu"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        devices = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{platform.machine()} {cores} cores, {devices}"
+
+
+#: `keras-dae pretrain`'s flags besides the recipe's: (flag, argparse options).
+FLAGS = (
+    ("--data", {"required": True, "help": "directory of audio files (searched recursively; "
+                "no labels)"}),
+    ("--out", {"required": True, "help": "run directory (checkpoints, preset, report)"}),
+    ("--preset", {"default": "diverse_fsd50k", "help": "architecture to pretrain"}),
+    ("--val-fraction", {"type": validation.positive_float, "default": VAL_FRACTION,
+                        "help": "share of the files held out to choose the epoch"}),
+)

@@ -1,0 +1,238 @@
+"""Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): positive pairs
+of real recordings, the contrastive model, a run that resumes, and its backbone preset put
+under new heads by `from_preset`, `finetune` and `train`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import soundfile
+
+from keras_dae import cli
+from keras_dae.audio import load_audio
+from keras_dae.data.bundled import demo_clips
+from keras_dae.data.chunking import chunk_waveform
+from keras_dae.data.pair_loader import PairLoader, augment_views
+from keras_dae.models import DiverseClassifier
+from keras_dae.models.contrastive import DiverseContrastive
+from keras_dae.pretrainer import Pretrainer
+from keras_dae.pretraining import pretrain_run, split_files, unlabelled_dataset
+from keras_dae.train_config import TrainConfig
+from keras_dae.zoo import PresetError
+from keras_dae.zoo.presets import PRESETS
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Unlabelled audio as a corpus holds it: cuts of 0.5-2.5 s of the five bundled real
+    recordings, eight per recording in its own folder, and one file that is not audio."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for path in demo_clips():
+        audio = load_audio(path, SR)
+        folder = root / path.stem
+        folder.mkdir()
+        for i in range(8):  # each cut its own: its length, start and gain
+            length = min(len(audio), int(rng.integers(SR // 2, 40000)))
+            start = int(rng.integers(0, len(audio) - length + 1))
+            cut = audio[start:start + length] * rng.uniform(0.2, 0.9)
+            soundfile.write(folder / f"{i}.flac", cut, SR)
+    (root / "notes.wav").write_text("not audio")
+    return root
+
+
+def _files_audio(dataset):
+    return {str(p): load_audio(p, SR) for p in dataset.paths if p.suffix == ".flac"}
+
+
+@pytest.mark.one_backend
+def test_pairs_are_two_chunks_of_one_file_and_the_same_for_a_seed_and_epoch(corpus):
+    data = unlabelled_dataset(corpus)
+    assert len(data) == 41 and data.n_classes == 0
+    loader = PairLoader(data, ["pitch", "timbre"], augment=False, batch_size=8, seed=3)
+    assert "notes.wav" in next(iter(loader.skipped)) and len(loader) == 40 // 8
+    audio = _files_audio(data)
+    inputs, targets = loader[1]
+    assert set(targets) == {"pitch", "timbre"}
+    np.testing.assert_array_equal(targets["pitch"], np.arange(8))
+    for a, p in zip(inputs["anchor"], inputs["positive"], strict=True):
+        # Both views are 1 s windows of one recording (its chunks), not the same window.
+        owners = [[k for k, x in audio.items()
+                   if any(np.array_equal(c, view) for c in chunk_waveform(x, SR))]
+                  for view in (a, p)]
+        assert len(owners[0]) == 1 and owners[0] == owners[1]
+        assert len(chunk_waveform(audio[owners[0][0]], SR)) == 1 or not np.array_equal(a, p)
+    again = PairLoader(data, ["pitch", "timbre"], augment=False, batch_size=8, seed=3)[1]
+    np.testing.assert_array_equal(again[0]["anchor"], inputs["anchor"])
+    loader.set_epoch(1)
+    assert not np.array_equal(loader[1][0]["anchor"], inputs["anchor"])
+
+
+@pytest.mark.one_backend
+def test_augmentation_mixes_another_file_below_the_view_and_keeps_silence():
+    rng = np.random.default_rng(0)
+    views = rng.uniform(-0.1, 0.1, (2, 16, SR)).astype(np.float32)
+    mix = {"max_gain_db": 0.0, "probability": 1.0, "snr_db": (10.0, 10.0)}
+    silent = views.copy()
+    silent[:, 3] = 0.0  # a silent file stays silent
+    assert np.all(augment_views(silent, np.random.default_rng(1), mix)[:, 3] == 0)
+    out = augment_views(views, np.random.default_rng(1), mix)
+    assert out.shape == views.shape
+    residual = out - views
+    for v in range(2):
+        for row in (0, 5, 15):
+            # What was added is another row's chunk of the other view, 10 dB below the row.
+            match = [j for j in range(16) if j != row and np.allclose(
+                residual[v, row] / np.abs(residual[v, row]).max(),
+                views[1 - v, j] / np.abs(views[1 - v, j]).max(), atol=1e-4)]
+            assert len(match) == 1
+            ratio = np.sqrt(np.mean(residual[v, row] ** 2) / np.mean(views[v, row] ** 2))
+            assert ratio == pytest.approx(10 ** (-10 / 20), rel=1e-3)
+    gained = augment_views(views, np.random.default_rng(2),
+                           {"max_gain_db": 6.0, "probability": 0.0, "snr_db": (5.0, 20.0)})
+    gains = np.abs(gained[:, :, 0] / np.where(views[:, :, 0] == 0, 1, views[:, :, 0]))
+    assert np.all((gains[:, [0, 1, 2, 4]] > 10 ** (-6 / 20) - 1e-6)
+                  & (gains[:, [0, 1, 2, 4]] < 10 ** (6 / 20) + 1e-6))
+
+
+@pytest.mark.one_backend
+def test_too_few_files_for_a_batch_are_refused_with_the_count(corpus):
+    data = unlabelled_dataset(corpus)
+    with pytest.raises(Exception, match="41 audio files: too few .* batches of 32"):
+        split_files(data, 0.05, 32, 0)
+    train, val = split_files(data, 0.05, 8, 0)
+    assert len(val) == 8 and len(train) == 33
+    assert set(map(str, train.paths)).isdisjoint(map(str, val.paths))
+
+
+def test_contrastive_model_scores_pairs_and_round_trips_through_keras_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"])
+    x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
+         "positive": np.random.default_rng(1).uniform(-0.5, 0.5, (3, SR)).astype("float32")}
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in model(x).items()}
+    assert set(out) == {"pitch", "timbre", "neuralogram", "end_to_end"}
+    assert all(v.shape == (3, 3) for v in out.values())
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    for k, v in again(x).items():
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), out[k], rtol=1e-5, atol=1e-5)
+
+
+def _weights(layer):
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.trainable_weights]
+
+
+class _Stopped(Exception):
+    """The run stopped after its first epoch's checkpoint (as a kill would stop it)."""
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(corpus, tmp_path_factory):
+    """`keras-dae pretrain` of diverse_tiny for two epochs, stopped after the first epoch's
+    checkpoint, then `--resume`d; returns the run directory and the first epoch's history.
+    Eager steps: compiling them would take longer than the eight steps take."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    original = Pretrainer._end_of_epoch
+
+    def stop_after_first_epoch(self, stage, epoch, logs):
+        original(self, stage, epoch, logs)
+        if epoch == 0:
+            raise _Stopped
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pretrainer, "_end_of_epoch", stop_after_first_epoch)
+        with pytest.raises(_Stopped):
+            pretrain_run(corpus, out, "diverse_tiny", TrainConfig(
+                tower_epochs=2, batch_size=8, jit_compile=False), val_fraction=0.2)
+    first = json.loads((out / "checkpoint" / "state.json").read_text())["history"]
+    assert not (out / "preset").exists()
+    assert cli.main(["pretrain", "--data", str(corpus), "--out", str(out), "--preset",
+                     "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
+                     "2", "--jit-compile", "off", "--resume"]) == 0
+    return out, first
+
+
+def test_pretraining_trains_every_tower_and_front_end_and_resumes(pretrained_run, corpus):
+    out, first = pretrained_run
+    report = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [0, 1]
+    assert len(first) == 1 and report["history"][0] == first[0]  # resumed, not restarted
+    assert report["cost"]["epochs"] == 2 and report["cost"]["steps"] == 2 * (32 // 8)
+    seconds = sum(soundfile.info(p).duration for p in corpus.rglob("*.flac"))
+    assert report["cost"]["audio_hours"] == pytest.approx(seconds / 3600, rel=1e-6)
+    assert "notes.wav" in next(iter(report["skipped"]))
+    keras.utils.set_random_seed(0)
+    fresh = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"])
+    trained = DiverseContrastive.from_preset(out / "preset")
+    for stream in fresh.stream_names:  # every tower moved, and the front ends with weights
+        before, after = _weights(fresh.backbone.towers[stream]), _weights(
+            trained.backbone.towers[stream])
+        assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True)), stream
+    for stream in ("neuralogram", "end_to_end"):
+        layer = trained.featurizer.streams[stream][0]
+        assert layer.trainable_weights
+        assert any(not np.allclose(a, b) for a, b in zip(
+            _weights(fresh.featurizer.streams[stream][0]), _weights(layer), strict=True))
+
+
+@pytest.mark.one_backend
+def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_run):
+    out, _ = pretrained_run
+    backbone = DiverseContrastive.from_preset(out / "preset")
+    with pytest.raises(PresetError, match="a pretrained backbone without classes.*finetune"):
+        DiverseClassifier.from_preset(out / "preset")
+    model = DiverseClassifier.from_preset(out, class_names=["dog", "bell", "cat"])
+    assert model.num_classes == 3 and model.class_names == ["dog", "bell", "cat"]
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, SR)).astype("float32")
+    features = backbone.featurizer(x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.backbone(features)["embedding"]),
+                               keras.ops.convert_to_numpy(
+                                   backbone.backbone(features)["embedding"]), atol=1e-6)
+    assert model(x)["fused"].shape == (2, 3)
+
+
+@pytest.mark.one_backend
+def test_train_and_finetune_start_from_the_pretrained_preset(pretrained_run, tmp_path,
+                                                            monkeypatch):
+    from fsd50k_fixture import write_small_fsd50k
+
+    out, _ = pretrained_run
+    home = tmp_path / "home"
+    shutil.copytree(out / "preset", home / "presets" / "diverse_pretrained")
+    monkeypatch.setenv("KERAS_DAE_HOME", str(home))
+    data = write_small_fsd50k(tmp_path / "fsd50k", per_class=(4, 2, 2))
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
+                     "--preset", "diverse_pretrained", "--epochs", "1", "--fusion-epochs",
+                     "1", "--batch-size", "8", "--jit-compile", "off"]) == 0
+    trained = DiverseClassifier.from_preset(tmp_path / "train")
+    pretrained = DiverseContrastive.from_preset("diverse_pretrained")
+    for stream in trained.stream_names:  # the towers started from the pretrained ones ...
+        norm, pre = (m.backbone.towers[stream].normalization for m in (trained, pretrained))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.mean),
+                                   keras.ops.convert_to_numpy(pre.mean))
+    assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
+                     str(tmp_path / "probe"), "--mode", "probe"]) == 0
+    probe = DiverseClassifier.from_preset(tmp_path / "probe")
+    for stream in probe.stream_names:  # ... and a probe keeps them as they are
+        for a, b in zip(_weights(probe.backbone.towers[stream]),
+                        _weights(pretrained.backbone.towers[stream]), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.one_backend
+def test_the_named_preset_says_how_to_make_its_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_DAE_HOME", str(tmp_path))
+    with pytest.raises(PresetError, match="No weights for preset 'diverse_pretrained'.*"
+                       "scripts/pretrain_preset.sh"):
+        DiverseClassifier.from_preset("diverse_pretrained", class_names=["a", "b"])
+    random = DiverseClassifier.from_preset("diverse_pretrained", load_weights=False,
+                                           class_names=["a", "b"])
+    assert random.num_classes == 2
+    assert random.stream_names == ["pitch", "timbre", "neuralogram", "end_to_end"]
