@@ -6,12 +6,13 @@ import keras
 
 from keras_dae.models.backbone import DiverseBackbone
 from keras_dae.models.featurizer import DiverseFeaturizer
+from keras_dae.models.on_backbone import OnBackbone
 from keras_dae.serialization import register
 from keras_dae.validation import InputError
 
 
 @register
-class DiverseClassifier(keras.Model):
+class DiverseClassifier(OnBackbone, keras.Model):
     """Featurizer + backbone + heads: the Diverse Audio Embeddings tagger (arXiv 2309.08751).
 
     Input: float32 waveform `(batch, samples)` at the featurizer's sample rate (1 s chunks in
@@ -87,10 +88,6 @@ class DiverseClassifier(keras.Model):
         self.fusion_head = fusion
         self.stream_heads = heads
 
-    @property
-    def stream_names(self) -> list[str]:
-        return self.backbone.stream_names
-
     def with_feature_inputs(self, streams) -> keras.Model:
         """A model that shares every layer (and weight) of this one, but takes the features
         of `streams` as inputs instead of computing them from the waveform.
@@ -151,25 +148,14 @@ class DiverseClassifier(keras.Model):
 
         return with_streams(self, streams)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.featurizer.sample_rate
-
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "featurizer": keras.saving.serialize_keras_object(self.featurizer),
+            **self.backbone_config(),
             "num_classes": self.num_classes,
             "dropout": self.dropout,
             "class_names": [str(name) for name in self.class_names],
             "class_mids": [str(mid) for mid in self.class_mids],
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     @classmethod
     def with_default_frontends(cls, num_classes: int, sample_rate: int = 16000,

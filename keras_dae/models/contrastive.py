@@ -18,6 +18,7 @@ from keras import ops
 
 from keras_dae.models.backbone import DiverseBackbone
 from keras_dae.models.featurizer import DiverseFeaturizer
+from keras_dae.models.on_backbone import OnBackbone
 from keras_dae.serialization import register
 from keras_dae.validation import InputError
 
@@ -54,7 +55,7 @@ class PairSimilarity(keras.layers.Layer):
 
 
 @register
-class DiverseContrastive(keras.Model):
+class DiverseContrastive(OnBackbone, keras.Model):
     """Featurizer + backbone trained without labels (COLA), one objective per stream.
 
     Inputs: a dict `{"anchor": (B, samples), "positive": (B, samples)}` of float32 waveforms,
@@ -108,26 +109,8 @@ class DiverseContrastive(keras.Model):
         self.projection_dim = int(projection_dim)
         self.projections = projections
 
-    @property
-    def stream_names(self) -> list[str]:
-        return self.backbone.stream_names
-
-    @property
-    def sample_rate(self) -> int:
-        return self.featurizer.sample_rate
-
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "featurizer": keras.saving.serialize_keras_object(self.featurizer),
-            "projection_dim": self.projection_dim,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return {**self.backbone_config(), "projection_dim": self.projection_dim}
 
     @classmethod
     def with_default_frontends(cls, sample_rate: int = 16000, tower: dict | None = None,
