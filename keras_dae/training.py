@@ -458,7 +458,7 @@ class Trainer:
         files = state["files"]
         arrays = {f"seed/{v.path}": keras.ops.convert_to_numpy(v)
                   for v in _seed_variables(self.model)}
-        opt = self.fit_model.optimizer
+        opt = getattr(self.fit_model, "optimizer", None)  # none yet in a run of no epochs
         if opt is not None and opt.built:
             arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v)
                            for i, v in enumerate(opt.variables)})

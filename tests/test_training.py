@@ -170,6 +170,22 @@ def test_killed_between_files_and_commit_resumes_the_previous_checkpoint(data_di
                                           "variables-000001.npz"]
 
 
+@pytest.mark.one_backend
+def test_a_run_of_no_epochs_adapts_the_normalisation_and_finishes(data_dir, tmp_path):
+    """Random towers with their feature normalisation adapted (a reference to compare a
+    pretrained model with): nothing compiled, nothing trained, the checkpoint says done."""
+    trainer = _trainer(data_dir, tmp_path / "run", tower_epochs=0, fusion_epochs=0)
+    before = [keras.ops.convert_to_numpy(w) for w in trainer.model.trainable_weights]
+    state = trainer.run()
+    assert state["stage"] == "done" and state["normalized"] and state["history"] == []
+    after = [keras.ops.convert_to_numpy(w) for w in trainer.model.trainable_weights]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    norm = trainer.model.backbone.towers["pitch"].normalization
+    assert not np.allclose(keras.ops.convert_to_numpy(norm.mean), 0.0)
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert saved["stage"] == "done"
+
+
 def test_preflight_refuses_a_full_disk_before_training(data_dir, tmp_path, monkeypatch):
     trainer = _trainer(data_dir, tmp_path / "run")
     need = trainer.checkpoint_bytes()
