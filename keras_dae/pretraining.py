@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,10 +110,9 @@ def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig 
             say(f"pretrain: {len(train)} files, val: {len(val)} files (no labels); "
                 f"architecture {preset} ({model.count_params():,} parameters); backend "
                 f"{keras.backend.backend()}, {keras.config.dtype_policy().name}")
-            started = time.time()
             trainer = Pretrainer(model, train, val, out, config)
             state = trainer.run(resume=resume, overwrite=overwrite)
-            report = _report(trainer, state, files, Path(data), preset, started)
+            report = _report(trainer, state, files, Path(data), preset)
             with training._chief_directory(Path(out)) as directory:
                 model.save_to_preset(directory / "preset", metadata={
                     "pretrained_on": str(Path(data).resolve()), "architecture": preset,
@@ -129,9 +127,9 @@ def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig 
     return report
 
 
-def _report(trainer, state: dict, files, data: Path, preset: str,
-            started: float) -> dict:
-    """The run's report: history, the best epoch and the cost (audio, steps, time, machine)."""
+def _report(trainer, state: dict, files, data: Path, preset: str) -> dict:
+    """The run's report: history, the best epoch and the cost (audio, steps, training time
+    summed over the epochs, machine)."""
     import keras
 
     from keras_dae.audio import audio_info
@@ -155,7 +153,6 @@ def _report(trainer, state: dict, files, data: Path, preset: str,
         "cost": {"audio_hours": seconds / 3600, "files": len(files),
                  "epochs": len(history), "steps": len(history) * steps_per_epoch,
                  "train_seconds": float(state.get("train_seconds", 0.0)),
-                 "wall_seconds": time.time() - started,
                  "hardware": _hardware(), "backend": keras.backend.backend()},
         "skipped": dict(trainer.skipped),
     }
