@@ -227,6 +227,7 @@ def tables() -> dict[str, str]:
     import finetune
     import frontends
     import mixed_precision_accuracy
+    import pretraining
     import stream_subsets
     import train_throughput
 
@@ -245,6 +246,8 @@ def tables() -> dict[str, str]:
         "stream_ablation": stream_ablation_table(),
         "stream_subsets": stream_subsets.table(load("stream_subsets.json")),
         "finetune": finetune.table(load("finetune.json")),
+        "pretraining": pretraining.table(load("pretraining.json"),
+                                         load("classical_baseline.json")),
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
