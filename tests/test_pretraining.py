@@ -1,6 +1,7 @@
 """Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): positive pairs
-of real recordings, the contrastive model, a run that resumes, and its backbone preset put
-under new heads by `from_preset`, `finetune` and `train`."""
+of real recordings, the contrastive model (a training step on every backend), a run that
+resumes, and its backbone preset put under new heads by `from_preset`, `finetune` and `train`.
+The tests of whole runs go to TensorFlow's run (tests/run.sh), the shortest of the three."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def corpus(tmp_path_factory):
             soundfile.write(folder / f"{i}.flac", cut, SR)
     (root / "notes.wav").write_text("not audio")
     return root
+
+
+def _weights(layer):
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.trainable_weights]
 
 
 def _files_audio(dataset):
@@ -111,11 +116,21 @@ def test_too_few_files_for_a_batch_are_refused_with_the_count(corpus):
     assert set(map(str, train.paths)).isdisjoint(map(str, val.paths))
 
 
-def test_contrastive_model_scores_pairs_and_round_trips_through_keras_file(tmp_path):
+def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_file(tmp_path):
+    """On every backend: one step of the objective reaches the learned front ends, and the
+    model saves to `.keras` and reloads with equal outputs."""
     keras.utils.set_random_seed(0)
     model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"])
     x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
          "positive": np.random.default_rng(1).uniform(-0.5, 0.5, (3, SR)).astype("float32")}
+    front_ends = [model.featurizer.streams[s][0] for s in ("neuralogram", "end_to_end")]
+    before = [_weights(layer) for layer in front_ends]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    targets = {s: np.arange(3, dtype="int32") for s in model.stream_names}
+    assert np.isfinite(model.train_on_batch(x, targets, return_dict=True)["loss"])
+    for layer, old in zip(front_ends, before, strict=True):
+        assert any(not np.allclose(a, b) for a, b in zip(old, _weights(layer), strict=True))
     out = {k: keras.ops.convert_to_numpy(v) for k, v in model(x).items()}
     assert set(out) == {"pitch", "timbre", "neuralogram", "end_to_end"}
     assert all(v.shape == (3, 3) for v in out.values())
@@ -123,10 +138,6 @@ def test_contrastive_model_scores_pairs_and_round_trips_through_keras_file(tmp_p
     again = keras.saving.load_model(tmp_path / "m.keras")
     for k, v in again(x).items():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), out[k], rtol=1e-5, atol=1e-5)
-
-
-def _weights(layer):
-    return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.trainable_weights]
 
 
 class _Stopped(Exception):
@@ -159,6 +170,7 @@ def pretrained_run(corpus, tmp_path_factory):
     return out, first
 
 
+@pytest.mark.one_backend("tensorflow")
 def test_pretraining_trains_every_tower_and_front_end_and_resumes(pretrained_run, corpus):
     out, first = pretrained_run
     report = json.loads((out / "report.json").read_text())
@@ -182,7 +194,7 @@ def test_pretraining_trains_every_tower_and_front_end_and_resumes(pretrained_run
             _weights(fresh.featurizer.streams[stream][0]), _weights(layer), strict=True))
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend("tensorflow")
 def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_run):
     out, _ = pretrained_run
     backbone = DiverseContrastive.from_preset(out / "preset")
@@ -198,7 +210,7 @@ def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_r
     assert model(x)["fused"].shape == (2, 3)
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend("tensorflow")
 def test_train_and_finetune_start_from_the_pretrained_preset(pretrained_run, tmp_path,
                                                             monkeypatch):
     from fsd50k_fixture import write_small_fsd50k
