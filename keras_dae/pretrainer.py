@@ -34,10 +34,17 @@ class Pretrainer(Trainer):
 
     def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
         c = self.config
-        return PairLoader(self.train, self.model.stream_names, sample_rate=self.model.sample_rate,
-                          batch_size=c.batch_size, chunk_seconds=c.chunk_seconds,
-                          hop_seconds=c.hop_seconds, shuffle=shuffle, seed=c.seed,
-                          skipped=self.skipped)
+        loader = PairLoader(self.train, self.model.stream_names,
+                            sample_rate=self.model.sample_rate, batch_size=c.batch_size,
+                            chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds,
+                            shuffle=shuffle, seed=c.seed, skipped=self.skipped)
+        self._count_audio("train", loader)
+        return loader
+
+    def _count_audio(self, split: str, loader: PairLoader) -> None:
+        """Keeps the seconds of readable audio the loader probed in the run's state (the
+        report's cost; a resumed run that has nothing left to train builds no loader)."""
+        self.state.setdefault("audio_seconds", {})[split] = loader.audio_seconds
 
     def _compile(self, stage: str) -> None:
         self._epoch_started = time.time()
@@ -69,6 +76,7 @@ class Pretrainer(Trainer):
                 sample_rate=self.model.sample_rate, batch_size=c.batch_size,
                 chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds, shuffle=True,
                 seed=c.seed + 1, skipped=self.skipped)
+            self._count_audio("val", self.val_loader)
         self.val_loader.set_epoch(0)
         logs = self.model.evaluate(self.val_loader, verbose=0, return_dict=True)
         streams = self.model.stream_names

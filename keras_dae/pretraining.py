@@ -132,15 +132,7 @@ def _report(trainer, state: dict, files, data: Path, preset: str) -> dict:
     summed over the epochs, machine)."""
     import keras
 
-    from keras_dae.audio import audio_info
-
-    seconds = 0.0
-    for path in files.paths:
-        if str(path) not in trainer.skipped:
-            try:
-                seconds += audio_info(path).duration
-            except Exception:  # noqa: BLE001 - counted as skipped by the loaders already
-                pass
+    seconds = sum(state.get("audio_seconds", {}).values())
     history = [h for h in state["history"] if h.get("stage") == "pretrain"]
     best = min(history, key=lambda h: h["val_loss"]) if history else None
     steps_per_epoch = len(trainer.train) // trainer.config.batch_size

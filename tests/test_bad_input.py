@@ -273,6 +273,49 @@ def test_folder_dataset_of_the_corpus(corpus, tmp_path):
     assert refused == {c.file for c in copied if not c.ok and c.file != "container.m4a"}
 
 
+@pytest.mark.one_backend
+def test_pretraining_pairs_replace_every_bad_file_of_an_unlabelled_folder(corpus, tmp_path):
+    """The corpus as unlabelled audio (`keras-dae pretrain --data`): each bad file is reported
+    with its reason and its row takes another file's pair, one not already in the batch (a
+    file twice in a batch would be its own negative); every view is finite."""
+    from keras_dae.data.pair_loader import PairLoader
+    from keras_dae.pretraining import unlabelled_dataset
+
+    # Regular files (the unreadable one needs privileges to copy), but for the 1 ms clip: its
+    # padded chunk equals the 0.1 s clip's, and each view here must name its file.
+    for case in FAST:
+        if (case.in_dataset and corpus[case.name].is_file()
+                and case.name not in ("unreadable", "one_ms")):
+            shutil.copyfile(corpus[case.name], tmp_path / case.file)
+    data = unlabelled_dataset(tmp_path)
+    loader = PairLoader(data, ["timbre"], augment=False, batch_size=4, seed=0)
+    chunks = {c.file: chunk_waveform(load_audio(tmp_path / c.file, SR), SR) for c in OK
+              if (tmp_path / c.file).exists()}
+    replaced = 0
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for i in range(len(loader)):
+            inputs, targets = loader[i]
+            np.testing.assert_array_equal(targets["timbre"], np.arange(4))
+            owners = []
+            for anchor, positive in zip(inputs["anchor"], inputs["positive"], strict=True):
+                assert np.isfinite(anchor).all() and np.isfinite(positive).all()
+                owner = {f for f, cs in chunks.items()
+                         if any(np.array_equal(c, anchor) for c in cs)}
+                assert len(owner) == 1 and any(np.array_equal(c, positive)
+                                               for c in chunks[next(iter(owner))])
+                owners += owner
+            assert len(set(owners)) == 4, owners  # four files: none twice
+            listed = {data.paths[loader.clips[p]].name for p in loader.batch_items(i)}
+            replaced += len(listed - set(owners))
+    assert replaced > 0  # bad files were drawn, and replaced
+    bad = {str(tmp_path / c.file): c for c in REFUSED
+           if (tmp_path / c.file).exists() and c.file != "container.m4a"}
+    assert set(loader.skipped) == set(bad)
+    for path, case in bad.items():
+        check_refusal(case, Path(path), f"{path}: {loader.skipped[path]}")
+
+
 def expected_skips(corpus):
     return {str(corpus[c.name]): c for c in REFUSED if c.in_dataset}
 

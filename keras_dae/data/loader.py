@@ -249,6 +249,11 @@ class ChunkLoader(keras.utils.PyDataset):
         """Number of (clip, chunk) pairs indexed (chunks per epoch)."""
         return int(self.clip_index.size)
 
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio in the readable files, as probed when the index was built."""
+        return float(self._lengths.sum()) / self.sample_rate
+
     # ---- epochs -----------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:

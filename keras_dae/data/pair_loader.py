@@ -24,8 +24,8 @@ class PairLoader(ChunkLoader):
     augmented as `PAIR_MIX` says when `augment`. Every file is in one batch per epoch, in an
     order fixed by `(seed, epoch)`; the chunks and augmentations drawn depend on
     `(seed, epoch, batch)` only, so a resumed epoch sees the same pairs. A file that cannot be
-    decoded is reported once (`skipped`) and another file is drawn in its place. The last,
-    smaller batch is left out (its rows would have fewer negatives).
+    decoded is reported once (`skipped`) and another file, not in the batch, takes its place.
+    The last, smaller batch is left out (its rows would have fewer negatives).
 
     Args: those of `ChunkLoader` (`mixup`, `balanced`, `target_names` and `drop_last` are
     fixed here), and `stream_names`: the names to give the targets under.
@@ -62,25 +62,30 @@ class PairLoader(ChunkLoader):
         b = None if a is None else self.chunk(int(self._first_item[clip]) + second)
         return None if b is None else (a, b)
 
+    def _replacement(self, index: int, row: int, positions: np.ndarray) -> tuple:
+        """The pair of another file for `row`, whose file failed to decode: the first file
+        that decodes in an order fixed by `(seed, epoch, index, row)`, files not in the batch
+        first (a file twice in a batch would be its own negative); `positions` is updated."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, 5, row])
+        order = rng.permutation(self.clips.size)
+        in_batch = np.isin(order, positions)
+        for position in np.concatenate([order[~in_batch], order[in_batch]]):
+            pair = self._pair(int(self.clips[position]), rng.random(2))
+            if pair is not None:
+                positions[row] = position
+                return pair
+        raise RuntimeError("every file failed to decode; see loader.skipped: "
+                           f"{dict(list(self.skipped.items())[:3])}")
+
     def __getitem__(self, index: int):
         positions = np.array(self.batch_items(index), copy=True)
         b = positions.size
         rng = np.random.default_rng([self.seed, self.epoch, index, 4])
         draws = rng.random((b, 2))  # drawn whatever decodes, so pairs do not depend on it
         views = np.empty((2, b, self.chunk_samples), np.float32)
-        replacement_rng = None
         for row in range(b):
             pair = self._pair(int(self.clips[positions[row]]), draws[row])
-            while pair is None:  # a bad file: another, from a sequence fixed by the batch
-                if replacement_rng is None:
-                    replacement_rng = np.random.default_rng([self.seed, self.epoch, index, 5])
-                with self._lock:
-                    if self._bad[self.clips].all():
-                        raise RuntimeError("every file failed to decode; see loader.skipped: "
-                                           f"{dict(list(self.skipped.items())[:3])}")
-                positions[row] = replacement_rng.integers(self.clips.size)
-                pair = self._pair(int(self.clips[positions[row]]), replacement_rng.random(2))
-            views[:, row] = pair
+            views[:, row] = pair if pair is not None else self._replacement(index, row, positions)
         if self.augment:
             views = augment_views(views, rng)
         targets = np.arange(b, dtype=np.int32)
