@@ -56,6 +56,8 @@ FAST = in_process_cases()  # all but the hour, and (under root) the unreadable f
 OK = [c for c in FAST if c.ok]
 REFUSED = [c for c in FAST if not c.ok]
 EVERY = [c for c in CASES if not c.slow]  # for per-file tests: skips say why under root
+# Decoding is no Keras code: its tests run once, in JAX's run (tests/run.sh balances the three).
+DECODING_RUN = "jax"
 
 
 def skip_if_privileged(case):
@@ -81,7 +83,7 @@ def reference_decode(path, sample_rate=SR):
 # The corpus itself
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 def test_committed_corpus_is_what_the_script_writes(tmp_path):
     """tests/data/bad/ is exactly scripts/make_bad_audio.py's output, and the table covers it."""
     sys.path.insert(0, str(REPO / "scripts"))
@@ -101,7 +103,7 @@ def test_committed_corpus_is_what_the_script_writes(tmp_path):
 # keras_dae.audio
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_load_audio(case, corpus):
     skip_if_privileged(case)
@@ -118,7 +120,7 @@ def test_load_audio(case, corpus):
     assert error.value.path == path
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_audio_info_refuses_without_decoding(case, corpus):
     """Every refusal but non-finite samples is known from the header (no decoding)."""
@@ -137,7 +139,7 @@ def test_audio_info_refuses_without_decoding(case, corpus):
     check_refusal(case, path, str(error.value))
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 @pytest.mark.parametrize("case", EVERY, ids=lambda c: c.name)
 def test_streamed_blocks_equal_load_audio(case, corpus):
     """Blocks of 50 ms and 0.3 s, concatenated, are load_audio's result bit for bit (the
@@ -157,7 +159,7 @@ def test_streamed_blocks_equal_load_audio(case, corpus):
         np.testing.assert_array_equal(np.concatenate(blocks), whole)
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 @pytest.mark.parametrize("name", ["rate_8k", "rate_44k1", "rate_96k", "six_channel", "silence"])
 def test_segments_equal_load_audio(name, corpus):
     """A segment read by seeking equals the same samples of the whole file to 1e-6."""
@@ -169,7 +171,7 @@ def test_segments_equal_load_audio(name, corpus):
         np.testing.assert_allclose(segment, expected, atol=1e-6)
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 def test_summary_counts_kinds():
     reasons = {"a": "empty file (0 bytes)", "b": "truncated WAV: ...", "c": "truncated WAV: x"}
     assert summarize_problems(reasons, total=10) == (
@@ -177,7 +179,7 @@ def test_summary_counts_kinds():
     assert summarize_problems({}, total=4) == "skipped 0 of 4 files"
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend(DECODING_RUN)
 @pytest.mark.skipif(not PRIVILEGED, reason="not root: test_load_audio[unreadable] covers it")
 def test_unreadable_file_as_an_unprivileged_user():
     """Under root, chmod 000 stops nobody; so a subprocess drops to uid 65534 after its
@@ -490,6 +492,7 @@ def test_evaluate_command_with_bad_files(corpus, preset, tmp_path, capsys):
     assert report["n_clips"] == total - len(expected)
 
 
+@pytest.mark.one_backend  # refused before the model runs
 @pytest.mark.usefixtures("no_network")
 def test_evaluate_command_refuses_an_all_bad_dataset(corpus, preset, tmp_path, capsys):
     write_csv(tmp_path / "eval.csv", [(str(corpus[c.name]), "bad") for c in REFUSED

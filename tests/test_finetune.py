@@ -117,7 +117,7 @@ def test_embeddings_are_computed_once(my_sounds, tmp_path):
         finetune.chunk_embeddings(model, data, config, cache, {"source": "another"})
 
 
-@pytest.mark.one_backend("jax")
+@pytest.mark.one_backend
 @pytest.mark.parametrize("mode", ["heads", "full"])
 def test_heads_train_the_heads_and_full_everything(mode, my_sounds, tiny_preset, tmp_path):
     """heads: the front ends, towers and their normalisation stay the preset's; full: the

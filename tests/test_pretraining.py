@@ -1,7 +1,7 @@
 """Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): positive pairs
 of real recordings, the contrastive model (a training step on every backend), a run that
 resumes, and its backbone preset put under new heads by `from_preset`, `finetune` and `train`.
-The tests of whole runs go to TensorFlow's run (tests/run.sh), the shortest of the three."""
+The tests of whole runs go to PyTorch's run (tests/run.sh): its eager steps cost no tracing."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from keras_dae.data.chunking import chunk_waveform
 from keras_dae.data.pair_loader import PairLoader, augment_views
 from keras_dae.models import DiverseClassifier
 from keras_dae.models.contrastive import DiverseContrastive
+from keras_dae.models.featurizer import default_stream_frontends
 from keras_dae.pretrainer import Pretrainer
 from keras_dae.pretraining import pretrain_run, split_files, unlabelled_dataset
 from keras_dae.train_config import TrainConfig
@@ -118,9 +119,13 @@ def test_too_few_files_for_a_batch_are_refused_with_the_count(corpus):
 
 def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_file(tmp_path):
     """On every backend: one step of the objective reaches the learned front ends, and the
-    model saves to `.keras` and reloads with equal outputs."""
+    model saves to `.keras` and reloads with equal outputs. The learned streams only (the
+    handcrafted front ends have no weights; the whole runs below train all four)."""
     keras.utils.set_random_seed(0)
-    model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"])
+    learned = {name: frontends for name, frontends in default_stream_frontends(SR).items()
+               if name in ("neuralogram", "end_to_end")}
+    model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"],
+                                                      streams=learned)
     x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
          "positive": np.random.default_rng(1).uniform(-0.5, 0.5, (3, SR)).astype("float32")}
     front_ends = [model.featurizer.streams[s][0] for s in ("neuralogram", "end_to_end")]
@@ -132,7 +137,7 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     for layer, old in zip(front_ends, before, strict=True):
         assert any(not np.allclose(a, b) for a, b in zip(old, _weights(layer), strict=True))
     out = {k: keras.ops.convert_to_numpy(v) for k, v in model(x).items()}
-    assert set(out) == {"pitch", "timbre", "neuralogram", "end_to_end"}
+    assert set(out) == {"neuralogram", "end_to_end"}
     assert all(v.shape == (3, 3) for v in out.values())
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
@@ -170,7 +175,7 @@ def pretrained_run(corpus, tmp_path_factory):
     return out, first
 
 
-@pytest.mark.one_backend("tensorflow")
+@pytest.mark.one_backend
 def test_pretraining_trains_every_tower_and_front_end_and_resumes(pretrained_run, corpus):
     out, first = pretrained_run
     report = json.loads((out / "report.json").read_text())
@@ -194,7 +199,7 @@ def test_pretraining_trains_every_tower_and_front_end_and_resumes(pretrained_run
             _weights(fresh.featurizer.streams[stream][0]), _weights(layer), strict=True))
 
 
-@pytest.mark.one_backend("tensorflow")
+@pytest.mark.one_backend
 def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_run):
     out, _ = pretrained_run
     backbone = DiverseContrastive.from_preset(out / "preset")
@@ -210,7 +215,7 @@ def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_r
     assert model(x)["fused"].shape == (2, 3)
 
 
-@pytest.mark.one_backend("tensorflow")
+@pytest.mark.one_backend
 def test_train_and_finetune_start_from_the_pretrained_preset(pretrained_run, tmp_path,
                                                             monkeypatch):
     from fsd50k_fixture import write_small_fsd50k

@@ -183,6 +183,7 @@ def test_fsd50k_sized_index_has_bounded_memory(tmp_path):
     assert result["peak_mb"] < result["index_mb"] + 16 + 20, result
 
 
+@pytest.mark.one_backend("tensorflow")  # no Keras code; the run with time to spare
 def test_reading_300k_shard_records_has_bounded_memory(tmp_path):
     """An FSD50K-sized shard set (300,000 records, 10 ms each to spare the disk: the index
     structures scale with the record count, not the record size): streaming batches from

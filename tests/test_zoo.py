@@ -60,6 +60,7 @@ def test_save_and_load_preset_directory(signals, tmp_path):
         np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
 
 
+@pytest.mark.one_backend  # files and names; tests/test_cross_backend.py reloads across
 def test_labels_are_model_state(signals, tmp_path, monkeypatch):
     """Class names and AudioSet ids travel with the model: through a `.keras` file, and
     through `save_to_preset` / `from_preset` given a preset directory, a training run
