@@ -32,19 +32,26 @@ def _close(actual, expected):
 
 @pytest.fixture(scope="module")
 def other_backend_dirs(tmp_path_factory):
-    dirs = {}
-    for backend in OTHERS:
-        out = tmp_path_factory.mktemp(backend)
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "backend_outputs.py"), str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{backend} failed:\n{proc.stderr[-3000:]}"
-        dirs[backend] = out
+    """Each other backend's outputs, computed in subprocesses that run side by side (their
+    messages go to a file each, so that neither waits on a full pipe)."""
+    dirs = {backend: tmp_path_factory.mktemp(backend) for backend in OTHERS}
+    processes = {}
+    for backend, out in dirs.items():
+        with open(out / "log.txt", "w") as log:
+            processes[backend] = subprocess.Popen(
+                [sys.executable, str(HERE / "backend_outputs.py"), str(out)],
+                env=dict(os.environ, KERAS_BACKEND=backend), stdout=log,
+                stderr=subprocess.STDOUT)
+    try:
+        for backend, process in processes.items():
+            process.wait(timeout=600)
+            log = (dirs[backend] / "log.txt").read_text()
+            assert process.returncode == 0, f"{backend} failed:\n{log[-3000:]}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return dirs
 
 
@@ -101,10 +108,16 @@ def test_preset_saved_on_another_backend_loads_here(backend, other_backend_dirs)
             _close(got[key], expected[key])
 
 
+@pytest.fixture(scope="module")
+def shipped_outputs():
+    return shipped_preset_outputs()
+
+
 @pytest.mark.parametrize("backend", OTHERS)
-def test_shipped_preset_scores_the_same_on_every_backend(backend, other_backend_dirs):
+def test_shipped_preset_scores_the_same_on_every_backend(backend, other_backend_dirs,
+                                                        shipped_outputs):
     """The pretrained `diverse_sampled15` gives this backend's numbers on the others."""
     expected = np.load(other_backend_dirs[backend] / "shipped_outputs.npz")
-    got = shipped_preset_outputs()
+    got = shipped_outputs
     for key in ("fused", "embedding", "pitch", "timbre", "neuralogram", "end_to_end"):
         _close(got[key], expected[key])

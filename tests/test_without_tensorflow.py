@@ -52,9 +52,10 @@ def test_tflite_runner_without_tensorflow():
 
 def test_train_evaluate_predict_and_embed_without_tensorflow(tmp_path, capsys):
     """The whole command line on a TensorFlow-free install: shard, train (tiny, a few steps,
-    from the files and from the shards), evaluate, predict and embed."""
+    from the files, and on PyTorch from the shards too), evaluate, predict and embed."""
     import json
 
+    import keras
     from fsd50k_fixture import write_small_fsd50k
 
     from keras_dae.cli import main as cli_main
@@ -69,8 +70,11 @@ def test_train_evaluate_predict_and_embed_without_tensorflow(tmp_path, capsys):
     if importlib.util.find_spec("grain"):
         shards = tmp_path / "shards"
         assert cli_main(["shard", "--data", str(data), "--out", str(shards)]) == 0
-        assert cli_main(["train", "--data", str(data), "--shards", str(shards),
-                         "--out", str(tmp_path / "run_shards"), *common]) == 0
+        # The shard reader hands the same numpy batches to every backend: trained from once,
+        # on PyTorch (a second training on JAX would only compile the same step again).
+        if keras.backend.backend() == "torch":
+            assert cli_main(["train", "--data", str(data), "--shards", str(shards),
+                             "--out", str(tmp_path / "run_shards"), *common]) == 0
     report = tmp_path / "eval.json"
     assert cli_main(["evaluate", "--model", str(run), "--data", str(data),
                      "--json", str(report)]) == 0
