@@ -156,26 +156,29 @@ def main(argv=None) -> int:
 
 
 def table(result: dict) -> str:
-    """Eval mAP, mean ± spread over the seeds measured, per method and clips per class."""
+    """Eval mAP, mean ± spread over the seeds measured, per method and clips per class, with
+    each cell's mean wall time and the backend(s) it ran on."""
     sizes = sorted({r["per_class"] for r in result["rows"]},
                    key=lambda s: float("inf") if s == "all" else s)
     methods = [m for m in METHODS if any(r["method"] == m for r in result["rows"])]
-    lines = ["| method | " + " | ".join(f"{s} per class" for s in sizes) + " | seconds (mean) |",
-             "|---" * (len(sizes) + 2) + "|"]
+    lines = ["| method | " + " | ".join(f"{s} per class" for s in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
     for method in methods:
-        cells, seconds = [], []
+        cells = []
         for size in sizes:
             rows = [r for r in result["rows"] if r["method"] == method and r["per_class"] == size]
-            seconds += [r["seconds"] for r in rows]
             values = [r["eval_mAP"] for r in rows]
-            cells.append("-" if not values else f"{np.mean(values):.3f} ± "
-                         f"{np.std(values):.3f} ({len(values)})")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(seconds):.0f} |")
+            backends = "/".join(sorted({r["backend"] for r in rows}))
+            cells.append("-" if not values else f"{np.mean(values):.3f} ± {np.std(values):.3f} "
+                         f"({len(values)}; {np.mean([r['seconds'] for r in rows]):.0f} s, "
+                         f"{backends})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [
-        "", "Eval mAP: mean ± standard deviation over the seeds measured (their count in "
-        "brackets). Seconds: the whole run (neural methods: reading, embedding or training, "
-        "evaluating on val and eval, writing the preset); classical: the fit alone, its clip "
-        "features being computed once for every row."])
+        "", "Eval mAP: mean ± standard deviation over the seeds measured (their count, the mean "
+        "wall time of a run and the backend it ran on in brackets). Seconds: the whole run "
+        "(neural methods: reading, embedding or training, evaluating on val and eval, writing "
+        "the preset); classical: the fit alone, its clip features being computed once for "
+        "every row."])
 
 
 if __name__ == "__main__":
