@@ -20,8 +20,8 @@ import pytest
 import soundfile
 
 # The backend does not change what these tests check: tests/run.sh runs them once.
-# No Keras code: run once, in JAX's run (tests/run.sh balances the three).
-pytestmark = pytest.mark.one_backend("jax")
+# No Keras code: run once, in TensorFlow's run (tests/run.sh balances the three).
+pytestmark = pytest.mark.one_backend("tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
