@@ -55,8 +55,8 @@ def _run_command(args) -> int:
     from keras_dae import train_config, train_run
 
     config, say = train_config.from_flags(args), lambda line: print(line, flush=True)
+    processes = train_config.processes_from_flags(args) if args.command != "finetune" else None
     if args.command == "train":
-        processes = train_config.processes_from_flags(args)
         train_run.train_run(args.data, args.out, args.preset, config, args.format, args.shards,
                             args.resume, args.overwrite, say, processes)
     elif args.command == "finetune":
@@ -65,7 +65,7 @@ def _run_command(args) -> int:
                                     args.overwrite, say)
     else:
         pretrain_run(args.data, args.out, args.preset, config, args.val_fraction, args.resume,
-                     args.overwrite, say)
+                     args.overwrite, say, processes)
     return 0
 
 
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(contrastive, COLA)", mixed_precision=True)
     for flag, options in PRETRAIN_FLAGS:  # --data, --out, --preset, --val-fraction
         pretrain.add_argument(flag, **options)
-    train_config.add_arguments(pretrain, pretraining=True)
+    train_config.add_arguments(pretrain, pretraining=True, processes=True)
 
     evaluate = command("evaluate", _evaluate_command, "clip-level metrics of a run or preset "
                        "(--events: events in time against strong labels)", model="required",

@@ -7,7 +7,8 @@ import time
 import keras
 import numpy as np
 
-from keras_dae.data.pair_loader import PairLoader
+from keras_dae import scale
+from keras_dae.data.pair_loader import PairLoader, pair_loader
 from keras_dae.data.shards import ShardSet
 from keras_dae.train_config import TrainConfig
 from keras_dae.training import Trainer
@@ -17,27 +18,38 @@ __all__ = ["Pretrainer"]
 
 
 class Pretrainer(Trainer):
-    """`Trainer` for a `DiverseContrastive` on unlabelled files: one stage, `"pretrain"`,
-    of `config.tower_epochs` epochs; the recipe's checkpoints, resume and skipping as is."""
+    """`Trainer` for a `DiverseContrastive` on unlabelled audio: one stage, `"pretrain"`,
+    of `config.tower_epochs` epochs; the recipe's checkpoints, resume and skipping as is.
+
+    `train` and `val` are `ClipDataset`s (audio files) or `ShardClips` (clips of shards; what
+    a run of several processes reads, each process feeding its rows of every batch)."""
 
     STAGES = ("pretrain",)
 
     def __init__(self, model, train, val, run_dir, config: TrainConfig | None = None,
                  verbose: int = 1):
-        if isinstance(train, ShardSet):
-            raise InputError("pretraining draws its pairs from audio files, not from shards")
+        if isinstance(train, ShardSet) or isinstance(val, ShardSet):
+            raise InputError("pretraining draws its pairs from clips: pass ShardClips(shards)")
         super().__init__(model, train, val, run_dir, config, verbose)
         self.val_loader = None
 
     def _epochs(self, stage: str) -> int:
         return self.config.tower_epochs
 
-    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
+    def _pairs(self, data, whole_batches: bool = False, **kwargs) -> PairLoader:
+        """The pairs of `data` with the recipe's chunking and batch; in a run of several
+        processes, this process's rows of every batch (`whole_batches`: all of them)."""
         c = self.config
-        loader = PairLoader(self.train, self.model.stream_names,
-                            sample_rate=self.model.sample_rate, batch_size=c.batch_size,
-                            chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds,
-                            shuffle=shuffle, seed=c.seed, skipped=self.skipped)
+        processes = 1 if whole_batches else scale.process_count()
+        return pair_loader(data, self.model.stream_names, sample_rate=self.model.sample_rate,
+                           batch_size=c.batch_size, chunk_seconds=c.chunk_seconds,
+                           hop_seconds=c.hop_seconds, skipped=self.skipped,
+                           process_count=processes,
+                           process_index=scale.process_index() if processes > 1 else 0,
+                           **kwargs)
+
+    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
+        loader = self._pairs(self.train, whole_batches, shuffle=shuffle, seed=self.config.seed)
         self._count_audio("train", loader)
         return loader
 
@@ -70,12 +82,8 @@ class Pretrainer(Trainer):
         stream's loss and accuracy (the share of anchors whose positive scores highest);
         the score is minus the mean loss."""
         if self.val_loader is None:
-            c = self.config
-            self.val_loader = PairLoader(
-                self.val, self.model.stream_names, augment=False,
-                sample_rate=self.model.sample_rate, batch_size=c.batch_size,
-                chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds, shuffle=True,
-                seed=c.seed + 1, skipped=self.skipped)
+            self.val_loader = self._pairs(self.val, augment=False, shuffle=True,
+                                          seed=self.config.seed + 1)
             self._count_audio("val", self.val_loader)
         self.val_loader.set_epoch(0)
         logs = self.model.evaluate(self.val_loader, verbose=0, return_dict=True)

@@ -6,7 +6,8 @@
     model = DiverseClassifier.from_preset("runs/pretrained", class_names=["dog", "cat"])
 
 The data is any directory of audio files, searched recursively (for example the corpus that
-`scripts/build_pretraining_corpus.py` builds); no labels are read. The objective is COLA's
+`scripts/build_pretraining_corpus.py` builds), or the shards of one, decoded and chunked once
+(`keras-dae shard --format unlabelled --data DIR --out SHARDS`); no labels are read. The objective is COLA's
 (`keras_dae.models.contrastive`): two 1 s chunks of the same file are a positive pair, the
 other files of the batch the negatives, one loss per stream, so every tower, the
 Neuralogram's window network and the learned filterbank learn at once, each from its own
@@ -19,7 +20,10 @@ those files, fixed once, are scored, and the epoch of the lowest validation loss
 the streams) is kept (early stopping with `patience`). The recipe's machinery is the
 supervised one (`keras_dae.training.Trainer`): feature normalisation adapted from training
 chunks, checkpoints every epoch, `--resume` after a kill, bad files reported once and
-skipped, bfloat16 and data parallelism over the local devices. The run directory gets
+skipped, bfloat16 and data parallelism over the local devices or, from shards, over several
+processes (`processes`, as `keras_dae.train_run.train_run`'s: every process builds each
+global batch and feeds its rows, so the negatives are the whole global batch). The run
+directory gets
 `checkpoint/`, `logs/`, `preset/` (the backbone: `DiverseContrastive`, no classes) and
 `report.json` (validation history and the cost: hours of audio, steps, wall time, hardware).
 """
@@ -36,29 +40,14 @@ from pathlib import Path
 import numpy as np
 
 from keras_dae import validation
-from keras_dae.train_config import PRETRAIN_DEFAULTS, TrainConfig
+from keras_dae.data.datasets import ClipDataset, read_unlabelled
+from keras_dae.train_config import PRETRAIN_DEFAULTS, Processes, TrainConfig
 from keras_dae.validation import InputError
 
 __all__ = ["PRETRAIN_DEFAULTS", "VAL_FRACTION", "pretrain_config", "pretrain_run",
-           "unlabelled_dataset"]
+           "unlabelled_data"]
 
 VAL_FRACTION = 0.05
-
-
-def unlabelled_dataset(root):
-    """Every audio file under `root` (recursively) as a `ClipDataset` without classes; the
-    folder of each file is its group (source)."""
-    from keras_dae.data.datasets import AUDIO_EXTENSIONS, ClipDataset, find_audio_files
-
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a directory of audio files")
-    paths = find_audio_files(root)
-    if not paths:
-        raise InputError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    ids = [str(p.relative_to(root)) for p in paths]
-    return ClipDataset(paths, np.zeros((len(paths), 0), np.float32), [], [], ids,
-                       groups=[str(p.parent.relative_to(root)) for p in paths])
 
 
 def split_files(dataset, val_fraction: float, batch_size: int, seed: int):
@@ -79,17 +68,26 @@ def pretrain_config(**changes) -> TrainConfig:
     return TrainConfig(**{**PRETRAIN_DEFAULTS, **changes})
 
 
+def unlabelled_data(data):
+    """The clips under `data`: `ShardClips` of a shard directory, else every audio file
+    (`read_unlabelled`)."""
+    from keras_dae.data.pair_loader import ShardClips
+    from keras_dae.data.shards import INDEX_FILE
+
+    if (Path(data) / INDEX_FILE).is_file():
+        return ShardClips(data)
+    return read_unlabelled(data)
+
+
 def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | None = None,
                  val_fraction: float = VAL_FRACTION, resume: bool = False,
-                 overwrite: bool = False, say: Callable[[str], None] = print) -> dict:
-    """Pretrains the towers of `preset`'s architecture on the audio files under `data` into
-    the run directory `out`; returns the report (see the module's docstring)."""
-    import keras
-
+                 overwrite: bool = False, say: Callable[[str], None] = print,
+                 processes: Processes | None = None) -> dict:
+    """Pretrains the towers of `preset`'s architecture on the audio under `data` (files or
+    shards) into the run directory `out`; returns the report (see the module's docstring).
+    `processes`: how to join a run of several processes (default: as the environment says)."""
     from keras_dae import scale, training
-    from keras_dae.models.contrastive import DiverseContrastive
-    from keras_dae.pretrainer import Pretrainer
-    from keras_dae.train_run import scaled
+    from keras_dae.train_run import join_processes, silent
     from keras_dae.zoo.presets import PRESETS
 
     config = config or pretrain_config()
@@ -99,28 +97,58 @@ def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig 
     if config.feature_cache or config.mixup or config.balanced:
         raise InputError("pretraining takes no --feature-cache, --mixup or --balanced (its "
                          "pairs are random chunks, augmented)")
-    spec = PRESETS[preset]
+    files = unlabelled_data(data)
+    config = join_processes(config, processes, data if _from_shards(files) else None, how=(
+        "write them once with `keras-dae shard --format unlabelled --data DIR --out SHARDS` "
+        "and pretrain with --data SHARDS"))
+    if not scale.is_chief():
+        say = silent
     with training.claim_run_dir(out, resume, overwrite):
-        files = unlabelled_dataset(data)
-        train, val = split_files(files, val_fraction, config.batch_size, config.seed)
-        with scaled(config):
-            keras.utils.set_random_seed(config.seed)
-            model = DiverseContrastive.with_default_frontends(spec["sample_rate"],
-                                                              tower=dict(spec["tower"]))
-            say(f"pretrain: {len(train)} files, val: {len(val)} files (no labels); "
-                f"architecture {preset} ({model.count_params():,} parameters); backend "
-                f"{keras.backend.backend()}, {keras.config.dtype_policy().name}")
-            trainer = Pretrainer(model, train, val, out, config)
-            state = trainer.run(resume=resume, overwrite=overwrite)
-            report = _report(trainer, state, files, Path(data), preset)
-            with training._chief_directory(Path(out)) as directory:
-                model.save_to_preset(directory / "preset", metadata={
-                    "pretrained_on": str(Path(data).resolve()), "architecture": preset,
-                    "pretraining": report["cost"],
-                    "train_config": dataclasses.asdict(config)})
+        try:
+            return _pretrain(files, Path(data), Path(out), preset, config, val_fraction,
+                             resume, overwrite, say)
+        except Exception as error:
+            training.raise_for_processes(error)
+            raise
+
+
+def _from_shards(files) -> bool:
+    return not isinstance(files, ClipDataset)
+
+
+def _pretrain(files, data: Path, out: Path, preset, config, val_fraction, resume, overwrite,
+              say) -> dict:
+    import keras
+
+    from keras_dae import scale, training
+    from keras_dae.models.contrastive import DiverseContrastive
+    from keras_dae.pretrainer import Pretrainer
+    from keras_dae.train_run import scaled
+    from keras_dae.zoo.presets import PRESETS
+
+    spec = PRESETS[preset]
+    train, val = split_files(files, val_fraction, config.batch_size, config.seed)
+    with scaled(config):
+        keras.utils.set_random_seed(config.seed)
+        model = DiverseContrastive.with_default_frontends(spec["sample_rate"],
+                                                          tower=dict(spec["tower"]))
+        say(f"pretrain: {len(train)} {'clips' if _from_shards(files) else 'files'}, val: "
+            f"{len(val)} (no labels); architecture {preset} ({model.count_params():,} "
+            f"parameters); backend {keras.backend.backend()}, "
+            f"{keras.config.dtype_policy().name}"
+            + (f"; {scale.process_count()} processes" if scale.process_count() > 1 else ""))
+        trainer = Pretrainer(model, train, val, out, config)
+        state = trainer.run(resume=resume, overwrite=overwrite)
+        report = _report(trainer, state, files, data, preset)
+        with training._chief_directory(out) as directory:
+            model.save_to_preset(directory / "preset", metadata={
+                "pretrained_on": str(data.resolve()), "architecture": preset,
+                "pretraining": report["cost"],
+                "train_config": dataclasses.asdict(config)})
     if scale.is_chief():
-        training._atomic_write_text(Path(out) / "report.json", json.dumps(report, indent=1))
-    say(f"skipped: {training.summarize_problems(trainer.skipped, total=len(files))}")
+        training._atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    total = len(files) + (len(files.skipped) if _from_shards(files) else 0)
+    say(f"skipped: {training.summarize_problems(trainer.skipped, total=total)}")
     say(f"best epoch {report['best_epoch'] + 1}: val loss {report['best_val_loss']:.3f}; "
         f"{report['cost']['steps']} steps in {report['cost']['train_seconds'] / 60:.1f} min; "
         f"wrote {Path(out) / 'preset'} and report.json")
@@ -169,7 +197,7 @@ def _hardware() -> str:
 #: `keras-dae pretrain`'s flags besides the recipe's: (flag, argparse options).
 FLAGS = (
     ("--data", {"required": True, "help": "directory of audio files (searched recursively; "
-                "no labels)"}),
+                "no labels), or their shards (keras-dae shard --format unlabelled)"}),
     ("--out", {"required": True, "help": "run directory (checkpoints, preset, report)"}),
     ("--preset", {"default": "diverse_fsd50k", "help": "architecture to pretrain"}),
     ("--val-fraction", {"type": validation.positive_float, "default": VAL_FRACTION,

@@ -78,7 +78,7 @@ def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | N
     from keras_dae import scale, training
 
     if not scale.is_chief():
-        say = _silent
+        say = silent
     with training.claim_run_dir(out, resume, overwrite):
         try:
             train, val, test = read_splits(data, format, shards)
@@ -90,15 +90,18 @@ def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | N
             raise
 
 
-def _silent(line: str) -> None:
+def silent(line: str) -> None:
     """What processes other than 0 of a multi-process run say: nothing."""
 
 
-def join_processes(config: TrainConfig, processes: Processes | None, shards=None) -> TrainConfig:
+def join_processes(config: TrainConfig, processes: Processes | None, shards=None,
+                   how: str = "write them once with `keras-dae shard --data DIR --out SHARDS` "
+                              "and add --shards SHARDS") -> TrainConfig:
     """Joins the multi-process run that `processes` or the environment asks for
     (`keras_dae.scale.initialize_multiprocess`); returns `config`, with data parallelism on in
     a run of several processes. Refuses (`InputError`) a multi-process run whose training
-    chunks do not come from `shards`. Without one asked for, returns `config` as it is."""
+    chunks do not come from `shards`, saying `how` to get them. Without one asked for,
+    returns `config` as it is."""
     from keras_dae import scale
 
     processes = processes or Processes()
@@ -107,8 +110,7 @@ def join_processes(config: TrainConfig, processes: Processes | None, shards=None
         return config
     if shards is None:
         raise InputError("a multi-process run reads its training chunks from shards, each "
-                         "process its part of every batch: write them once with `keras-dae "
-                         "shard --data DIR --out SHARDS` and add --shards SHARDS")
+                         f"process its part of every batch: {how}")
     scale.initialize_multiprocess(processes.coordinator, processes.num_processes,
                                   processes.process_id, timeout=processes.timeout,
                                   heartbeat_timeout=processes.heartbeat_timeout)

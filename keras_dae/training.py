@@ -45,6 +45,7 @@ from keras_dae.audio import AudioDecodeError, summarize_problems
 from keras_dae.clip_pipeline import POOLING, ClipPipeline
 from keras_dae.data.feature_cache import FeatureCache
 from keras_dae.data.loader import ChunkLoader
+from keras_dae.data.pair_loader import ShardClips
 from keras_dae.data.shards import ShardSet
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 from keras_dae.runs import PreflightError
@@ -223,6 +224,11 @@ def _check_scale(model, config: TrainConfig) -> None:
                              f"devices; use a multiple of {devices}")
 
 
+def _from_shards(data) -> bool:
+    """Whether `data` is chunks decoded once (shards), not audio files."""
+    return isinstance(data, (ShardSet, ShardClips))
+
+
 def _check_processes(train, config: TrainConfig) -> None:
     """Refuses a multi-process run without data parallelism or with audio files (not shards)
     for training data."""
@@ -233,7 +239,7 @@ def _check_processes(train, config: TrainConfig) -> None:
         raise InputError(f"a run of {processes} processes trains with data parallelism: "
                          "TrainConfig(data_parallel=True), inside "
                          "`with keras_dae.scale.data_parallel(batch_size):`")
-    if not isinstance(train, ShardSet):
+    if not _from_shards(train):
         raise InputError(
             f"a run of {processes} processes reads its training chunks from shards, each "
             "process its part of every batch: write them once with `keras-dae shard --data "
@@ -374,7 +380,7 @@ class Trainer:
         if scale.is_chief():  # the one process that writes
             self._preflight_writes()
         for split, dataset in (("training", self.train), ("validation", self.val)):
-            if isinstance(dataset, ShardSet):  # decoded when it was written
+            if _from_shards(dataset):  # decoded when it was written
                 self.skipped.update(dataset.skipped)
                 if len(dataset) == 0:
                     raise PreflightError(f"the {split} shards hold no chunks")
@@ -425,14 +431,14 @@ class Trainer:
                 "checkpoint); free some space or choose another output directory")
 
     def _reasons(self, dataset) -> dict[str, str]:
-        if isinstance(dataset, ShardSet):
+        if _from_shards(dataset):
             return dict(dataset.skipped)
         return {str(p): self.skipped[str(p)] for p in dataset.paths if str(p) in self.skipped}
 
     def skip_summary(self) -> dict[str, str]:
         """`{"train": ..., "val": ...}`: one line each, how many files were skipped and why."""
         def files(data):  # clips, for shards: those written plus those skipped
-            if isinstance(data, ShardSet):
+            if _from_shards(data):
                 return data.n_clips + len(data.skipped)
             return len(data)
 

@@ -280,8 +280,8 @@ def test_pretraining_pairs_replace_every_bad_file_of_an_unlabelled_folder(corpus
     """The corpus as unlabelled audio (`keras-dae pretrain --data`): each bad file is reported
     with its reason and its row takes another file's pair, one not already in the batch (a
     file twice in a batch would be its own negative); every view is finite."""
+    from keras_dae.data import read_unlabelled
     from keras_dae.data.pair_loader import PairLoader
-    from keras_dae.pretraining import unlabelled_dataset
 
     # Regular files (the unreadable one needs privileges to copy), but for the 1 ms clip: its
     # padded chunk equals the 0.1 s clip's, and each view here must name its file.
@@ -289,7 +289,7 @@ def test_pretraining_pairs_replace_every_bad_file_of_an_unlabelled_folder(corpus
         if (case.in_dataset and corpus[case.name].is_file()
                 and case.name not in ("unreadable", "one_ms")):
             shutil.copyfile(corpus[case.name], tmp_path / case.file)
-    data = unlabelled_dataset(tmp_path)
+    data = read_unlabelled(tmp_path)
     loader = PairLoader(data, ["timbre"], augment=False, batch_size=4, seed=0)
     chunks = {c.file: chunk_waveform(load_audio(tmp_path / c.file, SR), SR) for c in OK
               if (tmp_path / c.file).exists()}

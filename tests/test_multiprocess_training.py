@@ -1,7 +1,8 @@
 """Multi-process (multi-host) JAX training, on one machine: two processes on localhost, one CPU
-device each, train to the same losses and weights as one process with two host devices; each
-reads its own rows of every batch from the shards; only process 0 writes; a killed process
-ends the other with a clear message, and `--resume` then finishes the run."""
+device each, train (and pretrain without labels) to the same losses and weights as one process
+with two host devices; each reads its own rows of every batch from the shards; only process 0
+writes; a killed process ends the other with a clear message, and `--resume` then finishes the
+run."""
 
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ pytest.importorskip("grain")
 pytest.importorskip("array_record")
 
 from keras_dae import scale  # noqa: E402
-from keras_dae.data import ShardLoader, read_fsd50k, write_shards  # noqa: E402
+from keras_dae.data import (  # noqa: E402
+    ShardLoader,
+    read_fsd50k,
+    read_unlabelled,
+    write_shards,
+)
 from keras_dae.train_config import Processes, TrainConfig  # noqa: E402
 from keras_dae.train_run import join_processes  # noqa: E402
 from keras_dae.validation import InputError  # noqa: E402
@@ -35,6 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # killed-process test stops process 1 after the first of the three epochs.
 RECIPE = ["--preset", "diverse_tiny", "--epochs", "2", "--fusion-epochs", "1",
           "--batch-size", "8", "--seed", "1", "--patience", "10"]
+
+
+PRETRAIN_RECIPE = ["--preset", "diverse_tiny", "--epochs", "2", "--batch-size", "8", "--seed",
+                   "1", "--val-fraction", "0.25"]
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +102,17 @@ def test_settings_come_from_flags_or_keras_environment(monkeypatch):
         scale._settings("h:1", 2, 5)
 
 
-def test_a_multi_process_run_needs_shards():
-    """Refused before joining anything: the audio-file loader cannot split batches."""
+def test_a_multi_process_run_needs_shards(data, tmp_path):
+    """Refused before joining anything: the audio-file loaders cannot split batches; the
+    message says how to write the shards and where to give them."""
+    from keras_dae.pretraining import pretrain_run
+
+    processes = Processes(coordinator="localhost:1", num_processes=2, process_id=0)
     with pytest.raises(InputError, match="--shards"):
-        join_processes(TrainConfig(), Processes(coordinator="localhost:1", num_processes=2,
-                                                process_id=0))
+        join_processes(TrainConfig(), processes)
+    with pytest.raises(InputError, match="shard --format unlabelled .* pretrain with --data"):
+        pretrain_run(data[0] / "FSD50K.dev_audio", tmp_path / "run", processes=processes)
+    assert not (tmp_path / "run").exists()
 
 
 # -- slow: real processes ----------------------------------------------------------------------
@@ -124,13 +140,19 @@ def _train_command(data, out, *extra) -> list[str]:
             str(shards), "--out", str(out), *RECIPE, *extra]
 
 
-def _start_processes(data, out, *extra, heartbeat: float = 20) -> list[subprocess.Popen]:
+def _pretrain_command(shards, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "keras_dae.cli", "pretrain", "--data", str(shards), "--out",
+            str(out), *PRETRAIN_RECIPE, *extra]
+
+
+def _start_processes(data, out, *extra, heartbeat: float = 20,
+                     command=_train_command) -> list[subprocess.Popen]:
     """Process 0 and process 1 of a run on localhost (one CPU device each)."""
     port = _free_port()
     return [subprocess.Popen(
-        _train_command(data, out, "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                       "--process-id", str(i), "--heartbeat-timeout", str(heartbeat),
-                       "--process-timeout", "240", *extra),
+        command(data, out, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                "--process-id", str(i), "--heartbeat-timeout", str(heartbeat),
+                "--process-timeout", "240", *extra),
         env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in (0, 1)]
 
@@ -161,7 +183,8 @@ def _weights(run_dir: Path) -> dict:
 
 def _losses(run_dir: Path) -> list[float]:
     history = json.loads((run_dir / "report.json").read_text())["history"]
-    return [(h["stage"], h["epoch"], h["loss"], h["val_map"]) for h in history]
+    score = "val_loss" if history[0]["stage"] == "pretrain" else "val_map"
+    return [(h["stage"], h["epoch"], h["loss"], h[score]) for h in history]
 
 
 def _assert_same_run(run_dir: Path, reference: Path) -> None:
@@ -242,3 +265,27 @@ def test_a_killed_process_stops_the_other_and_resume_finishes_the_run(
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
     _assert_same_run(out, one_process_two_devices)
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_as_one_process_on_two_devices(data, tmp_path):
+    """Pretraining from shards of unlabelled audio (`keras-dae shard --format unlabelled`):
+    each process feeds its rows of every global batch of pairs, the contrastive negatives
+    are the whole global batch, and the run ends with the losses, validation losses and
+    weights of one process with two devices."""
+    root, _ = data
+    shards = write_shards(read_unlabelled(root / "FSD50K.dev_audio"), tmp_path / "shards",
+                          shard_size=8).directory
+    reference = tmp_path / "one"
+    done = subprocess.run(_pretrain_command(shards, reference, "--data-parallel"),
+                          env=_environment(host_devices=2), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "two"
+    (rc0, out0, err0), (rc1, out1, err1) = _finish(_start_processes(
+        shards, out, command=_pretrain_command))
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    assert "2 processes" in out0 and "wrote" in out0
+    assert [line for line in out1.splitlines() if not line.startswith("[Gloo]")] == []
+    _assert_same_run(out, reference)

@@ -15,14 +15,15 @@ import soundfile
 
 from keras_dae import cli
 from keras_dae.audio import load_audio
+from keras_dae.data import read_unlabelled
 from keras_dae.data.bundled import demo_clips
 from keras_dae.data.chunking import chunk_waveform
-from keras_dae.data.pair_loader import PairLoader, augment_views
+from keras_dae.data.pair_loader import PairLoader, ShardClips, ShardPairLoader, augment_views
 from keras_dae.models import DiverseClassifier
 from keras_dae.models.contrastive import DiverseContrastive
 from keras_dae.models.featurizer import default_stream_frontends
 from keras_dae.pretrainer import Pretrainer
-from keras_dae.pretraining import pretrain_run, split_files, unlabelled_dataset
+from keras_dae.pretraining import pretrain_run, split_files
 from keras_dae.train_config import TrainConfig
 from keras_dae.zoo import PresetError
 from keras_dae.zoo.presets import PRESETS
@@ -59,7 +60,7 @@ def _files_audio(dataset):
 
 @pytest.mark.one_backend
 def test_pairs_are_two_chunks_of_one_file_and_the_same_for_a_seed_and_epoch(corpus):
-    data = unlabelled_dataset(corpus)
+    data = read_unlabelled(corpus)
     assert len(data) == 41 and data.n_classes == 0
     loader = PairLoader(data, ["pitch", "timbre"], augment=False, batch_size=8, seed=3)
     assert "notes.wav" in next(iter(loader.skipped)) and len(loader) == 40 // 8
@@ -78,6 +79,83 @@ def test_pairs_are_two_chunks_of_one_file_and_the_same_for_a_seed_and_epoch(corp
     np.testing.assert_array_equal(again[0]["anchor"], inputs["anchor"])
     loader.set_epoch(1)
     assert not np.array_equal(loader[1][0]["anchor"], inputs["anchor"])
+
+
+@pytest.fixture(scope="module")
+def corpus_shards(corpus, tmp_path_factory):
+    """The corpus written to shards by `keras-dae shard --format unlabelled`."""
+    pytest.importorskip("grain")
+    pytest.importorskip("array_record")
+    out = tmp_path_factory.mktemp("corpus_shards") / "shards"
+    assert cli.main(["shard", "--data", str(corpus), "--format", "unlabelled", "--out",
+                     str(out), "--shard-size", "16"]) == 0
+    return out
+
+
+@pytest.mark.one_backend
+def test_pairs_from_shards_are_the_pairs_from_the_files(corpus, corpus_shards):
+    """The same clips give the same pairs, augmented alike, from the shards as from the
+    files (to the shards' 16-bit precision, times the augmentation's gain of at most 6 dB),
+    the same batches in the same order, the same hours of audio; the file that is not audio
+    was left out when the shards were written and is reported."""
+    files, shards = read_unlabelled(corpus), ShardClips(corpus_shards)
+    assert len(shards) == 40 and "notes.wav" in next(iter(shards.skipped))
+    for seed, epoch in ((3, 0), (5, 2)):
+        a = PairLoader(files, ["timbre"], batch_size=8, seed=seed, epoch=epoch)
+        b = ShardPairLoader(shards, ["timbre"], batch_size=8, seed=seed, epoch=epoch)
+        assert len(a) == len(b) == 5 and b.audio_seconds == pytest.approx(a.audio_seconds)
+        for i in range(len(a)):
+            (xa, ya), (xb, yb) = a[i], b[i]
+            np.testing.assert_array_equal(ya["timbre"], yb["timbre"])
+            for view in ("anchor", "positive"):
+                np.testing.assert_allclose(xb[view], xa[view], rtol=0, atol=2.1 / 65534)
+    assert "notes.wav" in next(iter(b.skipped))
+    held_out = shards.subset([1, 4, 7, 8, 9, 20, 30, 39])
+    loader = ShardPairLoader(held_out, ["timbre"], augment=False, batch_size=8, shuffle=False)
+    x, _ = loader[0]  # row k: a pair of chunks of clip k of the subset
+    for row, clip in enumerate(held_out.clips):
+        records = np.flatnonzero(np.asarray(shards.shards.items[:, 0]) == clip)
+        chunks = [shards.shards[r]["waveform"] for r in records]
+        for view in ("anchor", "positive"):
+            assert any(np.array_equal(x[view][row], c) for c in chunks), (row, view)
+
+
+@pytest.mark.one_backend
+def test_each_process_gets_its_rows_of_every_global_batch_with_their_positions(corpus_shards):
+    """Two processes' pairs, side by side, are one process's batch (the augmentation mixes
+    rows across the whole global batch), their targets the rows' global positions."""
+    options = dict(batch_size=8, seed=1, epoch=1)
+    whole = ShardPairLoader(corpus_shards, ["pitch"], **options)
+    parts = [ShardPairLoader(corpus_shards, ["pitch"], process_index=p, process_count=2,
+                             **options) for p in (0, 1)]
+    assert len(whole) == len(parts[0]) == len(parts[1])
+    for index in range(len(whole)):
+        x, y = whole[index]
+        halves = [part[index] for part in parts]
+        for view in ("anchor", "positive"):
+            np.testing.assert_array_equal(x[view], np.concatenate([h[0][view] for h in halves]))
+        np.testing.assert_array_equal(halves[1][1]["pitch"], np.arange(4, 8))
+        np.testing.assert_array_equal(y["pitch"], np.concatenate([h[1]["pitch"] for h in halves]))
+    with pytest.raises(Exception, match="must divide by their number"):
+        ShardPairLoader(corpus_shards, ["pitch"], batch_size=9, process_count=2)
+
+
+@pytest.mark.one_backend
+def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards, tmp_path):
+    """`keras-dae pretrain --data SHARDS`: one epoch from the shards, its report's hours
+    those of the readable files, the file left out of the shards among the skipped."""
+    out = tmp_path / "run"
+    assert cli.main(["pretrain", "--data", str(corpus_shards), "--out", str(out), "--preset",
+                     "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
+                     "1", "--jit-compile", "off"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["cost"]["epochs"] == 1 and report["cost"]["files"] == 40
+    assert report["cost"]["steps"] == 32 // 8
+    seconds = sum(soundfile.info(p).duration for p in corpus.rglob("*.flac"))
+    assert report["cost"]["audio_hours"] == pytest.approx(seconds / 3600, rel=1e-6)
+    assert "notes.wav" in next(iter(report["skipped"]))
+    assert DiverseContrastive.from_preset(out / "preset").stream_names == [
+        "pitch", "timbre", "neuralogram", "end_to_end"]
 
 
 @pytest.mark.one_backend
@@ -109,7 +187,7 @@ def test_augmentation_mixes_another_file_below_the_view_and_keeps_silence():
 
 @pytest.mark.one_backend
 def test_too_few_files_for_a_batch_are_refused_with_the_count(corpus):
-    data = unlabelled_dataset(corpus)
+    data = read_unlabelled(corpus)
     with pytest.raises(Exception, match="41 audio files: too few .* batches of 32"):
         split_files(data, 0.05, 32, 0)
     train, val = split_files(data, 0.05, 8, 0)

@@ -42,6 +42,7 @@ from keras_dae.data.datasets import (
     read_fsd50k,
     read_fsd50k_vocabulary,
     read_split,
+    read_unlabelled,
     write_fsd50k_layout,
 )
 
@@ -70,6 +71,7 @@ __all__ = [
     "read_fsd50k",
     "read_fsd50k_vocabulary",
     "read_split",
+    "read_unlabelled",
     "write_fsd50k_layout",
     "write_shards",
 ]

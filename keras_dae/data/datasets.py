@@ -45,6 +45,7 @@ __all__ = [
     "read_fsd50k",
     "read_fsd50k_vocabulary",
     "read_split",
+    "read_unlabelled",
     "write_fsd50k_layout",
 ]
 
@@ -701,7 +702,21 @@ def find_audio_files(directory) -> list[Path]:
     )
 
 
-DATASET_FORMATS = ("fsd50k", "csv", "folders")
+DATASET_FORMATS = ("fsd50k", "csv", "folders", "unlabelled")
+
+
+def read_unlabelled(root) -> ClipDataset:
+    """Every audio file under `root` (recursively) as a `ClipDataset` without classes (for
+    pretraining); the folder of each file is its group (source)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a directory of audio files")
+    paths = find_audio_files(root)
+    if not paths:
+        raise InputError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    return ClipDataset(paths, np.zeros((len(paths), 0), np.float32), [], [],
+                       [str(p.relative_to(root)) for p in paths],
+                       groups=[str(p.parent.relative_to(root)) for p in paths])
 
 
 def detect_format(root) -> str | None:
@@ -719,15 +734,17 @@ def detect_format(root) -> str | None:
 
 
 def read_split(root, split: str, format: str | None = None) -> ClipDataset | None:
-    """One split of a dataset directory, in one of the three layouts keras-dae reads.
+    """One split of a dataset directory, in one of the layouts keras-dae reads.
 
     - fsd50k: the FSD50K layout (`FSD50K.ground_truth/dev.csv` with its official train/val
       split, `eval.csv`, `vocabulary.csv`, and the `FSD50K.*_audio/` folders);
     - csv: `DIR/<split>.csv` files with a `path,labels` header;
-    - folders: `DIR/<split>/<class>/<audio files>`.
+    - folders: `DIR/<split>/<class>/<audio files>`;
+    - unlabelled: every audio file under `DIR`, no classes (`read_unlabelled`): the train
+      split, for pretraining; it has no other.
 
-    `format=None` detects the layout (`detect_format`). Returns None when the split is absent
-    (csv and folders); an FSD50K split always exists.
+    `format=None` detects the layout (`detect_format`; never unlabelled). Returns None when
+    the split is absent (csv, folders, unlabelled); an FSD50K split always exists.
     """
     root = Path(root)
     if format is None:
@@ -739,6 +756,8 @@ def read_split(root, split: str, format: str | None = None) -> ClipDataset | Non
         raise InputError(f"format must be one of {DATASET_FORMATS}, got {format!r}")
     if format == "fsd50k":
         return read_fsd50k(root, split)
+    if format == "unlabelled":
+        return read_unlabelled(root) if split == "train" else None
     if format == "csv":
         path = root / f"{split}.csv"
         return read_csv_dataset(path) if path.is_file() else None

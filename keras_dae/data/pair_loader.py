@@ -1,14 +1,28 @@
 """Positive pairs for self-supervised pretraining (`keras_dae.pretraining`): two chunks of
-the same file per row, the batch's other files as negatives (COLA), each view augmented."""
+the same file per row, the batch's other files as negatives (COLA), each view augmented.
+
+The pairs come from audio files (`PairLoader` over a `ClipDataset`) or from shards written
+once (`ShardPairLoader` over `ShardClips`, clips of a `ShardSet`: `keras-dae shard --format
+unlabelled`); `pair_loader` picks the one for the data. Both draw the same pairs from the same
+clips (the shards hold the same chunks, to 16-bit precision).
+
+In a run of several processes every process builds the whole global batch (the augmentation
+mixes rows of the batch, and the contrastive loss's negatives are the global batch) and keeps
+its rows: process `p` of `P` rows `[p * B/P, (p + 1) * B/P)`, their targets the rows' global
+positions, so the processes together feed exactly the batch one process would.
+"""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
-from keras_dae.data.loader import ChunkLoader
-from keras_dae.validation import InputError
+from keras_dae.data.loader import ChunkLoader, check_sampling
+from keras_dae.data.shards import ShardSet, decode_chunk
+from keras_dae.validation import InputError, check
 
-__all__ = ["PAIR_MIX", "PairLoader", "augment_views"]
+__all__ = ["PAIR_MIX", "PairLoader", "ShardClips", "ShardPairLoader", "augment_views",
+           "pair_loader"]
 
 #: Augmentation of each view: gain drawn in +-`max_gain_db`; with `probability`, another
 #: file's chunk of the batch added `snr_db` (drawn in the range) below the view's level.
@@ -28,20 +42,38 @@ class PairLoader(ChunkLoader):
     The last, smaller batch is left out (its rows would have fewer negatives).
 
     Args: those of `ChunkLoader` (`mixup`, `balanced`, `target_names` and `drop_last` are
-    fixed here), and `stream_names`: the names to give the targets under.
+    fixed here), `stream_names`: the names to give the targets under, and `process_index`,
+    `process_count`: this process's rows of every batch in a run of several processes (see
+    the module docstring; `batch_size` must divide by `process_count`).
     """
 
-    def __init__(self, dataset, stream_names, augment: bool = True, **kwargs):
+    def __init__(self, dataset, stream_names, augment: bool = True, process_index: int = 0,
+                 process_count: int = 1, **kwargs):
         for fixed in ("mixup", "balanced", "target_names", "drop_last", "feature_cache"):
             if fixed in kwargs:
-                raise TypeError(f"PairLoader sets {fixed} itself")
+                raise TypeError(f"{type(self).__name__} sets {fixed} itself")
         self.stream_names = tuple(stream_names)
         self.augment = bool(augment)
+        self._set_processes(process_index, process_count, kwargs.get("batch_size", 32))
         super().__init__(dataset, drop_last=True, **kwargs)
+
+    def _set_processes(self, process_index: int, process_count: int, batch_size: int) -> None:
+        check("process_count", process_count, "positive_int")
+        check("process_index", process_index, "non_negative_int")
+        if process_index >= process_count or int(batch_size) % process_count:
+            raise InputError(
+                f"process {process_index} of {process_count}: the processes' ids are "
+                f"0..{process_count - 1} and the batch size ({batch_size}) must divide by "
+                "their number")
+        self.process_index, self.process_count = int(process_index), int(process_count)
 
     def _build_index(self) -> None:
         super()._build_index()
-        counts = np.bincount(self.clip_index, minlength=len(self.dataset))
+        self._index_pairs(len(self.dataset))
+
+    def _index_pairs(self, n_clips: int) -> None:
+        """Per clip (of `n_clips`) its chunks' count and first item, from `clip_index`."""
+        counts = np.bincount(self.clip_index, minlength=n_clips)
         self._clip_chunks = counts
         self._first_item = np.cumsum(counts) - counts
         self.clips = np.flatnonzero(counts)  # readable files, in dataset order
@@ -88,9 +120,121 @@ class PairLoader(ChunkLoader):
             views[:, row] = pair if pair is not None else self._replacement(index, row, positions)
         if self.augment:
             views = augment_views(views, rng)
-        targets = np.arange(b, dtype=np.int32)
-        return ({"anchor": views[0], "positive": views[1]},
+        rows = self.process_rows()
+        targets = np.arange(b, dtype=np.int32)[rows]  # global positions: the positives
+        return ({"anchor": views[0, rows], "positive": views[1, rows]},
                 {name: targets for name in self.stream_names})
+
+    def process_rows(self) -> slice:
+        """The rows of every global batch that this process feeds."""
+        part = self.batch_size // self.process_count
+        return slice(self.process_index * part, (self.process_index + 1) * part)
+
+
+class ShardClips:
+    """Clips of a `ShardSet` (all of them by default), for `ShardPairLoader`: what
+    pretraining reads when its audio was written to shards once (`keras-dae shard --format
+    unlabelled`). `subset` and `len` as a `ClipDataset`'s, so the held-out split is drawn
+    the same way."""
+
+    def __init__(self, shards, clips=None):
+        self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+        self.clips = (np.arange(self.shards.n_clips, dtype=np.int64) if clips is None
+                      else np.asarray(clips, np.int64).reshape(-1))
+
+    def __len__(self) -> int:
+        return int(self.clips.size)
+
+    @property
+    def n_clips(self) -> int:
+        return len(self)
+
+    def __repr__(self) -> str:
+        return f"ShardClips({len(self)} of the {self.shards.n_clips} clips of {self.shards})"
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """path -> reason: the files the shards were written without."""
+        return self.shards.skipped
+
+    def subset(self, indices) -> ShardClips:
+        """The clips at `indices` (into these clips)."""
+        return ShardClips(self.shards, self.clips[np.asarray(indices, np.int64)])
+
+
+class ShardPairLoader(PairLoader):
+    """`PairLoader`'s batches, the chunks read from shards (`ShardClips`) instead of decoded
+    from audio files: the same pairs, augmentation, order and process rows.
+
+    Args:
+        data: a `ShardClips` (or a `ShardSet` or shard directory: all its clips).
+        stream_names, augment, process_index, process_count: as `PairLoader`'s.
+        sample_rate, chunk_seconds, hop_seconds: must be the shards' (refused otherwise).
+        batch_size, shuffle, seed, epoch: as `ChunkLoader`'s.
+        skipped: a dict to record the files the shards were written without in.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `PyDataset`.
+    """
+
+    def __init__(self, data, stream_names, augment: bool = True, process_index: int = 0,
+                 process_count: int = 1, sample_rate: int | None = None,
+                 chunk_seconds: float | None = None, hop_seconds: float | None = None,
+                 batch_size: int = 32, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                 skipped: dict[str, str] | None = None, **kwargs):
+        keras.utils.PyDataset.__init__(self, **kwargs)
+        self.data = data if isinstance(data, ShardClips) else ShardClips(data)
+        shards = self.data.shards
+        check_sampling(batch_size, seed, 0.0, 1.0)
+        wanted = (sample_rate, chunk_seconds, hop_seconds)
+        cut = (shards.sample_rate, shards.chunk_seconds, shards.hop_seconds)
+        if any(w is not None and w != c for w, c in zip(wanted, cut, strict=True)):
+            raise InputError(f"{shards.directory}: shards hold (sample rate, chunk s, hop s) = "
+                             f"{cut}, pretraining wants {wanted}; write them again")
+        self.stream_names = tuple(stream_names)
+        self.augment = bool(augment)
+        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self._set_processes(process_index, process_count, self.batch_size)
+        self.balanced, self.drop_last, self._weights = False, True, None
+        self.sample_rate, self.chunk_seconds = shards.sample_rate, shards.chunk_seconds
+        self.hop_seconds, self.chunk_samples = shards.hop_seconds, shards.chunk_samples
+        self.skipped: dict[str, str] = {} if skipped is None else skipped
+        self.skipped.update(shards.skipped)
+        self._build_index()
+        self.set_epoch(epoch)
+
+    def _build_index(self) -> None:
+        clip_of = np.asarray(self.data.shards.items[:, 0], np.int64)
+        position = np.full(self.data.shards.n_clips, -1, np.int64)  # clip -> its row here
+        position[self.data.clips] = np.arange(len(self.data))
+        records = np.flatnonzero(position[clip_of] >= 0)
+        # Grouped by clip in `data.clips`' order, each clip's chunks in record (time) order.
+        self._records = records[np.argsort(position[clip_of[records]], kind="stable")]
+        self.clip_index = position[clip_of[self._records]]
+        self._index_pairs(len(self.data))
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio in the clips (for shards written without their lengths, as cut: a
+        chunk plus a hop per further chunk)."""
+        seconds = self.data.shards.clip_seconds
+        if seconds is not None:
+            return float(seconds[self.data.clips].sum())
+        n = self._clip_chunks[self.clips]
+        return float(np.sum(self.chunk_seconds + (n - 1) * self.hop_seconds))
+
+    def skip_summary(self) -> str:
+        from keras_dae.audio import summarize_problems
+
+        return summarize_problems(list(self.data.skipped.values()),
+                                  total=self.data.shards.n_clips + len(self.data.skipped))
+
+    def chunk(self, item: int) -> np.ndarray:
+        return decode_chunk(self.data.shards.source[int(self._records[item])])["waveform"]
+
+
+def pair_loader(data, stream_names, **kwargs) -> PairLoader:
+    """`ShardPairLoader` for `ShardClips`, else `PairLoader` (audio files)."""
+    loader = ShardPairLoader if isinstance(data, ShardClips) else PairLoader
+    return loader(data, stream_names, **kwargs)
 
 
 def augment_views(views: np.ndarray, rng, mix: dict | None = None) -> np.ndarray:

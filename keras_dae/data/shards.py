@@ -18,7 +18,8 @@ bounded whatever the number of chunks.
 A shard directory holds:
 - `chunks-00000-of-000NN.array_record` ...: the records, `shard_size` chunks per file;
 - `shards.json`: the index (written last, so an interrupted write leaves no index): sample
-  rate, chunking, encoding, vocabulary (`labels`, `mids`), `clip_ids`, the files with their
+  rate, chunking, encoding, vocabulary (`labels`, `mids`), `clip_ids`, `clip_seconds` (each
+  clip's length), the files with their
   record counts, and `skipped` (path -> reason) for the files that could not be decoded;
 - `items.npy`: int32 `(n_items, 2)`, the (clip, chunk) of every record, in record order;
 - `targets.npy`: uint8 `(n_clips, n_classes)`, every clip's multi-hot labels.
@@ -102,18 +103,20 @@ def decode_chunk(record: bytes) -> dict:
 
 
 def _decode_clip(path, sample_rate, chunk_seconds, hop_seconds, short):
-    """(chunks, None), or (None, reason) for a file that cannot be decoded (runs in workers)."""
+    """(chunks, seconds, None), or (None, None, reason) for a file that cannot be decoded
+    (runs in workers)."""
     try:
-        return chunk_waveform(load_audio(path, sample_rate), sample_rate, chunk_seconds,
-                              hop_seconds, short), None
+        waveform = load_audio(path, sample_rate)
+        return (chunk_waveform(waveform, sample_rate, chunk_seconds, hop_seconds, short),
+                len(waveform) / sample_rate, None)
     except (AudioDecodeError, ValueError, OSError) as error:
         text, prefix = str(error), f"{path}: "
-        return None, text[len(prefix):] if text.startswith(prefix) else text
+        return None, None, text[len(prefix):] if text.startswith(prefix) else text
 
 
-def _decoded_clips(dataset, args, workers) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """`(clip index, chunks, reason)` for every clip, in order; `workers` processes decode
-    ahead of the writer, at most a few clips each, so memory stays bounded."""
+def _decoded_clips(dataset, args, workers) -> Iterator[tuple]:
+    """`(clip index, chunks, seconds, reason)` for every clip, in order; `workers` processes
+    decode ahead of the writer, at most a few clips each, so memory stays bounded."""
     if workers <= 1:
         for i, path in enumerate(dataset.paths):
             yield (i, *_decode_clip(path, *args))
@@ -186,6 +189,7 @@ class ShardWriter:
         self._clips, self._chunks = array.array("i"), array.array("i")
         self._targets = array.array("B")
         self.clip_ids: list[str] = []
+        self.clip_seconds: list[float] = []
         self.skipped: dict[str, str] = {}
         self.shards: ShardSet | None = None
 
@@ -202,9 +206,11 @@ class ShardWriter:
     def n_items(self) -> int:
         return len(self._clips)
 
-    def add_clip(self, clip_id: str, chunks: np.ndarray, labels) -> None:
+    def add_clip(self, clip_id: str, chunks: np.ndarray, labels,
+                 seconds: float | None = None) -> None:
         """Writes one clip's chunks, float `(n_chunks, chunk_samples)`, with its class indices
-        (into `labels`)."""
+        (into `labels`) and its length in seconds (None: unknown; `ShardSet.clip_seconds`
+        then counts it as cut, a chunk plus a hop per further chunk)."""
         chunks = np.asarray(chunks)
         if chunks.ndim != 2 or chunks.shape[1] != self.chunk_samples or not len(chunks):
             raise InputError(f"clip {clip_id}: chunks must have shape (n >= 1, "
@@ -215,6 +221,8 @@ class ShardWriter:
                              f"{len(self.labels)} labels")
         clip = len(self.clip_ids)
         self.clip_ids.append(str(clip_id))
+        self.clip_seconds.append(float(self.chunk_seconds + (len(chunks) - 1) * self.hop_seconds
+                                       if seconds is None else seconds))
         row = np.zeros(len(self.labels), np.uint8)
         row[labels] = 1
         self._targets.frombytes(row.tobytes())
@@ -260,7 +268,8 @@ class ShardWriter:
             items = np.stack([np.frombuffer(self._clips, np.int32),
                               np.frombuffer(self._chunks, np.int32)], axis=1)
             np.save(self._tmp / "items.npy", items)
-            targets = np.frombuffer(self._targets, np.uint8).reshape(-1, len(self.labels))
+            targets = np.frombuffer(self._targets, np.uint8).reshape(len(self.clip_ids),
+                                                                      len(self.labels))
             np.save(self._tmp / "targets.npy", targets)
             index = {
                 "format": FORMAT, "version": VERSION,
@@ -275,7 +284,7 @@ class ShardWriter:
                 "n_clips": len(self.clip_ids), "n_items": self.n_items,
                 "files": [{"file": name, "records": count}
                           for name, count in zip(names, self._counts, strict=True)],
-                "clip_ids": self.clip_ids,
+                "clip_ids": self.clip_ids, "clip_seconds": self.clip_seconds,
                 "skipped": self.skipped,
             }
             # Replace earlier shards: their index first, so that no index outlives its files.
@@ -323,11 +332,12 @@ def write_shards(dataset: ClipDataset, out_dir, sample_rate: int = 16000,
               f"chunks every {hop_seconds:g} s, {workers} workers", flush=True)
     with ShardWriter(out_dir, dataset.labels, dataset.mids, sample_rate, chunk_seconds,
                      hop_seconds, short, shard_size, overwrite) as writer:
-        for i, chunks, reason in _decoded_clips(dataset, args, int(workers)):
+        for i, chunks, seconds, reason in _decoded_clips(dataset, args, int(workers)):
             if chunks is None:
                 writer.skip(dataset.paths[i], reason)
             else:
-                writer.add_clip(dataset.clip_ids[i], chunks, np.flatnonzero(dataset.targets[i]))
+                writer.add_clip(dataset.clip_ids[i], chunks, np.flatnonzero(dataset.targets[i]),
+                                seconds)
             if verbose and (i + 1) % 1000 == 0:
                 print(f"shards: {i + 1}/{len(dataset)} clips, {writer.n_items} chunks, "
                       f"{len(writer.skipped)} skipped", flush=True)
@@ -349,6 +359,8 @@ class ShardSet:
         index: the parsed `shards.json`.
         labels, mids: the vocabulary, in target column order (as `ClipDataset`'s).
         clip_ids: the id of every clip written (skipped files are not clips).
+        clip_seconds: float64 `(n_clips,)`, each clip's length in seconds (None for shards
+            written without it).
         skipped: path -> reason, the files that could not be decoded.
         sample_rate, chunk_seconds, hop_seconds, chunk_samples: the chunking.
         items: int32 `(n_items, 2)` (clip, chunk) per record (a memory map).
@@ -373,6 +385,8 @@ class ShardSet:
         self.labels = list(index["labels"])
         self.mids = list(index["mids"])
         self.clip_ids = list(index["clip_ids"])
+        seconds = index.get("clip_seconds")  # absent from shards written before it was kept
+        self.clip_seconds = None if seconds is None else np.asarray(seconds, np.float64)
         self.skipped = dict(index["skipped"])
         self.sample_rate = int(index["sample_rate"])
         self.chunk_seconds = float(index["chunk_seconds"])
