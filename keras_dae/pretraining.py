@@ -7,11 +7,11 @@
 
 The data is any directory of audio files, searched recursively (for example the corpus that
 `scripts/build_pretraining_corpus.py` builds), or the shards of one, decoded and chunked once
-(`keras-dae shard --format unlabelled --data DIR --out SHARDS`); no labels are read. The objective is COLA's
-(`keras_dae.models.contrastive`): two 1 s chunks of the same file are a positive pair, the
-other files of the batch the negatives, one loss per stream, so every tower, the
-Neuralogram's window network and the learned filterbank learn at once, each from its own
-embedding. Each view is augmented (a random gain, and half the time another file of the batch
+(`keras-dae shard --format unlabelled --data DIR --out SHARDS`); no labels are read. The
+objective is COLA's (`keras_dae.models.contrastive`): two 1 s chunks of the same file are a
+positive pair, the other files of the batch the negatives, one loss per stream, so every
+tower, the Neuralogram's window network and the learned filterbank learn at once, each from
+its own embedding. Each view is augmented (a random gain, and half the time another file of the batch
 mixed in 5-20 dB below it, as BYOL-A mixes in background), so that level and a quiet
 background are not what tells files apart.
 
@@ -23,9 +23,9 @@ chunks, checkpoints every epoch, `--resume` after a kill, bad files reported onc
 skipped, bfloat16 and data parallelism over the local devices or, from shards, over several
 processes (`processes`, as `keras_dae.train_run.train_run`'s: every process builds each
 global batch and feeds its rows, so the negatives are the whole global batch). The run
-directory gets
-`checkpoint/`, `logs/`, `preset/` (the backbone: `DiverseContrastive`, no classes) and
-`report.json` (validation history and the cost: hours of audio, steps, wall time, hardware).
+directory gets `checkpoint/`, `logs/`, `preset/` (the backbone: `DiverseContrastive`, no
+classes) and `report.json` (validation history and the cost: hours of audio, steps, wall
+time, hardware).
 """
 
 from __future__ import annotations
