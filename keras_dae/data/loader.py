@@ -93,6 +93,19 @@ def check_sampling(batch_size, seed, mixup, mixup_probability) -> None:
     check("mixup_probability", mixup_probability, "unit_interval")
 
 
+def check_processes(process_index, process_count, batch_size) -> tuple[int, int]:
+    """`(process_index, process_count)` as ints, for a loader that feeds one process's rows
+    of every batch; raises `ValueError` for a bad id or a batch that does not split evenly."""
+    check("process_count", process_count, "positive_int")
+    check("process_index", process_index, "non_negative_int")
+    if process_index >= process_count or int(batch_size) % process_count:
+        raise InputError(
+            f"process {process_index} of {process_count}: the processes' ids are "
+            f"0..{process_count - 1} and the batch size ({batch_size}) must divide by "
+            "their number")
+    return int(process_index), int(process_count)
+
+
 class ChunkLoader(keras.utils.PyDataset):
     """Batches of fixed-length chunks of a `ClipDataset`'s clips, for `model.fit`.
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_dae.data.loader import ChunkLoader, check_sampling
+from keras_dae.data.loader import ChunkLoader, check_processes, check_sampling
 from keras_dae.data.shards import ShardSet, decode_chunk
-from keras_dae.validation import InputError, check
+from keras_dae.validation import InputError
 
 __all__ = ["PAIR_MIX", "PairLoader", "ShardClips", "ShardPairLoader", "augment_views",
            "pair_loader"]
@@ -54,18 +54,9 @@ class PairLoader(ChunkLoader):
                 raise TypeError(f"{type(self).__name__} sets {fixed} itself")
         self.stream_names = tuple(stream_names)
         self.augment = bool(augment)
-        self._set_processes(process_index, process_count, kwargs.get("batch_size", 32))
+        self.process_index, self.process_count = check_processes(
+            process_index, process_count, kwargs.get("batch_size", 32))
         super().__init__(dataset, drop_last=True, **kwargs)
-
-    def _set_processes(self, process_index: int, process_count: int, batch_size: int) -> None:
-        check("process_count", process_count, "positive_int")
-        check("process_index", process_index, "non_negative_int")
-        if process_index >= process_count or int(batch_size) % process_count:
-            raise InputError(
-                f"process {process_index} of {process_count}: the processes' ids are "
-                f"0..{process_count - 1} and the batch size ({batch_size}) must divide by "
-                "their number")
-        self.process_index, self.process_count = int(process_index), int(process_count)
 
     def _build_index(self) -> None:
         super()._build_index()
@@ -192,7 +183,8 @@ class ShardPairLoader(PairLoader):
         self.stream_names = tuple(stream_names)
         self.augment = bool(augment)
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
-        self._set_processes(process_index, process_count, self.batch_size)
+        self.process_index, self.process_count = check_processes(process_index, process_count,
+                                                                 self.batch_size)
         self.balanced, self.drop_last, self._weights = False, True, None
         self.sample_rate, self.chunk_seconds = shards.sample_rate, shards.chunk_seconds
         self.hop_seconds, self.chunk_samples = shards.hop_seconds, shards.chunk_samples

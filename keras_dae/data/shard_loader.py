@@ -30,9 +30,15 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from keras_dae.data.loader import ChunkLoader, _EpochSync, check_sampling, mixup_draws
+from keras_dae.data.loader import (
+    ChunkLoader,
+    _EpochSync,
+    check_processes,
+    check_sampling,
+    mixup_draws,
+)
 from keras_dae.data.shards import ShardSet, decode_chunk
-from keras_dae.validation import InputError, check
+from keras_dae.validation import InputError
 
 __all__ = ["ShardLoader"]
 
@@ -105,14 +111,8 @@ class ShardLoader(keras.utils.PyDataset):
         self.balanced = bool(balanced)
         self.mixup = float(mixup)
         self.mixup_probability = float(mixup_probability)
-        check("process_count", process_count, "positive_int")
-        check("process_index", process_index, "non_negative_int")
-        if process_index >= process_count or self.batch_size % process_count:
-            raise InputError(
-                f"process {process_index} of {process_count}: the processes' ids are "
-                f"0..{process_count - 1} and the batch size ({self.batch_size}) must divide by "
-                "their number")
-        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.process_index, self.process_count = check_processes(process_index, process_count,
+                                                                 self.batch_size)
         #: rows of each batch this process reads
         self.local_batch_size = self.batch_size // self.process_count
         self.drop_last = bool(drop_last) or self.process_count > 1
