@@ -46,7 +46,7 @@ class Pretrainer(Trainer):
                            hop_seconds=c.hop_seconds, skipped=self.skipped,
                            process_count=processes,
                            process_index=scale.process_index() if processes > 1 else 0,
-                           **kwargs)
+                           mix={"lowpass_probability": c.lowpass}, **kwargs)
 
     def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
         loader = self._pairs(self.train, whole_batches, shuffle=shuffle, seed=self.config.seed)

@@ -43,6 +43,10 @@ class TrainConfig:
     mixed_precision: str | None = None
     jit_compile: bool | str = "auto"
     data_parallel: bool = False
+    # Pretraining only (keras_dae.pretraining): the share of each pair's views low-passed at a
+    # cutoff drawn in `PAIR_MIX["lowpass_hz"]`, so that a recording's bandwidth (8 kHz
+    # telephone speech, say) does not tell files apart. Supervised runs refuse it.
+    lowpass: float = 0.0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
     RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
@@ -51,7 +55,7 @@ class TrainConfig:
               "joint_learning_rate": "positive_float", "chunk_seconds": "positive_float",
               "hop_seconds": "positive_float", "mixup": "non_negative_float",
               "patience": "positive_int", "normalization_chunks": "positive_int",
-              "seed": "non_negative_int"}
+              "seed": "non_negative_int", "lowpass": "unit_interval"}
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
@@ -69,13 +73,15 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--joint-epochs", "joint_epochs", "optional stage 3"),
          ("--batch-size", "batch_size", None), ("--learning-rate", "learning_rate", None),
          ("--mixup", "mixup", "mixup alpha (0: off)"), ("--patience", "patience", None),
-         ("--seed", "seed", None))
+         ("--seed", "seed", None),
+         ("--lowpass", "lowpass", "share of the views low-passed, cutoff drawn in 2-6 kHz"))
 
 
 # Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
 # `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
 PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
-PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed")
+PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass")
+PRETRAIN_ONLY = ("lowpass",)
 
 
 def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:
@@ -86,7 +92,7 @@ def add_arguments(parser, processes: bool = False, pretraining: bool = False) ->
     if processes:
         add_process_arguments(parser)
     for flag, field, help in FLAGS:  # types (ranges), defaults: TrainConfig's
-        if not pretraining or field in PRETRAIN_FLAGS:
+        if field in PRETRAIN_FLAGS if pretraining else field not in PRETRAIN_ONLY:
             parser.add_argument(flag, type=parse_type(field), help=help,
                                 default=(PRETRAIN_DEFAULTS if pretraining else {}).get(
                                     field, default(field)))

@@ -22,11 +22,17 @@ from keras_dae.data.shards import ShardSet, decode_chunk
 from keras_dae.validation import InputError
 
 __all__ = ["PAIR_MIX", "PairLoader", "ShardClips", "ShardPairLoader", "augment_views",
-           "pair_loader"]
+           "low_pass", "pair_loader"]
 
 #: Augmentation of each view: gain drawn in +-`max_gain_db`; with `probability`, another
-#: file's chunk of the batch added `snr_db` (drawn in the range) below the view's level.
-PAIR_MIX = {"max_gain_db": 6.0, "probability": 0.5, "snr_db": (5.0, 20.0)}
+#: file's chunk of the batch added `snr_db` (drawn in the range) below the view's level; with
+#: `lowpass_probability`, the view low-passed at a cutoff drawn in `lowpass_hz` (so that a
+#: recording's bandwidth, 8 kHz telephone speech's for one, does not tell its views apart
+#: from other files'; `keras-dae pretrain --lowpass P` sets the probability).
+PAIR_MIX = {"max_gain_db": 6.0, "probability": 0.5, "snr_db": (5.0, 20.0),
+            "lowpass_probability": 0.0, "lowpass_hz": (2000.0, 6000.0)}
+#: Width of the low-pass's raised-cosine roll-off below its cutoff, in Hz.
+LOWPASS_ROLLOFF_HZ = 500.0
 
 
 class PairLoader(ChunkLoader):
@@ -35,7 +41,7 @@ class PairLoader(ChunkLoader):
     Item `i` of an epoch is `({"anchor": (B, samples), "positive": (B, samples)},
     {stream: arange(B)})`: row `b` of both views from the same file (two different chunks when
     it has more than one, on the `hop_seconds` grid; a file shorter than a chunk is tiled),
-    augmented as `PAIR_MIX` says when `augment`. Every file is in one batch per epoch, in an
+    augmented as `mix` (`PAIR_MIX`, with the keys `mix` changes) says when `augment`. Every file is in one batch per epoch, in an
     order fixed by `(seed, epoch)`; the chunks and augmentations drawn depend on
     `(seed, epoch, batch)` only, so a resumed epoch sees the same pairs. A file that cannot be
     decoded is reported once (`skipped`) and another file, not in the batch, takes its place.
@@ -44,16 +50,17 @@ class PairLoader(ChunkLoader):
     Args: those of `ChunkLoader` (`mixup`, `balanced`, `target_names` and `drop_last` are
     fixed here), `stream_names`: the names to give the targets under, and `process_index`,
     `process_count`: this process's rows of every batch in a run of several processes (see
-    the module docstring; `batch_size` must divide by `process_count`).
+    the module docstring; `batch_size` must divide by `process_count`), `mix`: changes to
+    `PAIR_MIX`.
     """
 
     def __init__(self, dataset, stream_names, augment: bool = True, process_index: int = 0,
-                 process_count: int = 1, **kwargs):
+                 process_count: int = 1, mix: dict | None = None, **kwargs):
         for fixed in ("mixup", "balanced", "target_names", "drop_last", "feature_cache"):
             if fixed in kwargs:
                 raise TypeError(f"{type(self).__name__} sets {fixed} itself")
         self.stream_names = tuple(stream_names)
-        self.augment = bool(augment)
+        self.augment, self.mix = bool(augment), {**PAIR_MIX, **(mix or {})}
         self.process_index, self.process_count = check_processes(
             process_index, process_count, kwargs.get("batch_size", 32))
         super().__init__(dataset, drop_last=True, **kwargs)
@@ -110,7 +117,7 @@ class PairLoader(ChunkLoader):
             pair = self._pair(int(self.clips[positions[row]]), draws[row])
             views[:, row] = pair if pair is not None else self._replacement(index, row, positions)
         if self.augment:
-            views = augment_views(views, rng)
+            views = augment_views(views, rng, self.mix, self.sample_rate)
         rows = self.process_rows()
         targets = np.arange(b, dtype=np.int32)[rows]  # global positions: the positives
         return ({"anchor": views[0, rows], "positive": views[1, rows]},
@@ -159,7 +166,7 @@ class ShardPairLoader(PairLoader):
 
     Args:
         data: a `ShardClips` (or a `ShardSet` or shard directory: all its clips).
-        stream_names, augment, process_index, process_count: as `PairLoader`'s.
+        stream_names, augment, process_index, process_count, mix: as `PairLoader`'s.
         sample_rate, chunk_seconds, hop_seconds: must be the shards' (refused otherwise).
         batch_size, shuffle, seed, epoch: as `ChunkLoader`'s.
         skipped: a dict to record the files the shards were written without in.
@@ -167,7 +174,7 @@ class ShardPairLoader(PairLoader):
     """
 
     def __init__(self, data, stream_names, augment: bool = True, process_index: int = 0,
-                 process_count: int = 1, sample_rate: int | None = None,
+                 process_count: int = 1, mix: dict | None = None, sample_rate: int | None = None,
                  chunk_seconds: float | None = None, hop_seconds: float | None = None,
                  batch_size: int = 32, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  skipped: dict[str, str] | None = None, **kwargs):
@@ -181,7 +188,7 @@ class ShardPairLoader(PairLoader):
             raise InputError(f"{shards.directory}: shards hold (sample rate, chunk s, hop s) = "
                              f"{cut}, pretraining wants {wanted}; write them again")
         self.stream_names = tuple(stream_names)
-        self.augment = bool(augment)
+        self.augment, self.mix = bool(augment), {**PAIR_MIX, **(mix or {})}
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.process_index, self.process_count = check_processes(process_index, process_count,
                                                                  self.batch_size)
@@ -229,11 +236,13 @@ def pair_loader(data, stream_names, **kwargs) -> PairLoader:
     return loader(data, stream_names, **kwargs)
 
 
-def augment_views(views: np.ndarray, rng, mix: dict | None = None) -> np.ndarray:
+def augment_views(views: np.ndarray, rng, mix: dict | None = None,
+                  sample_rate: int = 16000) -> np.ndarray:
     """`views` `(2, B, samples)` with each row's gain changed and, with the mix probability,
     another row's chunk (of the other view, so never the row's own file) added below its
-    level (`PAIR_MIX`). Silent rows are left silent."""
-    mix = PAIR_MIX if mix is None else mix
+    level, then, with the low-pass probability, the row low-passed (`low_pass`) at a cutoff
+    drawn in `lowpass_hz` (`PAIR_MIX`, updated with `mix`). Silent rows are left silent."""
+    mix = {**PAIR_MIX, **(mix or {})}
     _, b, _ = views.shape
     out = views.copy()
     rms = np.sqrt(np.mean(np.square(views, dtype=np.float64), axis=-1))  # (2, B)
@@ -248,4 +257,22 @@ def augment_views(views: np.ndarray, rng, mix: dict | None = None) -> np.ndarray
                               where=rms[1 - v, partner] > 0) * 10 ** (-snr / 20)
             out[v] += (np.where(mixed, level, 0.0)[:, None] * background).astype(np.float32)
         out[v] *= (10 ** (gain_db / 20)).astype(np.float32)[:, None]
+    if mix["lowpass_probability"] > 0:  # drawn after the rest: the other draws stay as they were
+        chosen = rng.random((2, b)) < mix["lowpass_probability"]
+        cutoff = rng.uniform(*mix["lowpass_hz"], size=(2, b))
+        out[chosen] = low_pass(out[chosen], cutoff[chosen], sample_rate)
     return np.clip(out, -1.0, 1.0)
+
+
+def low_pass(rows: np.ndarray, cutoff_hz: np.ndarray, sample_rate: int,
+             rolloff_hz: float = LOWPASS_ROLLOFF_HZ) -> np.ndarray:
+    """`rows` `(n, samples)` low-passed, each at its `cutoff_hz` `(n,)`: their spectra (one FFT
+    over the whole row) kept below `cutoff - rolloff`, removed above the cutoff, with a
+    raised-cosine roll-off between (no ringing of a brick wall)."""
+    if rows.shape[0] == 0:
+        return rows
+    spectrum = np.fft.rfft(rows, axis=-1)
+    freqs = np.fft.rfftfreq(rows.shape[-1], 1.0 / sample_rate)
+    into = (freqs[None, :] - (cutoff_hz[:, None] - rolloff_hz)) / rolloff_hz  # 0..1 in roll-off
+    gain = 0.5 * (1 + np.cos(np.pi * np.clip(into, 0.0, 1.0)))
+    return np.fft.irfft(spectrum * gain, n=rows.shape[-1], axis=-1).astype(rows.dtype)
