@@ -18,7 +18,8 @@ from keras_dae.audio import load_audio
 from keras_dae.data import read_unlabelled
 from keras_dae.data.bundled import demo_clips
 from keras_dae.data.chunking import chunk_waveform
-from keras_dae.data.pair_loader import PairLoader, ShardClips, ShardPairLoader, augment_views
+from keras_dae.data.pair_loader import (PairLoader, ShardClips, ShardPairLoader, augment_views,
+                                        low_pass)
 from keras_dae.models import DiverseClassifier
 from keras_dae.models.contrastive import DiverseContrastive
 from keras_dae.models.featurizer import default_stream_frontends
@@ -147,8 +148,9 @@ def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards
     out = tmp_path / "run"
     assert cli.main(["pretrain", "--data", str(corpus_shards), "--out", str(out), "--preset",
                      "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
-                     "1", "--jit-compile", "off"]) == 0
+                     "1", "--jit-compile", "off", "--lowpass", "0.5"]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["lowpass"] == 0.5
     assert report["cost"]["epochs"] == 1 and report["cost"]["files"] == 40
     assert report["cost"]["steps"] == 32 // 8
     seconds = sum(soundfile.info(p).duration for p in corpus.rglob("*.flac"))
@@ -183,6 +185,43 @@ def test_augmentation_mixes_another_file_below_the_view_and_keeps_silence():
     gains = np.abs(gained[:, :, 0] / np.where(views[:, :, 0] == 0, 1, views[:, :, 0]))
     assert np.all((gains[:, [0, 1, 2, 4]] > 10 ** (-6 / 20) - 1e-6)
                   & (gains[:, [0, 1, 2, 4]] < 10 ** (6 / 20) + 1e-6))
+
+
+@pytest.mark.one_backend
+def test_low_pass_keeps_the_band_below_its_cutoff_and_removes_the_band_above():
+    t = np.arange(SR) / SR
+    tones = {hz: np.sin(2 * np.pi * hz * t) for hz in (500, 2900, 3250, 3600, 7000)}
+    rows = np.stack([sum(tones.values())] * 2).astype(np.float32)
+    out = low_pass(rows, np.array([3500.0, 6000.0]), SR)  # roll-off 3000-3500 Hz, 5500-6000
+    amplitude = np.abs(np.fft.rfft(out, axis=-1)) / (SR / 2)  # 1 Hz bins: tone hz at bin hz
+    assert out.dtype == np.float32 and out.shape == rows.shape
+    np.testing.assert_allclose(amplitude[0, [500, 2900]], 1.0, atol=1e-4)
+    assert amplitude[0, 3250] == pytest.approx(0.5, abs=1e-3)  # half way down the roll-off
+    assert np.all(amplitude[0, [3600, 7000]] < 1e-4)
+    np.testing.assert_allclose(amplitude[1, [500, 2900, 3250, 3600]], 1.0, atol=1e-4)
+    assert amplitude[1, 7000] < 1e-4
+
+
+@pytest.mark.one_backend
+def test_augmentation_low_passes_the_share_of_views_it_is_asked_to(tmp_path):
+    rng = np.random.default_rng(0)
+    views = rng.uniform(-0.1, 0.1, (2, 64, SR)).astype(np.float32)  # white: energy to 8 kHz
+    plain = {"max_gain_db": 0.0, "probability": 0.0}
+    kept = augment_views(views, np.random.default_rng(1), plain)
+    np.testing.assert_array_equal(kept, views)
+    out = augment_views(views, np.random.default_rng(1),
+                        {**plain, "lowpass_probability": 0.5, "lowpass_hz": (2000.0, 6000.0)})
+    spectrum = np.abs(np.fft.rfft(out, axis=-1)) ** 2
+    above_6k = spectrum[..., 6000:].sum(-1) / spectrum.sum(-1)  # white noise: 0.25
+    passed = above_6k < 1e-6
+    assert 0.3 < passed.mean() < 0.7  # about half the views
+    np.testing.assert_array_equal(out[~passed], views[~passed])  # the others as they were
+    with pytest.raises(Exception, match="lowpass is for pretraining"):
+        from keras_dae.training import Trainer
+        Trainer(None, None, None, tmp_path, TrainConfig(lowpass=0.5))
+    with pytest.raises(SystemExit):  # keras-dae train has no --lowpass
+        cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                  "--lowpass", "0.5"])
 
 
 @pytest.mark.one_backend
