@@ -1,4 +1,6 @@
-"""Clip-level multi-label tagging metrics: mAP, ROC AUC and d', lwlrap, chunk aggregation.
+"""Clip-level multi-label tagging metrics: mAP, ROC AUC and d', lwlrap, chunk aggregation;
+and the effective rank of embeddings (`effective_rank`), which tells a collapsed
+self-supervised embedding without labels.
 
 Everything here is numpy (plus `scipy.stats` for ranks and the normal quantile): arrays in,
 Python floats or numpy arrays out, no Keras and no backend. Conventions shared by every
@@ -32,6 +34,7 @@ __all__ = [
     "aggregate_chunks",
     "average_precision_per_class",
     "d_prime",
+    "effective_rank",
     "lwlrap",
     "mean_average_precision",
     "roc_auc_per_class",
@@ -330,3 +333,18 @@ def tagging_report(targets, scores, labels: Sequence[str]) -> dict:
         "n_clips": int(scores.shape[0]),
         "n_classes_scored": int(np.count_nonzero(~np.isnan(per_class_ap))),
     }
+
+
+def effective_rank(embeddings) -> float:
+    """RankMe (Garrido et al., ICML 2023; Roy and Vetterli's effective rank): `exp` of the
+    entropy of the normalised singular values of `embeddings` `(n, d)`, from 1 (every
+    embedding on one line: collapsed) to `min(n, d)` (every direction used alike). A
+    self-supervised embedding whose rank falls has lost what a probe could read from it."""
+    x = np.asarray(embeddings, np.float64)
+    if x.ndim != 2 or min(x.shape) == 0 or not np.all(np.isfinite(x)):
+        raise InputError(f"embeddings must be a finite (n, d) array, got shape {x.shape}")
+    singular = np.linalg.svd(x, compute_uv=False)
+    if singular.sum() == 0:
+        return 1.0
+    p = singular[singular > 0] / singular.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))

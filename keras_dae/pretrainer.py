@@ -10,6 +10,7 @@ import numpy as np
 from keras_dae import scale
 from keras_dae.data.pair_loader import PairLoader, pair_loader
 from keras_dae.data.shards import ShardSet
+from keras_dae.metrics import effective_rank
 from keras_dae.train_config import TrainConfig
 from keras_dae.training import Trainer
 from keras_dae.validation import InputError
@@ -90,8 +91,25 @@ class Pretrainer(Trainer):
         streams = self.model.stream_names
         loss = {s: float(logs[f"{s}_loss"]) for s in streams}
         accuracy = {s: float(logs[f"{s}_accuracy"]) for s in streams}
+        rank = self._embedding_rank()
         mean_loss = float(np.mean(list(loss.values())))
         line = "val loss " + " ".join(f"{s}={loss[s]:.3f}" for s in streams) + "  accuracy " \
-            + " ".join(f"{s}={accuracy[s]:.3f}" for s in streams)
+            + " ".join(f"{s}={accuracy[s]:.3f}" for s in streams) + "  rank " \
+            + " ".join(f"{s}={rank[s]:.1f}" for s in streams)
         return -mean_loss, {"val_loss": mean_loss, "val_stream_loss": loss,
-                            "val_accuracy": accuracy}, line
+                            "val_accuracy": accuracy, "val_rank": rank}, line
+
+    def _embedding_rank(self) -> dict[str, float]:
+        """Each tower's effective rank (`metrics.effective_rank`, RankMe) over the held-out
+        anchors' embeddings: how many directions the embedding uses; a collapsing one falls."""
+        if getattr(self, "_embedder", None) is None:
+            waveform = keras.Input(shape=(None,))
+            embedded = self.model.backbone(self.model.featurizer(waveform))
+            self._embedder = keras.Model(waveform, {s: embedded[s]
+                                                    for s in self.model.stream_names})
+        rows = {s: [] for s in self.model.stream_names}
+        for index in range(len(self.val_loader)):
+            embedded = self._embedder.predict_on_batch(self.val_loader[index][0]["anchor"])
+            for s in rows:
+                rows[s].append(keras.ops.convert_to_numpy(embedded[s]))
+        return {s: effective_rank(np.concatenate(r)) for s, r in rows.items()}

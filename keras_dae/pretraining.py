@@ -130,8 +130,8 @@ def _pretrain(files, data: Path, out: Path, preset, config, val_fraction, resume
     train, val = split_files(files, val_fraction, config.batch_size, config.seed)
     with scaled(config):
         keras.utils.set_random_seed(config.seed)
-        model = DiverseContrastive.with_default_frontends(spec["sample_rate"],
-                                                          tower=dict(spec["tower"]))
+        model = DiverseContrastive.with_default_frontends(
+            spec["sample_rate"], tower=dict(spec["tower"]), spread_weight=config.spread)
         say(f"pretrain: {len(train)} {'clips' if _from_shards(files) else 'files'}, val: "
             f"{len(val)} (no labels); architecture {preset} ({model.count_params():,} "
             f"parameters); backend {keras.backend.backend()}, "

@@ -47,6 +47,9 @@ class TrainConfig:
     # cutoff drawn in `PAIR_MIX["lowpass_hz"]`, so that a recording's bandwidth (8 kHz
     # telephone speech, say) does not tell files apart. Supervised runs refuse it.
     lowpass: float = 0.0
+    # Pretraining only: the weight of VICReg's variance and covariance terms on each view's
+    # tower embeddings (`keras_dae.models.contrastive.EmbeddingSpread`; 0: none).
+    spread: float = 0.0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
     RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
@@ -55,7 +58,8 @@ class TrainConfig:
               "joint_learning_rate": "positive_float", "chunk_seconds": "positive_float",
               "hop_seconds": "positive_float", "mixup": "non_negative_float",
               "patience": "positive_int", "normalization_chunks": "positive_int",
-              "seed": "non_negative_int", "lowpass": "unit_interval"}
+              "seed": "non_negative_int", "lowpass": "unit_interval",
+              "spread": "non_negative_float"}
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
@@ -74,14 +78,17 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--batch-size", "batch_size", None), ("--learning-rate", "learning_rate", None),
          ("--mixup", "mixup", "mixup alpha (0: off)"), ("--patience", "patience", None),
          ("--seed", "seed", None),
-         ("--lowpass", "lowpass", "share of the views low-passed, cutoff drawn in 2-6 kHz"))
+         ("--lowpass", "lowpass", "share of the views low-passed, cutoff drawn in 2-6 kHz"),
+         ("--spread", "spread", "weight of VICReg's variance and covariance terms on the "
+          "towers' embeddings (0: none)"))
 
 
 # Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
 # `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
 PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
-PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass")
-PRETRAIN_ONLY = ("lowpass",)
+PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass",
+                  "spread")
+PRETRAIN_ONLY = ("lowpass", "spread")
 
 
 def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:

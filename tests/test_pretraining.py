@@ -18,10 +18,16 @@ from keras_dae.audio import load_audio
 from keras_dae.data import read_unlabelled
 from keras_dae.data.bundled import demo_clips
 from keras_dae.data.chunking import chunk_waveform
-from keras_dae.data.pair_loader import (PairLoader, ShardClips, ShardPairLoader, augment_views,
-                                        low_pass)
+from keras_dae.data.pair_loader import (
+    PairLoader,
+    ShardClips,
+    ShardPairLoader,
+    augment_views,
+    low_pass,
+)
+from keras_dae.metrics import effective_rank
 from keras_dae.models import DiverseClassifier
-from keras_dae.models.contrastive import DiverseContrastive
+from keras_dae.models.contrastive import DiverseContrastive, EmbeddingSpread
 from keras_dae.models.featurizer import default_stream_frontends
 from keras_dae.pretrainer import Pretrainer
 from keras_dae.pretraining import pretrain_run, split_files
@@ -148,9 +154,13 @@ def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards
     out = tmp_path / "run"
     assert cli.main(["pretrain", "--data", str(corpus_shards), "--out", str(out), "--preset",
                      "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
-                     "1", "--jit-compile", "off", "--lowpass", "0.5"]) == 0
+                     "1", "--jit-compile", "off", "--lowpass", "0.5", "--spread", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["lowpass"] == 0.5
+    assert report["config"]["lowpass"] == 0.5 and report["config"]["spread"] == 1.0
+    assert DiverseContrastive.from_preset(out / "preset").spread_weight == 1.0
+    ranks = report["history"][0]["val_rank"]  # the towers' effective rank on held-out anchors
+    assert set(ranks) == {"pitch", "timbre", "neuralogram", "end_to_end"}
+    assert all(1.0 <= r <= 8 for r in ranks.values())  # 8 held-out files
     assert report["cost"]["epochs"] == 1 and report["cost"]["files"] == 40
     assert report["cost"]["steps"] == 32 // 8
     seconds = sum(soundfile.info(p).duration for p in corpus.rglob("*.flac"))
@@ -216,12 +226,36 @@ def test_augmentation_low_passes_the_share_of_views_it_is_asked_to(tmp_path):
     passed = above_6k < 1e-6
     assert 0.3 < passed.mean() < 0.7  # about half the views
     np.testing.assert_array_equal(out[~passed], views[~passed])  # the others as they were
-    with pytest.raises(Exception, match="lowpass is for pretraining"):
+    with pytest.raises(Exception, match="lowpass and spread are for pretraining"):
         from keras_dae.training import Trainer
         Trainer(None, None, None, tmp_path, TrainConfig(lowpass=0.5))
     with pytest.raises(SystemExit):  # keras-dae train has no --lowpass
         cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
                   "--lowpass", "0.5"])
+
+
+@pytest.mark.one_backend
+def test_spread_terms_are_vicregs_and_the_rank_tells_a_collapsed_embedding():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 0.5, (16, 6)).astype(np.float32)
+    x[:, 1] = 2 * x[:, 0]  # two dimensions that move together
+    layer = EmbeddingSpread(weight=2.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
+    centred = x - x.mean(0)
+    covariance = centred.T @ centred / 15
+    variance_term = np.mean(np.maximum(0.0, 1 - np.sqrt(np.diag(covariance) + 1e-4)))
+    covariance_term = (np.sum(covariance ** 2) - np.sum(np.diag(covariance) ** 2)) / 6
+    assert float(keras.ops.convert_to_numpy(layer.losses[0])) == pytest.approx(
+        2 * (variance_term + covariance_term), rel=1e-5)
+    collapsed = EmbeddingSpread(weight=1.0)
+    collapsed(np.tile(x[:1], (16, 1)))  # every row the same: no spread, no covariance
+    assert float(keras.ops.convert_to_numpy(collapsed.losses[0])) == pytest.approx(0.99, 1e-5)
+    assert effective_rank(x) < effective_rank(rng.normal(size=(16, 6)))
+    assert effective_rank(np.outer(rng.normal(size=50), rng.normal(size=6))) == pytest.approx(
+        1.0, abs=1e-6)
+    assert effective_rank(np.eye(6)) == pytest.approx(6.0)
+    with pytest.raises(Exception, match="finite"):
+        effective_rank(np.full((4, 3), np.nan))
 
 
 @pytest.mark.one_backend
@@ -235,14 +269,15 @@ def test_too_few_files_for_a_batch_are_refused_with_the_count(corpus):
 
 
 def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_file(tmp_path):
-    """On every backend: one step of the objective reaches the learned front ends, and the
-    model saves to `.keras` and reloads with equal outputs. The learned streams only (the
-    handcrafted front ends have no weights; the whole runs below train all four)."""
+    """On every backend: one step of the objective (with the embeddings' spread terms)
+    reaches the learned front ends, and the model saves to `.keras` and reloads with equal
+    outputs. The learned streams only (the handcrafted front ends have no weights; the whole
+    runs below train all four)."""
     keras.utils.set_random_seed(0)
     learned = {name: frontends for name, frontends in default_stream_frontends(SR).items()
                if name in ("neuralogram", "end_to_end")}
     model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"],
-                                                      streams=learned)
+                                                      streams=learned, spread_weight=1.0)
     x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
          "positive": np.random.default_rng(1).uniform(-0.5, 0.5, (3, SR)).astype("float32")}
     front_ends = [model.featurizer.streams[s][0] for s in ("neuralogram", "end_to_end")]
@@ -250,7 +285,9 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     targets = {s: np.arange(3, dtype="int32") for s in model.stream_names}
-    assert np.isfinite(model.train_on_batch(x, targets, return_dict=True)["loss"])
+    logs = model.train_on_batch(x, targets, return_dict=True)
+    assert np.isfinite(logs["loss"])  # the streams' losses and, above them, the spread terms
+    assert logs["loss"] > logs["neuralogram_loss"] + logs["end_to_end_loss"] + 1e-3
     for layer, old in zip(front_ends, before, strict=True):
         assert any(not np.allclose(a, b) for a, b in zip(old, _weights(layer), strict=True))
     out = {k: keras.ops.convert_to_numpy(v) for k, v in model(x).items()}
@@ -258,6 +295,7 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     assert all(v.shape == (3, 3) for v in out.values())
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
+    assert again.spread_weight == 1.0
     for k, v in again(x).items():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), out[k], rtol=1e-5, atol=1e-5)
 

@@ -55,6 +55,38 @@ class PairSimilarity(keras.layers.Layer):
 
 
 @register
+class EmbeddingSpread(keras.layers.Layer):
+    """VICReg's variance and covariance terms (Bardes, Ponce and LeCun, ICLR 2022) on a batch
+    of embeddings `(B, D)`, times `weight`, added to the model's loss; returns its input.
+
+    Variance: the mean over the `D` dimensions of `relu(1 - std)` (each dimension's standard
+    deviation over the batch, `eps` 1e-4 under the root); covariance: the sum of the squared
+    off-diagonal covariances over `D`. Together they keep an embedding from collapsing onto a
+    few directions, which a contrastive loss over a small batch lets it do."""
+
+    def __init__(self, weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        n = ops.cast(ops.shape(x)[0], "float32")
+        centred = x - ops.mean(x, axis=0, keepdims=True)
+        variance = ops.sum(ops.square(centred), axis=0) / (n - 1.0)
+        spread = ops.mean(ops.relu(1.0 - ops.sqrt(variance + 1e-4)))
+        covariance = ops.matmul(ops.transpose(centred), centred) / (n - 1.0)
+        off_diagonal = ops.sum(ops.square(covariance)) - ops.sum(ops.square(variance))
+        self.add_loss(self.weight * (spread + off_diagonal / x.shape[-1]))
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight}
+
+
+@register
 class DiverseContrastive(OnBackbone, keras.Model):
     """Featurizer + backbone trained without labels (COLA), one objective per stream.
 
@@ -68,10 +100,15 @@ class DiverseContrastive(OnBackbone, keras.Model):
     starts from (`DiverseClassifier.from_preset("diverse_pretrained", class_names=...)`);
     the projections are left behind.
 
+    With `spread_weight` > 0, each view's tower embeddings also pay `EmbeddingSpread`'s
+    variance and covariance terms (VICReg's) times the weight, added to the loss: a check on
+    the embeddings collapsing onto a few directions.
+
     Args:
         backbone: a `DiverseBackbone` (or its config).
         featurizer: a `DiverseFeaturizer` (or its config) matching the backbone's inputs.
         projection_dim: size of each stream's projection.
+        spread_weight: weight of the variance and covariance terms (0: none).
     """
 
     # A backbone has no classes: the preset files and the loaders read these.
@@ -80,7 +117,7 @@ class DiverseContrastive(OnBackbone, keras.Model):
     class_mids: list[str] = []
 
     def __init__(self, backbone, featurizer, projection_dim: int = DEFAULT_PROJECTION_DIM,
-                 **kwargs):
+                 spread_weight: float = 0.0, **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(featurizer, dict):
@@ -90,6 +127,8 @@ class DiverseContrastive(OnBackbone, keras.Model):
                              f"match the backbone's inputs {backbone.feature_dims}.")
         if projection_dim is None or int(projection_dim) <= 0:
             raise InputError(f"`projection_dim` must be positive, got {projection_dim!r}.")
+        if not float(spread_weight) >= 0:
+            raise InputError(f"`spread_weight` must be >= 0, got {spread_weight!r}.")
         views = {name: keras.Input(shape=(None,), name=name) for name in ("anchor", "positive")}
         embedded = {name: backbone(featurizer(x)) for name, x in views.items()}
         outputs, projections = {}, {}
@@ -100,17 +139,22 @@ class DiverseContrastive(OnBackbone, keras.Model):
                 keras.layers.Activation("tanh", name="tanh"),
             ], name=f"{stream}_projection")
             similarity = PairSimilarity(projection_dim, name=stream, dtype="float32")
-            outputs[stream] = similarity([projection(embedded["anchor"][stream]),
-                                          projection(embedded["positive"][stream])])
+            views_of_stream = [embedded[view][stream] for view in ("anchor", "positive")]
+            if spread_weight:
+                spread = EmbeddingSpread(spread_weight, name=f"{stream}_spread")
+                views_of_stream = [spread(x) for x in views_of_stream]
+            outputs[stream] = similarity([projection(x) for x in views_of_stream])
             projections[stream] = projection
         super().__init__(inputs=views, outputs=outputs, **kwargs)
         self.backbone = backbone
         self.featurizer = featurizer
         self.projection_dim = int(projection_dim)
+        self.spread_weight = float(spread_weight)
         self.projections = projections
 
     def get_config(self):
-        return {**self.backbone_config(), "projection_dim": self.projection_dim}
+        return {**self.backbone_config(), "projection_dim": self.projection_dim,
+                "spread_weight": self.spread_weight}
 
     @classmethod
     def with_default_frontends(cls, sample_rate: int = 16000, tower: dict | None = None,
