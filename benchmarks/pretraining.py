@@ -22,7 +22,9 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
 Every row holds the fused and per-stream eval mAP (val mAP too) and its wall time; rows are
 appended to benchmarks/results/pretraining.json as they finish, and a rerun skips the
 (method, init, seed) rows it already holds. The file also keeps the pretraining run's cost
-(hours of audio, steps, training time, hardware) from its report.
+(hours of audio, steps, training time, hardware) from its report. Another pretraining run's
+rows go to their own file (`--results`): benchmarks/results/pretraining_spread.json holds
+those of the run with VICReg's spread terms (`keras-dae pretrain --spread 1`).
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ def main(argv=None) -> int:
     pretraining = json.loads((args.pretrained / "report.json").read_text())
     result.update({
         "command": f"python benchmarks/pretraining.py --data {args.data} --pretrained "
-                   f"{args.pretrained}",
+                   f"{args.pretrained}" + (f" --results {args.results}"
+                                           if args.results != RESULTS else ""),
         "data": str(args.data),
         "pretraining": {**pretraining["cost"], "best_epoch": pretraining["best_epoch"],
                         "best_val_loss": pretraining["best_val_loss"],
                         "best_val_accuracy": pretraining["best_val_accuracy"],
+                        "best_val_rank": next((h.get("val_rank") for h in pretraining["history"]
+                                               if h["epoch"] == pretraining["best_epoch"]), None),
                         "config": pretraining["config"], "data": pretraining["data"]},
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": len(os.sched_getaffinity(0))}})
@@ -173,7 +178,10 @@ def table(result: dict, classical: dict | None = None) -> str:
                   f"files), {cost['epochs']} epochs, {cost['steps']} steps of "
                   f"{cost['config']['batch_size']} pairs, {cost['train_seconds'] / 60:.0f} min "
                   f"of training on {cost['hardware']} ({cost['backend']}); best epoch "
-                  f"{cost['best_epoch'] + 1}, val loss {cost['best_val_loss']:.3f}."]
+                  f"{cost['best_epoch'] + 1}, val loss {cost['best_val_loss']:.3f}"
+                  + (", effective rank of the held-out embeddings " + ", ".join(
+                      f"{s} {r:.1f}" for s, r in cost["best_val_rank"].items())
+                     if cost.get("best_val_rank") else "") + "."]
     return "\n".join(lines)
 
 

@@ -170,6 +170,7 @@ def _report(trainer, state: dict, files, data: Path, preset: str) -> dict:
         "history": history, "best_epoch": -1 if best is None else best["epoch"],
         "best_val_loss": float("nan") if best is None else best["val_loss"],
         "best_val_accuracy": None if best is None else best["val_accuracy"],
+        "best_val_rank": None if best is None else best.get("val_rank"),
         "cost": {"audio_hours": seconds / 3600, "files": len(files),
                  "epochs": len(history), "steps": len(history) * steps_per_epoch,
                  "train_seconds": float(state.get("train_seconds", 0.0)),
