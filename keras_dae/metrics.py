@@ -336,14 +336,16 @@ def tagging_report(targets, scores, labels: Sequence[str]) -> dict:
 
 
 def effective_rank(embeddings) -> float:
-    """RankMe (Garrido et al., ICML 2023; Roy and Vetterli's effective rank): `exp` of the
-    entropy of the normalised singular values of `embeddings` `(n, d)`, from 1 (every
-    embedding on one line: collapsed) to `min(n, d)` (every direction used alike). A
-    self-supervised embedding whose rank falls has lost what a probe could read from it."""
+    """Roy and Vetterli's effective rank of `embeddings` `(n, d)`, centred: `exp` of the
+    entropy of the normalised singular values, from 1 (the embeddings vary along one line:
+    collapsed) to `min(n - 1, d)` (every direction used alike). RankMe (Garrido et al., ICML
+    2023) takes it of the embeddings as they are; centred, a constant offset, which tells a
+    linear probe nothing, does not count as a direction. A self-supervised embedding whose
+    rank falls has lost what a probe could read from it."""
     x = np.asarray(embeddings, np.float64)
     if x.ndim != 2 or min(x.shape) == 0 or not np.all(np.isfinite(x)):
         raise InputError(f"embeddings must be a finite (n, d) array, got shape {x.shape}")
-    singular = np.linalg.svd(x, compute_uv=False)
+    singular = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
     if singular.sum() == 0:
         return 1.0
     p = singular[singular > 0] / singular.sum()

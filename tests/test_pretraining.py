@@ -251,9 +251,9 @@ def test_spread_terms_are_vicregs_and_the_rank_tells_a_collapsed_embedding():
     collapsed(np.tile(x[:1], (16, 1)))  # every row the same: no spread, no covariance
     assert float(keras.ops.convert_to_numpy(collapsed.losses[0])) == pytest.approx(0.99, 1e-5)
     assert effective_rank(x) < effective_rank(rng.normal(size=(16, 6)))
-    assert effective_rank(np.outer(rng.normal(size=50), rng.normal(size=6))) == pytest.approx(
-        1.0, abs=1e-6)
-    assert effective_rank(np.eye(6)) == pytest.approx(6.0)
+    line = np.outer(rng.normal(size=50), rng.normal(size=6)) + rng.normal(size=6)  # + offset
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(np.concatenate([np.eye(6), -np.eye(6)]) + 3) == pytest.approx(6.0)
     with pytest.raises(Exception, match="finite"):
         effective_rank(np.full((4, 3), np.nan))
 
