@@ -22,7 +22,9 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
 Every row holds the fused and per-stream eval mAP (val mAP too) and its wall time; rows are
 appended to benchmarks/results/pretraining.json as they finish, and a rerun skips the
 (method, init, seed) rows it already holds. The file also keeps the pretraining run's cost
-(hours of audio, steps, training time, hardware) from its report. Another pretraining run's
+(hours of audio, steps, training time, hardware) from its report, and with `--ranks` each
+tower's effective rank (`keras_dae.metrics.effective_rank`) on the corpus's held-out files
+for the pretrained towers, random ones and the shipped preset. Another pretraining run's
 rows go to their own file (`--results`): benchmarks/results/pretraining_spread.json holds
 those of the run with VICReg's spread terms (`keras-dae pretrain --spread 1`).
 """
@@ -53,6 +55,28 @@ def random_towers(data: Path, out: Path, seed: int, say) -> Path:
     train_run(data, out, "diverse_fsd50k", TrainConfig(tower_epochs=0, fusion_epochs=0,
                                                        seed=seed), overwrite=True, say=say)
     return out
+
+
+def embedding_ranks(corpus: Path, sources: dict, pretraining: dict) -> dict:
+    """Each tower's effective rank over the held-out anchors of `corpus` (the pairs that
+    `keras-dae pretrain` validated on: the run's split, batch and seed) for each model of
+    `sources` (name -> (model class, preset or run directory))."""
+    from keras_dae.pretrainer import Pretrainer
+    from keras_dae.pretraining import VAL_FRACTION, split_files, unlabelled_data
+    from keras_dae.train_config import TrainConfig
+
+    config = TrainConfig(batch_size=pretraining["config"]["batch_size"],
+                         seed=pretraining["config"]["seed"])
+    _, val = split_files(unlabelled_data(corpus), VAL_FRACTION, config.batch_size, config.seed)
+    ranks = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (model_class, source) in sources.items():
+            trainer = Pretrainer(model_class.from_preset(source), val, val, scratch, config,
+                                 verbose=0)
+            ranks[name] = trainer.embedding_rank()
+            print(f"effective rank, {name}: " + ", ".join(
+                f"{s} {r:.1f}" for s, r in ranks[name].items()), flush=True)
+    return ranks
 
 
 def run_row(method: str, init: str, seed: int, args, work: Path, features) -> dict:
@@ -92,6 +116,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fusion-epochs", type=int, default=5, help="train: fusion epochs")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--ranks", action="store_true",
+                        help="also measure the towers' effective rank on the pretraining "
+                             "corpus's held-out files: pretrained, random (seed 0) and the "
+                             "shipped diverse_sampled15")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods, inits = args.methods.split(","), args.inits.split(",")
@@ -116,11 +144,21 @@ def main(argv=None) -> int:
         "pretraining": {**pretraining["cost"], "best_epoch": pretraining["best_epoch"],
                         "best_val_loss": pretraining["best_val_loss"],
                         "best_val_accuracy": pretraining["best_val_accuracy"],
-                        "best_val_rank": next((h.get("val_rank") for h in pretraining["history"]
-                                               if h["epoch"] == pretraining["best_epoch"]), None),
                         "config": pretraining["config"], "data": pretraining["data"]},
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": len(os.sched_getaffinity(0))}})
+    if args.ranks:
+        from keras_dae.models import DiverseClassifier
+        from keras_dae.models.contrastive import DiverseContrastive
+
+        random = work / "random_0"
+        if not (random / "preset").is_dir():
+            random_towers(args.data, random, 0, lambda line: None)
+        result["ranks"] = embedding_ranks(Path(pretraining["data"]), {
+            "pretrained": (DiverseContrastive, args.pretrained),
+            "random": (DiverseClassifier, random),
+            "diverse_sampled15": (DiverseClassifier, "diverse_sampled15")}, pretraining)
+        args.results.write_text(json.dumps(result, indent=1) + "\n")
     done = {(r["method"], r["init"], r["seed"]) for r in result["rows"]}
     features = None
     if "classical" in methods:
@@ -162,7 +200,9 @@ def table(result: dict, classical: dict | None = None) -> str:
         rows = [r for r in result["rows"] if (r["method"], r["init"]) == (method, init)]
 
         def cell(values):
-            return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-"
+            if len(values) < 2:
+                return f"{values[0]:.3f}" if values else "-"
+            return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
         fused = cell([r["eval_mAP"] for r in rows])
         per_stream = [cell([r["eval_streams"][s] for r in rows if "eval_streams" in r])
@@ -172,16 +212,17 @@ def table(result: dict, classical: dict | None = None) -> str:
     if classical is not None and not any(k[0] == "classical" for k in keys):
         lines.append(f"| classical | none | {classical['eval_mAP']:.3f} |" + " - |" * 4
                      + f" 1 | {classical['seconds']:.0f} |")
+    if result.get("ranks"):
+        lines += ["", "| towers | " + " | ".join(streams) + " |", "|---" * 5 + "|"]
+        for name, ranks in result["ranks"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{ranks[s]:.1f}" for s in streams) + " |")
     cost = result.get("pretraining", {})
     if cost:
         lines += ["", f"Pretraining: {cost['audio_hours']:.2f} h of audio ({cost['files']} "
                   f"files), {cost['epochs']} epochs, {cost['steps']} steps of "
                   f"{cost['config']['batch_size']} pairs, {cost['train_seconds'] / 60:.0f} min "
                   f"of training on {cost['hardware']} ({cost['backend']}); best epoch "
-                  f"{cost['best_epoch'] + 1}, val loss {cost['best_val_loss']:.3f}"
-                  + (", effective rank of the held-out embeddings " + ", ".join(
-                      f"{s} {r:.1f}" for s, r in cost["best_val_rank"].items())
-                     if cost.get("best_val_rank") else "") + "."]
+                  f"{cost['best_epoch'] + 1}, val loss {cost['best_val_loss']:.3f}."]
     return "\n".join(lines)
 
 

@@ -248,6 +248,8 @@ def tables() -> dict[str, str]:
         "finetune": finetune.table(load("finetune.json")),
         "pretraining": pretraining.table(load("pretraining.json"),
                                          load("classical_baseline.json")),
+        "pretraining_spread": pretraining.table(load("pretraining_spread.json"),
+                                                load("classical_baseline.json")),
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),

@@ -82,16 +82,11 @@ class Pretrainer(Trainer):
         """The held-out files' pairs (the same every epoch: no augmentation, epoch 0): each
         stream's loss and accuracy (the share of anchors whose positive scores highest);
         the score is minus the mean loss."""
-        if self.val_loader is None:
-            self.val_loader = self._pairs(self.val, augment=False, shuffle=True,
-                                          seed=self.config.seed + 1)
-            self._count_audio("val", self.val_loader)
-        self.val_loader.set_epoch(0)
-        logs = self.model.evaluate(self.val_loader, verbose=0, return_dict=True)
+        logs = self.model.evaluate(self._val_pairs(), verbose=0, return_dict=True)
         streams = self.model.stream_names
         loss = {s: float(logs[f"{s}_loss"]) for s in streams}
         accuracy = {s: float(logs[f"{s}_accuracy"]) for s in streams}
-        rank = self._embedding_rank()
+        rank = self.embedding_rank()
         mean_loss = float(np.mean(list(loss.values())))
         line = "val loss " + " ".join(f"{s}={loss[s]:.3f}" for s in streams) + "  accuracy " \
             + " ".join(f"{s}={accuracy[s]:.3f}" for s in streams) + "  rank " \
@@ -99,17 +94,27 @@ class Pretrainer(Trainer):
         return -mean_loss, {"val_loss": mean_loss, "val_stream_loss": loss,
                             "val_accuracy": accuracy, "val_rank": rank}, line
 
-    def _embedding_rank(self) -> dict[str, float]:
-        """Each tower's effective rank (`metrics.effective_rank`, RankMe) over the held-out
-        anchors' embeddings: how many directions the embedding uses; a collapsing one falls."""
+    def _val_pairs(self) -> PairLoader:
+        """The held-out files' pairs: not augmented, the same every epoch."""
+        if self.val_loader is None:
+            self.val_loader = self._pairs(self.val, augment=False, shuffle=True,
+                                          seed=self.config.seed + 1)
+            self._count_audio("val", self.val_loader)
+        self.val_loader.set_epoch(0)
+        return self.val_loader
+
+    def embedding_rank(self) -> dict[str, float]:
+        """Each tower's effective rank (`metrics.effective_rank`) over the held-out anchors'
+        embeddings: how many directions the embedding uses; a collapsing one falls. Any
+        model with the towers' `featurizer` and `backbone` (a classifier too) can be given."""
         if getattr(self, "_embedder", None) is None:
             waveform = keras.Input(shape=(None,))
             embedded = self.model.backbone(self.model.featurizer(waveform))
             self._embedder = keras.Model(waveform, {s: embedded[s]
                                                     for s in self.model.stream_names})
-        rows = {s: [] for s in self.model.stream_names}
-        for index in range(len(self.val_loader)):
-            embedded = self._embedder.predict_on_batch(self.val_loader[index][0]["anchor"])
+        rows, pairs = {s: [] for s in self.model.stream_names}, self._val_pairs()
+        for index in range(len(pairs)):
+            embedded = self._embedder.predict_on_batch(pairs[index][0]["anchor"])
             for s in rows:
                 rows[s].append(keras.ops.convert_to_numpy(embedded[s]))
         return {s: effective_rank(np.concatenate(r)) for s, r in rows.items()}

@@ -13,7 +13,10 @@ positive pair, the other files of the batch the negatives, one loss per stream, 
 tower, the Neuralogram's window network and the learned filterbank learn at once, each from
 its own embedding. Each view is augmented (a random gain, and half the time another file of the batch
 mixed in 5-20 dB below it, as BYOL-A mixes in background), so that level and a quiet
-background are not what tells files apart.
+background are not what tells files apart; `config.lowpass` (`--lowpass`) also low-passes a
+share of the views, and `config.spread` (`--spread`) adds VICReg's variance and covariance
+terms on the tower embeddings against their collapse, which every epoch's effective rank of
+the held-out embeddings, in the report, measures.
 
 `val_fraction` of the files (at least one batch) are held out; after every epoch the pairs of
 those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
