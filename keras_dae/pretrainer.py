@@ -33,6 +33,7 @@ class Pretrainer(Trainer):
             raise InputError("pretraining draws its pairs from clips: pass ShardClips(shards)")
         super().__init__(model, train, val, run_dir, config, verbose)
         self.val_loader = None
+        self._embedder = None  # waveform -> each tower's embedding (embedding_rank)
 
     def _epochs(self, stage: str) -> int:
         return self.config.tower_epochs
@@ -106,8 +107,9 @@ class Pretrainer(Trainer):
     def embedding_rank(self) -> dict[str, float]:
         """Each tower's effective rank (`metrics.effective_rank`) over the held-out anchors'
         embeddings: how many directions the embedding uses; a collapsing one falls. Any
-        model with the towers' `featurizer` and `backbone` (a classifier too) can be given."""
-        if getattr(self, "_embedder", None) is None:
+        model with the towers' `featurizer` and `backbone` (a classifier too) can be given.
+        In a run of several processes, over this process's rows of the held-out batches."""
+        if self._embedder is None:
             waveform = keras.Input(shape=(None,))
             embedded = self.model.backbone(self.model.featurizer(waveform))
             self._embedder = keras.Model(waveform, {s: embedded[s]

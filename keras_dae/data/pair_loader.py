@@ -41,8 +41,8 @@ class PairLoader(ChunkLoader):
     Item `i` of an epoch is `({"anchor": (B, samples), "positive": (B, samples)},
     {stream: arange(B)})`: row `b` of both views from the same file (two different chunks when
     it has more than one, on the `hop_seconds` grid; a file shorter than a chunk is tiled),
-    augmented as `mix` (`PAIR_MIX`, with the keys `mix` changes) says when `augment`. Every file is in one batch per epoch, in an
-    order fixed by `(seed, epoch)`; the chunks and augmentations drawn depend on
+    augmented as `PAIR_MIX` (with the keys `mix` changes) says when `augment`. Every file is
+    in one batch per epoch, in an order fixed by `(seed, epoch)`; the chunks and augmentations drawn depend on
     `(seed, epoch, batch)` only, so a resumed epoch sees the same pairs. A file that cannot be
     decoded is reported once (`skipped`) and another file, not in the batch, takes its place.
     The last, smaller batch is left out (its rows would have fewer negatives).

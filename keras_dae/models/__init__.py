@@ -2,7 +2,7 @@
 
 from keras_dae.models.backbone import DiverseBackbone
 from keras_dae.models.classifier import DiverseClassifier, build_diverse_classifier
-from keras_dae.models.contrastive import DiverseContrastive, PairSimilarity
+from keras_dae.models.contrastive import DiverseContrastive, EmbeddingSpread, PairSimilarity
 from keras_dae.models.derived import copy_variables, derived_model
 from keras_dae.models.featurizer import STREAMS, DiverseFeaturizer, default_stream_frontends
 from keras_dae.models.position_embedding import PositionEmbedding
@@ -15,6 +15,7 @@ __all__ = [
     "DiverseClassifier",
     "DiverseContrastive",
     "DiverseFeaturizer",
+    "EmbeddingSpread",
     "PairSimilarity",
     "PositionEmbedding",
     "StreamTower",
