@@ -97,6 +97,9 @@ def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig 
     validation.check("val_fraction", val_fraction, "positive_float")
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; the presets: {', '.join(PRESETS)}")
+    if config.batch_size < 2:
+        raise InputError("pretraining needs batches of at least 2 pairs (each anchor's "
+                         "negatives are the batch's other files); raise --batch-size")
     if config.feature_cache or config.mixup or config.balanced:
         raise InputError("pretraining takes no --feature-cache, --mixup or --balanced (its "
                          "pairs are random chunks, augmented)")

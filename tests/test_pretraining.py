@@ -259,12 +259,15 @@ def test_spread_terms_are_vicregs_and_the_rank_tells_a_collapsed_embedding():
 
 
 @pytest.mark.one_backend
-def test_too_few_files_for_a_batch_are_refused_with_the_count(corpus):
+def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
     data = read_unlabelled(corpus)
     with pytest.raises(Exception, match="41 audio files: too few .* batches of 32"):
         split_files(data, 0.05, 32, 0)
     train, val = split_files(data, 0.05, 8, 0)
     assert len(val) == 8 and len(train) == 33
+    with pytest.raises(Exception, match="at least 2 pairs"):  # no negatives, no spread
+        pretrain_run(corpus, corpus.parent / "one", "diverse_tiny",
+                     TrainConfig(batch_size=1, spread=1.0))
     assert set(map(str, train.paths)).isdisjoint(map(str, val.paths))
 
 
