@@ -60,7 +60,7 @@ class PairLoader(ChunkLoader):
             if fixed in kwargs:
                 raise TypeError(f"{type(self).__name__} sets {fixed} itself")
         self.stream_names = tuple(stream_names)
-        self.augment, self.mix = bool(augment), {**PAIR_MIX, **(mix or {})}
+        self.augment, self.mix = bool(augment), mix
         self.process_index, self.process_count = check_processes(
             process_index, process_count, kwargs.get("batch_size", 32))
         super().__init__(dataset, drop_last=True, **kwargs)
@@ -188,7 +188,7 @@ class ShardPairLoader(PairLoader):
             raise InputError(f"{shards.directory}: shards hold (sample rate, chunk s, hop s) = "
                              f"{cut}, pretraining wants {wanted}; write them again")
         self.stream_names = tuple(stream_names)
-        self.augment, self.mix = bool(augment), {**PAIR_MIX, **(mix or {})}
+        self.augment, self.mix = bool(augment), mix
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.process_index, self.process_count = check_processes(process_index, process_count,
                                                                  self.batch_size)
@@ -269,8 +269,6 @@ def low_pass(rows: np.ndarray, cutoff_hz: np.ndarray, sample_rate: int,
     """`rows` `(n, samples)` low-passed, each at its `cutoff_hz` `(n,)`: their spectra (one FFT
     over the whole row) kept below `cutoff - rolloff`, removed above the cutoff, with a
     raised-cosine roll-off between (no ringing of a brick wall)."""
-    if rows.shape[0] == 0:
-        return rows
     spectrum = np.fft.rfft(rows, axis=-1)
     freqs = np.fft.rfftfreq(rows.shape[-1], 1.0 / sample_rate)
     into = (freqs[None, :] - (cutoff_hz[:, None] - rolloff_hz)) / rolloff_hz  # 0..1 in roll-off
