@@ -26,15 +26,29 @@ def frontend_of(model, layer_class):
 
 def stream_frontends(stream: str, sample_rate: int, changes: dict) -> list:
     """The default featurizer's `stream` front ends, with `changes[class name]` (a dict of
-    config values) applied to the front ends of that class."""
+    config values) applied to the layers of that class, nested ones too (the Neuralogram's
+    window network's filterbank)."""
+    import keras
+
     from keras_dae.models.featurizer import default_stream_frontends
 
-    frontends = []
-    for layer in default_stream_frontends(sample_rate)[stream]:
-        config = layer.get_config()
-        config.update(changes.get(type(layer).__name__, {}))
-        frontends.append(type(layer).from_config(config))
-    return frontends
+    return [keras.saving.deserialize_keras_object(
+        changed(keras.saving.serialize_keras_object(layer), changes))
+        for layer in default_stream_frontends(sample_rate)[stream]]
+
+
+def changed(node, changes: dict):
+    """A serialized Keras object `node` whose objects of class `name` (at any depth) have
+    the config values `changes[name]`; changed in place and returned."""
+    if isinstance(node, dict):
+        if node.get("class_name") in changes:
+            node["config"].update(changes[node["class_name"]])
+        for value in node.values():
+            changed(value, changes)
+    elif isinstance(node, list):
+        for value in node:
+            changed(value, changes)
+    return node
 
 
 def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
@@ -78,18 +92,8 @@ def with_frontend_config(model, changes: dict, change=None):
     callers that change more) when given."""
     from keras_dae.models.derived import derived_model
 
-    def visit(node):
-        if isinstance(node, dict):
-            if node.get("class_name") in changes:
-                node["config"].update(changes[node["class_name"]])
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-        return node
-
-    return derived_model(model, lambda config: visit(change(config) if change else config))
+    return derived_model(model, lambda config: changed(change(config) if change else config,
+                                                       changes))
 
 
 def merge(results: dict, key: str, rows: list[dict], identity) -> None:
@@ -124,22 +128,28 @@ def parser(description: str, settings_flag: str, default_settings: str, settings
     return parser
 
 
-def run(args, results_path: Path, train, parity, table, accuracy_id, parity_id) -> int:
+def run(args, results_path: Path, train, parity, table, accuracy_id, parity_id,
+        setting=float) -> int:
     """Trains (`train(data, setting, seed, epochs, cache)`, one row per setting and seed) or
     measures parity (`parity(model, data, settings)`, rows); merges the rows into
-    `results_path` by `accuracy_id` / `parity_id`, and prints `table(results)`."""
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    `results_path` by `accuracy_id` / `parity_id`, and prints `table(results)`. `setting`
+    parses each of the comma-separated settings."""
+
+    def add(key: str, rows: list[dict], identity) -> None:
+        # Read again before each write: runs of other settings may share the file.
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        merge(results, key, rows, identity)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+
     if not args.table:
-        settings = [float(v) for v in args.settings.split(",")]
+        settings = [setting(v) for v in args.settings.split(",")]
         if args.parity:
-            merge(results, "parity", parity(args.model, args.data, settings), parity_id)
-            results_path.write_text(json.dumps(results, indent=2) + "\n")
+            add("parity", parity(args.model, args.data, settings), parity_id)
         else:  # written after every row, so a stopped run keeps the rows it trained
             for seed in (int(s) for s in args.seeds.split(",")):
-                for setting in settings:
-                    row = train(args.data, setting, seed, args.epochs, args.cache)
+                for value in settings:
+                    row = train(args.data, value, seed, args.epochs, args.cache)
                     print(json.dumps(row), flush=True)
-                    merge(results, "accuracy", [row], accuracy_id)
-                    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+                    add("accuracy", [row], accuracy_id)
+    print(table(json.loads(results_path.read_text()) if results_path.is_file() else {}))
     return 0

@@ -72,6 +72,45 @@ def test_gradients_flow_and_training_changes_filters(signals):
     assert model.evaluate(x, y, verbose=0) < loss0
 
 
+def test_scaled_kernel_applies_the_gabor_filters():
+    """The kernel holds each filter over its peak; the filters applied are the Gabor ones."""
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=16)
+    layer.build((None, 16000))
+    gabor = gabor_filters(16, 400, SR, 60.0, SR / 2)
+    np.testing.assert_allclose(checks.to_numpy(layer.filters()), gabor, rtol=1e-6, atol=1e-9)
+    kernel = checks.to_numpy(layer.kernel).reshape(400, 2, 16)
+    np.testing.assert_allclose(np.abs(kernel).max(axis=(0, 1)), 1.0, rtol=1e-6)
+    unscaled = LearnedFilterbank(sample_rate=SR, n_filters=16, scaled_kernel=False)
+    y = np.random.default_rng(0).standard_normal((2, 4000)).astype("float32")
+    np.testing.assert_allclose(checks.to_numpy(layer(y)), checks.to_numpy(unscaled(y)),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_an_adam_step_moves_each_filter_in_proportion_to_its_peak(signals, scaled):
+    """Adam's first step moves every weight by its learning rate: a scaled filter's taps move
+    by that share of the filter's peak, an unscaled one's by the rate itself."""
+    lr = 1e-3
+    x = np.stack([signals["speech"][:8000], signals["tone"][:8000]])
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=16, scaled_kernel=scaled)
+    inputs = keras.Input((8000,))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(layer(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
+    before = checks.to_numpy(layer.filters()).copy()
+    model.train_on_batch(x, np.zeros((2, 16), "float32"))
+    moved = np.abs(checks.to_numpy(layer.filters()) - before).max(axis=0)
+    peak = np.tile(np.abs(before).reshape(400, 2, 16).max(axis=(0, 1)), 2)
+    np.testing.assert_allclose(moved, lr * peak if scaled else lr, rtol=0.02)
+
+
+def test_configs_without_scaled_kernel_load_unscaled(tmp_path):
+    """A config saved before `scaled_kernel` existed loads as it was trained: unscaled."""
+    config = LearnedFilterbank(n_filters=8).get_config()
+    del config["scaled_kernel"]
+    assert LearnedFilterbank.from_config(config).scaled_kernel is False
+    assert LearnedFilterbank.from_config({**config, "scaled_kernel": True}).scaled_kernel
+
+
 @pytest.mark.parametrize("num_samples", [1, 399, 400, 16000, 16123])
 def test_any_length(num_samples):
     y = np.random.default_rng(0).standard_normal((2, num_samples)).astype("float32")

@@ -69,6 +69,13 @@ class LearnedFilterbank(AudioFrontend):
         compression: `"log"` for `log(power + eps)`, `"none"` for the power itself.
         eps: floor added before the log.
         center: pad `win_length // 2` zeros on both sides (librosa's convention).
+        scaled_kernel: store each filter divided by its initial peak (`kernel` holds the
+            scaled filters; `filters()` gives them as applied), so that an optimiser's step
+            moves every filter by the same share of its size. Adam steps every weight by
+            about its learning rate; a Gabor filter's taps are 1e-3 to 2e-2, so unscaled, a
+            few hundred steps at 1e-3 bury the initialisation under noise (the shipped
+            `diverse_sampled15`, trained so, ended 11 times its initial norm away from it).
+            Configs saved without this key load with `False`, as they were trained.
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class LearnedFilterbank(AudioFrontend):
         compression: str = "log",
         eps: float = 1e-6,
         center: bool = True,
+        scaled_kernel: bool = True,
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)
@@ -108,17 +116,28 @@ class LearnedFilterbank(AudioFrontend):
         self.compression = compression
         self.eps = float(eps)
         self.center = bool(center)
+        self.scaled_kernel = bool(scaled_kernel)
+        self._filters = None
+        if self.initializer == "gabor":
+            self._filters = gabor_filters(self.n_filters, self.win_length, self.sample_rate,
+                                          self.fmin, self.fmax or nyquist).astype("float32")
+        # Each filter's peak over its real and imaginary parts (1 for random filters, whose
+        # Glorot scale is already an optimiser's).
+        self._peaks = np.ones(2 * self.n_filters, "float32")
+        if self.scaled_kernel and self._filters is not None:
+            peak = np.abs(self._filters).reshape(self.win_length, 2, self.n_filters).max(
+                axis=(0, 1))
+            self._peaks = np.tile(peak, 2).astype("float32")
+        self._scale = signal.constant(self._peaks)
+
+    @classmethod
+    def from_config(cls, config):
+        # Saved before `scaled_kernel` existed: the kernel holds the filters unscaled.
+        return cls(**{"scaled_kernel": False, **config})
 
     def build(self, input_shape):
-        if self.initializer == "gabor":
-            init = gabor_filters(
-                self.n_filters,
-                self.win_length,
-                self.sample_rate,
-                self.fmin,
-                self.fmax or self.sample_rate / 2,
-            ).astype("float32")
-            initializer = keras.initializers.Constant(init)
+        if self._filters is not None:
+            initializer = keras.initializers.Constant(self._filters / self._peaks)
         else:
             initializer = keras.initializers.GlorotUniform()
         self.kernel = self.add_weight(
@@ -135,10 +154,15 @@ class LearnedFilterbank(AudioFrontend):
     def num_frames(self, num_samples):
         return signal.num_frames(num_samples, self.win_length, self.hop_length, self.center)
 
+    def filters(self):
+        """The filters as applied, `(win_length, 2 * n_filters)`: real parts, then imaginary."""
+        kernel = ops.cast(self.kernel, "float32")
+        return kernel * self._scale if self.scaled_kernel else kernel
+
     def frontend_call(self, waveform):
         x = signal.pad_center(waveform, self.win_length, self.center)
         frames = signal.frame(x, self.win_length, self.hop_length)
-        response = ops.matmul(frames, ops.cast(self.kernel, "float32"))
+        response = ops.matmul(frames, self.filters())
         real, imag = response[..., : self.n_filters], response[..., self.n_filters :]
         power = real * real + imag * imag
         if self.compression == "log":
@@ -158,6 +182,7 @@ class LearnedFilterbank(AudioFrontend):
                 "compression": self.compression,
                 "eps": self.eps,
                 "center": self.center,
+                "scaled_kernel": self.scaled_kernel,
             }
         )
         return config
