@@ -54,8 +54,8 @@ def changed(node, changes: dict):
 def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
                  cache: Path) -> tuple[dict, object]:
     """Trains `stream` alone with `changes` (see `stream_frontends`); returns its scores
-    (`val_map`, `eval_map`, `train_seconds`) and the trained model. Features are cached
-    under `cache`, which must be specific to the changes."""
+    (`val_map`, `eval_map`, `train_seconds`) and the trained model. Features without
+    weights are cached under `cache`, which must be specific to the changes."""
     import keras
 
     from keras_dae import training
@@ -71,8 +71,10 @@ def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
     frontends = stream_frontends(stream, spec["sample_rate"], changes)
     model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
                                      tower=dict(spec["tower"]), streams={stream: frontends})
+    # A learned front end trains with its tower: only fixed features can be cached.
+    cached = str(cache) if model.featurizer.fixed_streams() else None
     config = training.TrainConfig(tower_epochs=epochs, fusion_epochs=0, batch_size=32,
-                                  seed=seed, feature_cache=str(cache))
+                                  seed=seed, feature_cache=cached)
     run = Path(tempfile.mkdtemp(prefix=f"{stream}_stream_"))
     try:
         start = time.time()
