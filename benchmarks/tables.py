@@ -224,6 +224,7 @@ def tables() -> dict[str, str]:
     import contrast_floor
     import cqt_range
     import export
+    import filterbank_scaling
     import finetune
     import frontends
     import mixed_precision_accuracy
@@ -240,6 +241,7 @@ def tables() -> dict[str, str]:
         # Two tables: accuracy per range, then export parity per range.
         **dict(zip(("cqt_range", "cqt_range_parity"),
                    cqt_range.table(load("cqt_range.json")).split("\n\n"), strict=True)),
+        "filterbank_scaling": filterbank_scaling.table(load("filterbank_scaling.json")),
         "sampled_run": sampled_run_table(),
         "sampled_run_per_class": per_class_table(),
         "sampled_runs": sampled_runs_table(),

@@ -96,3 +96,27 @@ def test_mixed_precision(signals):
     out = checks.to_numpy(keras.ops.cast(out, "float32"))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, ref, rtol=2**-7, atol=1e-6)
+
+
+def test_window_network_filterbank_is_scaled_and_old_configs_load_unscaled(signals):
+    """The default window network's filterbank stores its filters scaled (see
+    `LearnedFilterbank`); a Neuralogram saved before that loads its filterbank unscaled."""
+    from keras_dae.layers.learned_filterbank import LearnedFilterbank
+
+    def filterbank(layer):
+        return next(x for x in layer.embedding_network.layers
+                    if isinstance(x, LearnedFilterbank))
+
+    layer = Neuralogram()
+    assert filterbank(layer).scaled_kernel
+    config = keras.saving.serialize_keras_object(layer)
+    nested = config["config"]["embedding_network"]["config"]["layers"]
+    for node in nested:
+        node["config"].pop("scaled_kernel", None)
+    old = keras.saving.deserialize_keras_object(config)
+    assert not filterbank(old).scaled_kernel
+    y = signals["speech"][None, :8000]
+    old.build(y.shape)
+    layer.build(y.shape)
+    old.set_weights(layer.get_weights())  # the same stored kernel, read unscaled
+    assert not np.allclose(checks.to_numpy(old(y)), checks.to_numpy(layer(y)), atol=1e-3)

@@ -72,9 +72,9 @@ class LearnedFilterbank(AudioFrontend):
         scaled_kernel: store each filter divided by its initial peak (`kernel` holds the
             scaled filters; `filters()` gives them as applied), so that an optimiser's step
             moves every filter by the same share of its size. Adam steps every weight by
-            about its learning rate; a Gabor filter's taps are 1e-3 to 2e-2, so unscaled, a
+            about its learning rate; a Gabor filter's peaks are 3e-3 to 2.4e-2, so unscaled, a
             few hundred steps at 1e-3 bury the initialisation under noise (the shipped
-            `diverse_sampled15`, trained so, ended 11 times its initial norm away from it).
+            `diverse_sampled15`, trained so, ended 10-11 times their initial norm away from it).
             Configs saved without this key load with `False`, as they were trained.
     """
 
