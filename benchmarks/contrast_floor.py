@@ -101,12 +101,8 @@ def table(results: dict) -> str:
     for r in results.get("accuracy", []):
         by_floor.setdefault(r["floor"], []).append(r)
     for floor in sorted(by_floor):
-        rows = sorted(by_floor[floor], key=lambda r: r["seed"])
-        ev = np.array([r["eval_map"] for r in rows])
-        va = np.array([r["val_map"] for r in rows])
-        seeds = ", ".join(f"{r['eval_map']:.3f}" for r in rows)
-        lines.append(f"| {floor:g} ({-20 * np.log10(floor):.0f} dB) | {seeds} | "
-                     f"{one_stream.mean_sd(ev)} | {va.mean():.3f} |")
+        lines.append(f"| {floor:g} ({-20 * np.log10(floor):.0f} dB) | "
+                     f"{one_stream.accuracy_cells(by_floor[floor])} |")
     if results.get("parity"):
         lines += ["", "| model trained with floor, roll-off | run with floor | FFT vs "
                   "matrix-product DFT, max abs diff | windows over 1e-4 |", "|---|---|---|---|"]

@@ -121,19 +121,13 @@ def db_difference(row: dict) -> str:
 
 
 def table(results: dict) -> str:
-    import numpy as np
-
     lines = ["| CQT range | pitch eval mAP per seed | mean ± sd | val mean |",
              "|---|---|---|---|"]
     by_range = {}
     for r in results.get("accuracy", []):
         by_range.setdefault(r["top_db"], []).append(r)
     for top_db in sorted(by_range, reverse=True):
-        rows = sorted(by_range[top_db], key=lambda r: r["seed"])
-        seeds = ", ".join(f"{r['eval_map']:.3f}" for r in rows)
-        lines.append(f"| {top_db:g} dB | {seeds} | "
-                     f"{one_stream.mean_sd([r['eval_map'] for r in rows])} | "
-                     f"{np.mean([r['val_map'] for r in rows]):.3f} |")
+        lines.append(f"| {top_db:g} dB | {one_stream.accuracy_cells(by_range[top_db])} |")
     if results.get("parity"):
         lines += ["", "| model trained with range | run with range | format | max abs diff "
                   "from Keras | windows over 1e-4 | CQT alone, max dB diff |",

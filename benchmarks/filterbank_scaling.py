@@ -77,12 +77,9 @@ def table(results: dict) -> str:
     for r in results.get("accuracy", []):
         groups.setdefault((r["stream"], r["kernel"]), []).append(r)
     for (stream, setting), rows in sorted(groups.items()):
-        rows = sorted(rows, key=lambda r: r["seed"])
-        ev = [r["eval_map"] for r in rows]
         drift = np.mean([np.mean(r["filter_drift"]) for r in rows])
-        lines.append(f"| {stream} | {setting} | {', '.join(f'{v:.3f}' for v in ev)} | "
-                     f"{one_stream.mean_sd(ev)} | {np.mean([r['val_map'] for r in rows]):.3f} "
-                     f"| {drift:.2f} |")
+        lines.append(f"| {stream} | {setting} | {one_stream.accuracy_cells(rows)} | "
+                     f"{drift:.2f} |")
     return "\n".join(lines)
 
 

@@ -114,6 +114,16 @@ def mean_sd(values) -> str:
     return f"{values.mean():.3f} ± {sd:.3f}"
 
 
+def accuracy_cells(rows: list[dict]) -> str:
+    """One setting's table cells: eval mAP per seed, their mean ± sd, the mean val mAP."""
+    import numpy as np
+
+    rows = sorted(rows, key=lambda r: r["seed"])
+    seeds = ", ".join(f"{r['eval_map']:.3f}" for r in rows)
+    return (f"{seeds} | {mean_sd([r['eval_map'] for r in rows])} | "
+            f"{np.mean([r['val_map'] for r in rows]):.3f}")
+
+
 def parser(description: str, settings_flag: str, default_settings: str, settings_help: str,
            cache_name: str) -> argparse.ArgumentParser:
     """The command line these benchmarks share; `settings_flag` names the setting's values."""
