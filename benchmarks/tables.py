@@ -254,6 +254,8 @@ def tables() -> dict[str, str]:
                                                 load("classical_baseline.json")),
         "pretraining_spread25": pretraining.table(load("pretraining_spread25.json"),
                                                   load("classical_baseline.json")),
+        "pretraining_scaled": pretraining.table(load("pretraining_scaled.json"),
+                                                load("classical_baseline.json")),
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
