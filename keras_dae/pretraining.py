@@ -14,9 +14,10 @@ tower, the Neuralogram's window network and the learned filterbank learn at once
 its own embedding. Each view is augmented (a random gain, and half the time another file of the batch
 mixed in 5-20 dB below it, as BYOL-A mixes in background), so that level and a quiet
 background are not what tells files apart; `config.lowpass` (`--lowpass`) also low-passes a
-share of the views, and `config.spread` (`--spread`) adds VICReg's variance and covariance
+share of the views, `config.spread` (`--spread`) adds VICReg's variance and covariance
 terms on the tower embeddings against their collapse, which every epoch's effective rank of
-the held-out embeddings, in the report, measures.
+the held-out embeddings, in the report, measures, and `config.projection_hidden`
+(`--projection-hidden`) puts a hidden ReLU layer in each stream's projection head.
 
 `val_fraction` of the files (at least one batch) are held out; after every epoch the pairs of
 those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
@@ -137,7 +138,8 @@ def _pretrain(files, data: Path, out: Path, preset, config, val_fraction, resume
     with scaled(config):
         keras.utils.set_random_seed(config.seed)
         model = DiverseContrastive.with_default_frontends(
-            spec["sample_rate"], tower=dict(spec["tower"]), spread_weight=config.spread)
+            spec["sample_rate"], tower=dict(spec["tower"]), spread_weight=config.spread,
+            projection_hidden=config.projection_hidden)
         say(f"pretrain: {len(train)} {'clips' if _from_shards(files) else 'files'}, val: "
             f"{len(val)} (no labels); architecture {preset} ({model.count_params():,} "
             f"parameters); backend {keras.backend.backend()}, "

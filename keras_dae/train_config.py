@@ -50,6 +50,9 @@ class TrainConfig:
     # Pretraining only: the weight of VICReg's variance and covariance terms on each view's
     # tower embeddings (`keras_dae.models.contrastive.EmbeddingSpread`; 0: none).
     spread: float = 0.0
+    # Pretraining only: the width of a hidden ReLU layer in each stream's projection head
+    # (`DiverseContrastive(projection_hidden=...)`; 0: COLA's single dense layer).
+    projection_hidden: int = 0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
     RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
@@ -59,7 +62,7 @@ class TrainConfig:
               "hop_seconds": "positive_float", "mixup": "non_negative_float",
               "patience": "positive_int", "normalization_chunks": "positive_int",
               "seed": "non_negative_int", "lowpass": "unit_interval",
-              "spread": "non_negative_float"}
+              "spread": "non_negative_float", "projection_hidden": "non_negative_int"}
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
@@ -80,15 +83,17 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--seed", "seed", None),
          ("--lowpass", "lowpass", "share of the views low-passed, cutoff drawn in 2-6 kHz"),
          ("--spread", "spread", "weight of VICReg's variance and covariance terms on the "
-          "towers' embeddings (0: none)"))
+          "towers' embeddings (0: none)"),
+         ("--projection-hidden", "projection_hidden", "width of a hidden ReLU layer in each "
+          "stream's projection head (0: none, COLA's single dense layer)"))
 
 
 # Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
 # `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
 PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
 PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass",
-                  "spread")
-PRETRAIN_ONLY = ("lowpass", "spread")
+                  "spread", "projection_hidden")
+PRETRAIN_ONLY = ("lowpass", "spread", "projection_hidden")
 
 
 def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:

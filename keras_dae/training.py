@@ -341,10 +341,12 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config or TrainConfig()
         self.verbose = verbose
-        if (self.config.lowpass or self.config.spread) and "pretrain" not in self.STAGES:
-            raise InputError("TrainConfig.lowpass and spread are for pretraining (keras-dae "
-                             "pretrain --lowpass, --spread); a supervised run augments with "
-                             "masking or mixup")
+        if ((self.config.lowpass or self.config.spread or self.config.projection_hidden)
+                and "pretrain" not in self.STAGES):
+            raise InputError("TrainConfig.lowpass, spread and projection_hidden are for "
+                             "pretraining (keras-dae pretrain --lowpass, --spread, "
+                             "--projection-hidden); a supervised run augments with masking or "
+                             "mixup")
         self.ckpt_dir = self.run_dir / "checkpoint"
         self.skipped: dict[str, str] = {}
         self.state = {"stage": self.STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,

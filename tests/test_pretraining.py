@@ -154,10 +154,13 @@ def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards
     out = tmp_path / "run"
     assert cli.main(["pretrain", "--data", str(corpus_shards), "--out", str(out), "--preset",
                      "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
-                     "1", "--jit-compile", "off", "--lowpass", "0.5", "--spread", "1"]) == 0
+                     "1", "--jit-compile", "off", "--lowpass", "0.5", "--spread", "1",
+                     "--projection-hidden", "16"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["lowpass"] == 0.5 and report["config"]["spread"] == 1.0
-    assert DiverseContrastive.from_preset(out / "preset").spread_weight == 1.0
+    assert report["config"]["projection_hidden"] == 16
+    pretrained = DiverseContrastive.from_preset(out / "preset")
+    assert pretrained.spread_weight == 1.0 and pretrained.projection_hidden == 16
     ranks = report["history"][0]["val_rank"]  # the towers' effective rank on held-out anchors
     assert set(ranks) == {"pitch", "timbre", "neuralogram", "end_to_end"}
     assert all(1.0 <= r <= 8 for r in ranks.values())  # 8 held-out files
@@ -226,7 +229,7 @@ def test_augmentation_low_passes_the_share_of_views_it_is_asked_to(tmp_path):
     passed = above_6k < 1e-6
     assert 0.3 < passed.mean() < 0.7  # about half the views
     np.testing.assert_array_equal(out[~passed], views[~passed])  # the others as they were
-    with pytest.raises(Exception, match="lowpass and spread are for pretraining"):
+    with pytest.raises(Exception, match="lowpass, spread and projection_hidden are for pretraining"):
         from keras_dae.training import Trainer
         Trainer(None, None, None, tmp_path, TrainConfig(lowpass=0.5))
     with pytest.raises(SystemExit):  # keras-dae train has no --lowpass
@@ -280,7 +283,10 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     learned = {name: frontends for name, frontends in default_stream_frontends(SR).items()
                if name in ("neuralogram", "end_to_end")}
     model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"],
-                                                      streams=learned, spread_weight=1.0)
+                                                      streams=learned, spread_weight=1.0,
+                                                      projection_hidden=8)
+    assert [layer.name for layer in model.projections["end_to_end"].layers] == [
+        "hidden", "dense", "norm", "tanh"]  # SimCLR's hidden ReLU layer, then COLA's head
     x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
          "positive": np.random.default_rng(1).uniform(-0.5, 0.5, (3, SR)).astype("float32")}
     front_ends = [model.featurizer.streams[s][0] for s in ("neuralogram", "end_to_end")]
@@ -298,7 +304,7 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     assert all(v.shape == (3, 3) for v in out.values())
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
-    assert again.spread_weight == 1.0
+    assert again.spread_weight == 1.0 and again.projection_hidden == 8
     for k, v in again(x).items():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), out[k], rtol=1e-5, atol=1e-5)
 

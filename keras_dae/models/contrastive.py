@@ -96,7 +96,9 @@ class DiverseContrastive(OnBackbone, keras.Model):
     `arange(B)` (`keras_dae.pretraining.PairLoader` supplies those targets).
 
     Each stream's projection is a dense layer, layer normalisation and tanh (COLA's), then
-    `PairSimilarity`. After pretraining, `featurizer` and `backbone` are what a classifier
+    `PairSimilarity`; with `projection_hidden` > 0, a ReLU layer of that width comes first
+    (SimCLR's nonlinear projection head, Chen et al. 2020, arXiv 2002.05709: the loss shapes
+    the head's output, and the embedding below it keeps more of what the views share). After pretraining, `featurizer` and `backbone` are what a classifier
     starts from (`DiverseClassifier.from_preset("diverse_pretrained", class_names=...)`);
     the projections are left behind.
 
@@ -108,6 +110,7 @@ class DiverseContrastive(OnBackbone, keras.Model):
         backbone: a `DiverseBackbone` (or its config).
         featurizer: a `DiverseFeaturizer` (or its config) matching the backbone's inputs.
         projection_dim: size of each stream's projection.
+        projection_hidden: width of the projection's hidden ReLU layer (0: none, COLA's).
         spread_weight: weight of the variance and covariance terms (0: none).
     """
 
@@ -117,7 +120,7 @@ class DiverseContrastive(OnBackbone, keras.Model):
     class_mids: list[str] = []
 
     def __init__(self, backbone, featurizer, projection_dim: int = DEFAULT_PROJECTION_DIM,
-                 spread_weight: float = 0.0, **kwargs):
+                 spread_weight: float = 0.0, projection_hidden: int = 0, **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(featurizer, dict):
@@ -127,13 +130,18 @@ class DiverseContrastive(OnBackbone, keras.Model):
                              f"match the backbone's inputs {backbone.feature_dims}.")
         if projection_dim is None or int(projection_dim) <= 0:
             raise InputError(f"`projection_dim` must be positive, got {projection_dim!r}.")
+        if projection_hidden is None or int(projection_hidden) < 0:
+            raise InputError(f"`projection_hidden` must be >= 0, got {projection_hidden!r}.")
         if not float(spread_weight) >= 0:
             raise InputError(f"`spread_weight` must be >= 0, got {spread_weight!r}.")
         views = {name: keras.Input(shape=(None,), name=name) for name in ("anchor", "positive")}
         embedded = {name: backbone(featurizer(x)) for name, x in views.items()}
         outputs, projections = {}, {}
         for stream in backbone.stream_names:
+            hidden = ([keras.layers.Dense(int(projection_hidden), activation="relu",
+                                          name="hidden")] if projection_hidden else [])
             projection = keras.Sequential([
+                *hidden,
                 keras.layers.Dense(projection_dim, name="dense"),
                 keras.layers.LayerNormalization(name="norm"),
                 keras.layers.Activation("tanh", name="tanh"),
@@ -150,11 +158,12 @@ class DiverseContrastive(OnBackbone, keras.Model):
         self.featurizer = featurizer
         self.projection_dim = int(projection_dim)
         self.spread_weight = float(spread_weight)
+        self.projection_hidden = int(projection_hidden)
         self.projections = projections
 
     def get_config(self):
         return {**self.backbone_config(), "projection_dim": self.projection_dim,
-                "spread_weight": self.spread_weight}
+                "spread_weight": self.spread_weight, "projection_hidden": self.projection_hidden}
 
     @classmethod
     def with_default_frontends(cls, sample_rate: int = 16000, tower: dict | None = None,
