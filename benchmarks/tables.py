@@ -248,14 +248,10 @@ def tables() -> dict[str, str]:
         "stream_ablation": stream_ablation_table(),
         "stream_subsets": stream_subsets.table(load("stream_subsets.json")),
         "finetune": finetune.table(load("finetune.json")),
-        "pretraining": pretraining.table(load("pretraining.json"),
-                                         load("classical_baseline.json")),
-        "pretraining_spread": pretraining.table(load("pretraining_spread.json"),
-                                                load("classical_baseline.json")),
-        "pretraining_spread25": pretraining.table(load("pretraining_spread25.json"),
-                                                  load("classical_baseline.json")),
-        "pretraining_scaled": pretraining.table(load("pretraining_scaled.json"),
-                                                load("classical_baseline.json")),
+        # One table per pretraining run measured (benchmarks/pretraining.py --results).
+        **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
+           for name in ("pretraining", "pretraining_spread", "pretraining_spread25",
+                        "pretraining_scaled", "pretraining_mlp")},
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
