@@ -42,6 +42,8 @@ SAMPLED_RUNS = (
      "floor 1e-6, the same command again (other initial weights: before `--seed` seeded them)"),
     ("sampled_run_masking.json", "floor 1e-6, with `--feature-masking on`"),
     ("sampled_run_mixup.json", "floor 1e-6, with `--mixup 0.4`"),
+    ("sampled_run_filterbanks_scaled.json",
+     "the shipped run's settings, the learned filterbanks scaled (the default for new models)"),
 )
 
 
