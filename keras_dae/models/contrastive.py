@@ -97,10 +97,12 @@ class DiverseContrastive(OnBackbone, keras.Model):
 
     Each stream's projection is a dense layer, layer normalisation and tanh (COLA's), then
     `PairSimilarity`; with `projection_hidden` > 0, a ReLU layer of that width comes first
-    (SimCLR's nonlinear projection head, Chen et al. 2020, arXiv 2002.05709: the loss shapes
-    the head's output, and the embedding below it keeps more of what the views share). After pretraining, `featurizer` and `backbone` are what a classifier
-    starts from (`DiverseClassifier.from_preset("diverse_pretrained", class_names=...)`);
-    the projections are left behind.
+    (SimCLR's nonlinear projection head, Chen et al. 2020, arXiv 2002.05709, under which the
+    embedding kept more for a linear probe than the head's output; on our corpus, one epoch,
+    it left the probe where it was: docs/pretraining.md). After pretraining, `featurizer` and
+    `backbone` are what a classifier starts from
+    (`DiverseClassifier.from_preset("diverse_pretrained", class_names=...)`); the projections
+    are left behind.
 
     With `spread_weight` > 0, each view's tower embeddings also pay `EmbeddingSpread`'s
     variance and covariance terms (VICReg's) times the weight, added to the loss: a check on
