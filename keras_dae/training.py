@@ -49,7 +49,7 @@ from keras_dae.data.pair_loader import ShardClips
 from keras_dae.data.shards import ShardSet
 from keras_dae.models.backbone import DEFAULT_FEATURE_MASKING
 from keras_dae.runs import PreflightError
-from keras_dae.train_config import TrainConfig
+from keras_dae.train_config import PRETRAIN_ONLY, TrainConfig
 from keras_dae.validation import InputError
 
 logger = logging.getLogger(__name__)
@@ -341,12 +341,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config or TrainConfig()
         self.verbose = verbose
-        if ((self.config.lowpass or self.config.spread or self.config.projection_hidden)
-                and "pretrain" not in self.STAGES):
-            raise InputError("TrainConfig.lowpass, spread and projection_hidden are for "
-                             "pretraining (keras-dae pretrain --lowpass, --spread, "
-                             "--projection-hidden); a supervised run augments with masking or "
-                             "mixup")
+        if "pretrain" not in self.STAGES and any(getattr(self.config, f) for f in PRETRAIN_ONLY):
+            names = f"{', '.join(PRETRAIN_ONLY[:-1])} and {PRETRAIN_ONLY[-1]}"
+            flags = ", ".join("--" + f.replace("_", "-") for f in PRETRAIN_ONLY)
+            raise InputError(f"TrainConfig.{names} are for pretraining (keras-dae pretrain "
+                             f"{flags}); a supervised run augments with masking or mixup")
         self.ckpt_dir = self.run_dir / "checkpoint"
         self.skipped: dict[str, str] = {}
         self.state = {"stage": self.STAGES[0], "epoch": -1, "best_map": -1.0, "best_epoch": -1,
