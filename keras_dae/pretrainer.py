@@ -60,6 +60,15 @@ class Pretrainer(Trainer):
         report's cost; a resumed run that has nothing left to train builds no loader)."""
         self.state.setdefault("audio_seconds", {})[split] = loader.audio_seconds
 
+    def _adapt_normalization(self) -> dict:
+        """The towers' normalisation, then, with feature prediction on, its targets' (the same
+        training chunks' clip statistics)."""
+        features = super()._adapt_normalization()
+        if self.model.clip_statistics is not None:
+            self.model.clip_statistics.adapt([features[s]
+                                              for s in self.model.featurizer.fixed_streams()])
+        return features
+
     def _compile(self, stage: str) -> None:
         self._epoch_started = time.time()
         streams = self.model.stream_names

@@ -17,7 +17,9 @@ background are not what tells files apart; `config.lowpass` (`--lowpass`) also l
 share of the views, `config.spread` (`--spread`) adds VICReg's variance and covariance
 terms on the tower embeddings against their collapse, which every epoch's effective rank of
 the held-out embeddings, in the report, measures, and `config.projection_hidden`
-(`--projection-hidden`) puts a hidden ReLU layer in each stream's projection head.
+(`--projection-hidden`) puts a hidden ReLU layer in each stream's projection head, and
+`config.predict_features` (`--predict-features`) has every tower's embedding regress the
+handcrafted streams' clip statistics too (PASE's regression workers).
 
 `val_fraction` of the files (at least one batch) are held out; after every epoch the pairs of
 those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
@@ -139,7 +141,8 @@ def _pretrain(files, data: Path, out: Path, preset, config, val_fraction, resume
         keras.utils.set_random_seed(config.seed)
         model = DiverseContrastive.with_default_frontends(
             spec["sample_rate"], tower=dict(spec["tower"]), spread_weight=config.spread,
-            projection_hidden=config.projection_hidden)
+            projection_hidden=config.projection_hidden,
+            prediction_weight=config.predict_features)
         say(f"pretrain: {len(train)} {'clips' if _from_shards(files) else 'files'}, val: "
             f"{len(val)} (no labels); architecture {preset} ({model.count_params():,} "
             f"parameters); backend {keras.backend.backend()}, "

@@ -53,6 +53,10 @@ class TrainConfig:
     # Pretraining only: the width of a hidden ReLU layer in each stream's projection head
     # (`DiverseContrastive(projection_hidden=...)`; 0: COLA's single dense layer).
     projection_hidden: int = 0
+    # Pretraining only: the weight of the regression, from every tower's embedding, of the
+    # handcrafted streams' clip statistics (`DiverseContrastive(prediction_weight=...)`,
+    # PASE's regression workers; 0: none).
+    predict_features: float = 0.0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
     RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
@@ -62,7 +66,8 @@ class TrainConfig:
               "hop_seconds": "positive_float", "mixup": "non_negative_float",
               "patience": "positive_int", "normalization_chunks": "positive_int",
               "seed": "non_negative_int", "lowpass": "unit_interval",
-              "spread": "non_negative_float", "projection_hidden": "non_negative_int"}
+              "spread": "non_negative_float", "projection_hidden": "non_negative_int",
+              "predict_features": "non_negative_float"}
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
@@ -85,15 +90,17 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--spread", "spread", "weight of VICReg's variance and covariance terms on the "
           "towers' embeddings (0: none)"),
          ("--projection-hidden", "projection_hidden", "width of a hidden ReLU layer in each "
-          "stream's projection head (0: none, COLA's single dense layer)"))
+          "stream's projection head (0: none, COLA's single dense layer)"),
+         ("--predict-features", "predict_features", "weight of the regression of the "
+          "handcrafted streams' clip statistics from every tower's embedding (0: none)"))
 
 
 # Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
 # `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
 PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
 PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass",
-                  "spread", "projection_hidden")
-PRETRAIN_ONLY = ("lowpass", "spread", "projection_hidden")
+                  "spread", "projection_hidden", "predict_features")
+PRETRAIN_ONLY = ("lowpass", "spread", "projection_hidden", "predict_features")
 
 
 def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:

@@ -550,8 +550,9 @@ class Trainer:
             v.assign(saved[f"optimizer/{i}"])
 
     # -- the recipe ----------------------------------------------------------------------
-    def _adapt_normalization(self) -> None:
-        """Per-feature mean and variance of each stream, from a sample of training chunks."""
+    def _adapt_normalization(self) -> dict:
+        """Per-feature mean and variance of each stream, from a sample of training chunks;
+        returns those chunks' features, `{stream: (chunks, frames, features)}`."""
         # Whole batches, as one process reads them: every process computes the same statistics.
         loader = self._loader(shuffle=True, mixup=0.0, balanced=False, whole_batches=True)
         wanted = self.config.normalization_chunks
@@ -569,8 +570,10 @@ class Trainer:
             out = self.model.featurizer(waveforms[start:start + 64])
             for name in features:
                 features[name].append(keras.ops.convert_to_numpy(out[name]))
-        for name, parts in features.items():
-            self.model.backbone.towers[name].normalization.adapt(np.concatenate(parts))
+        features = {name: np.concatenate(parts) for name, parts in features.items()}
+        for name, values in features.items():
+            self.model.backbone.towers[name].normalization.adapt(values)
+        return features
 
     def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
         """The training loader; in a multi-process run, of this process's rows of every

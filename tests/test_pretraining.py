@@ -27,7 +27,12 @@ from keras_dae.data.pair_loader import (
 )
 from keras_dae.metrics import effective_rank
 from keras_dae.models import DiverseClassifier
-from keras_dae.models.contrastive import DiverseContrastive, EmbeddingSpread
+from keras_dae.models.contrastive import (
+    ClipStatistics,
+    DiverseContrastive,
+    EmbeddingSpread,
+    FeaturePrediction,
+)
 from keras_dae.models.featurizer import default_stream_frontends
 from keras_dae.pretrainer import Pretrainer
 from keras_dae.pretraining import pretrain_run, split_files
@@ -155,12 +160,14 @@ def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards
     assert cli.main(["pretrain", "--data", str(corpus_shards), "--out", str(out), "--preset",
                      "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
                      "1", "--jit-compile", "off", "--lowpass", "0.5", "--spread", "1",
-                     "--projection-hidden", "16"]) == 0
+                     "--projection-hidden", "16", "--predict-features", "0.5"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["lowpass"] == 0.5 and report["config"]["spread"] == 1.0
     assert report["config"]["projection_hidden"] == 16
+    assert report["config"]["predict_features"] == 0.5
     pretrained = DiverseContrastive.from_preset(out / "preset")
     assert pretrained.spread_weight == 1.0 and pretrained.projection_hidden == 16
+    assert pretrained.prediction_weight == 0.5
     ranks = report["history"][0]["val_rank"]  # the towers' effective rank on held-out anchors
     assert set(ranks) == {"pitch", "timbre", "neuralogram", "end_to_end"}
     assert all(1.0 <= r <= 8 for r in ranks.values())  # 8 held-out files
@@ -229,7 +236,7 @@ def test_augmentation_low_passes_the_share_of_views_it_is_asked_to(tmp_path):
     passed = above_6k < 1e-6
     assert 0.3 < passed.mean() < 0.7  # about half the views
     np.testing.assert_array_equal(out[~passed], views[~passed])  # the others as they were
-    with pytest.raises(Exception, match="lowpass, spread and projection_hidden are for pretraining"):
+    with pytest.raises(Exception, match="lowpass, spread, projection_hidden and predict_features are for "):
         from keras_dae.training import Trainer
         Trainer(None, None, None, tmp_path, TrainConfig(lowpass=0.5))
     with pytest.raises(SystemExit):  # keras-dae train has no --lowpass
@@ -262,6 +269,37 @@ def test_spread_terms_are_vicregs_and_the_rank_tells_a_collapsed_embedding():
 
 
 @pytest.mark.one_backend
+def test_feature_prediction_regresses_the_clip_statistics_linearly():
+    """PASE's regression worker: the targets are each feature's mean and standard deviation
+    over the frames, standardised over the clips they were adapted on; the loss is the weight
+    times the mean squared error of a linear map."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 7, 3)).astype(np.float32)
+    b = rng.normal(2.0, 3.0, size=(4, 5, 2)).astype(np.float32)
+    statistics = np.concatenate([a.mean(1), a.std(1), b.mean(1), b.std(1)], axis=-1)
+    layer = ClipStatistics()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer([a, b])), statistics,
+                               rtol=1e-4, atol=1e-4)  # not adapted yet: as they are
+    layer.adapt([a, b])
+    targets = keras.ops.convert_to_numpy(layer([a, b]))
+    np.testing.assert_allclose(targets, (statistics - statistics.mean(0)) / statistics.std(0),
+                               rtol=1e-3, atol=1e-3)
+    embedding = rng.normal(size=(4, 6)).astype(np.float32)
+    layer = FeaturePrediction(10, weight=0.5)
+    out = layer([[embedding, embedding[::-1]], [targets, targets]])  # two views
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out[1]), embedding[::-1])
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in layer.regression.weights)
+    expected = 0.5 * (np.mean((embedding @ kernel + bias - targets) ** 2)
+                      + np.mean((embedding[::-1] @ kernel + bias - targets) ** 2))
+    assert float(keras.ops.convert_to_numpy(layer.losses[0])) == pytest.approx(expected, 1e-5)
+    learned = {name: frontends for name, frontends in default_stream_frontends(SR).items()
+               if name == "end_to_end"}
+    with pytest.raises(Exception, match="needs a handcrafted stream to predict"):
+        DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"],
+                                                  streams=learned, prediction_weight=1.0)
+
+
+@pytest.mark.one_backend
 def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
     data = read_unlabelled(corpus)
     with pytest.raises(Exception, match="41 audio files: too few .* batches of 32"):
@@ -275,16 +313,17 @@ def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
 
 
 def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_file(tmp_path):
-    """On every backend: one step of the objective (with the embeddings' spread terms)
-    reaches the learned front ends, and the model saves to `.keras` and reloads with equal
-    outputs. The learned streams only (the handcrafted front ends have no weights; the whole
-    runs below train all four)."""
+    """On every backend: one step of the objective (with the embeddings' spread terms and the
+    timbre statistics' prediction, both views of each counted in the loss) reaches the learned
+    front ends, and the model saves to `.keras` and reloads with equal outputs. The learned
+    streams and timbre (the whole runs below train all four)."""
     keras.utils.set_random_seed(0)
     learned = {name: frontends for name, frontends in default_stream_frontends(SR).items()
-               if name in ("neuralogram", "end_to_end")}
+               if name in ("neuralogram", "end_to_end", "timbre")}
     model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"],
                                                       streams=learned, spread_weight=1.0,
-                                                      projection_hidden=8)
+                                                      projection_hidden=8,
+                                                      prediction_weight=0.5)
     assert [layer.name for layer in model.projections["end_to_end"].layers] == [
         "hidden", "dense", "norm", "tanh"]  # SimCLR's hidden ReLU layer, then COLA's head
     x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
@@ -296,15 +335,23 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     targets = {s: np.arange(3, dtype="int32") for s in model.stream_names}
     logs = model.train_on_batch(x, targets, return_dict=True)
     assert np.isfinite(logs["loss"])  # the streams' losses and, above them, the spread terms
-    assert logs["loss"] > logs["neuralogram_loss"] + logs["end_to_end_loss"] + 1e-3
+    streams = ("neuralogram", "end_to_end", "timbre")
+    assert logs["loss"] > sum(logs[f"{s}_loss"] for s in streams) + 1e-3
+    logs = model.evaluate(x, targets, return_dict=True, verbose=0)
+    model(x)  # eagerly: the spread and prediction terms of both views, 3 streams
+    added = [float(keras.ops.convert_to_numpy(term)) for term in model.losses]
+    assert len(added) == 6 and all(term > 0 for term in added)
+    assert logs["loss"] == pytest.approx(sum(logs[f"{s}_loss"] for s in streams) + sum(added),
+                                         rel=1e-4)
     for layer, old in zip(front_ends, before, strict=True):
         assert any(not np.allclose(a, b) for a, b in zip(old, _weights(layer), strict=True))
     out = {k: keras.ops.convert_to_numpy(v) for k, v in model(x).items()}
-    assert set(out) == {"neuralogram", "end_to_end"}
+    assert set(out) == set(streams)
     assert all(v.shape == (3, 3) for v in out.values())
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert again.spread_weight == 1.0 and again.projection_hidden == 8
+    assert again.prediction_weight == 0.5
     for k, v in again(x).items():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), out[k], rtol=1e-5, atol=1e-5)
 

@@ -8,7 +8,9 @@ batch). `DiverseContrastive` applies it to every stream at once: the shared feat
 backbone embed both segments, and each stream has its own projection, its own similarity and
 its own loss, so every tower (and the Neuralogram's window network and the learned filterbank,
 the front ends that hold weights) learns from its own objective, as each tower is trained on
-its own in the supervised recipe.
+its own in the supervised recipe. With `prediction_weight` > 0, every tower's embedding also
+regresses the handcrafted streams' clip statistics (`ClipStatistics`, `FeaturePrediction`), as
+PASE's workers regress MFCCs and prosody beside its contrastive ones.
 """
 
 from __future__ import annotations
@@ -54,10 +56,15 @@ class PairSimilarity(keras.layers.Layer):
         return {**super().get_config(), "dim": self.dim}
 
 
+# Keras's JAX trainer counts only the last call's `add_loss` of a layer called more than once in
+# a model (keras 3.15), so the two layers below take both views of a pair in one call.
+
+
 @register
 class EmbeddingSpread(keras.layers.Layer):
     """VICReg's variance and covariance terms (Bardes, Ponce and LeCun, ICLR 2022) on a batch
-    of embeddings `(B, D)`, times `weight`, added to the model's loss; returns its input.
+    of embeddings `(B, D)`, or on each of a list of them (the views of a pair), times `weight`
+    and summed, added to the model's loss; returns its input.
 
     Variance: the mean over the `D` dimensions of `relu(1 - std)` (each dimension's standard
     deviation over the batch, `eps` 1e-4 under the root); covariance: the sum of the squared
@@ -68,15 +75,20 @@ class EmbeddingSpread(keras.layers.Layer):
         super().__init__(**kwargs)
         self.weight = float(weight)
 
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
+    @staticmethod
+    def terms(x):
+        x = ops.cast(x, "float32")
         n = ops.cast(ops.shape(x)[0], "float32")
         centred = x - ops.mean(x, axis=0, keepdims=True)
         variance = ops.sum(ops.square(centred), axis=0) / (n - 1.0)
         spread = ops.mean(ops.relu(1.0 - ops.sqrt(variance + 1e-4)))
         covariance = ops.matmul(ops.transpose(centred), centred) / (n - 1.0)
         off_diagonal = ops.sum(ops.square(covariance)) - ops.sum(ops.square(variance))
-        self.add_loss(self.weight * (spread + off_diagonal / x.shape[-1]))
+        return spread + off_diagonal / x.shape[-1]
+
+    def call(self, inputs):
+        views = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        self.add_loss(self.weight * sum(self.terms(x) for x in views))
         return inputs
 
     def compute_output_shape(self, input_shape):
@@ -84,6 +96,75 @@ class EmbeddingSpread(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "weight": self.weight}
+
+
+@register
+class ClipStatistics(keras.layers.Layer):
+    """Feature sequences `[(B, T_i, F_i), ...]` to their clip statistics `(B, 2 * sum F_i)`:
+    each feature's mean and standard deviation over the frames, concatenated, then
+    standardised per statistic (`normalization`, set from training clips by `adapt`). No
+    gradient flows through them: they are targets."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.normalization = keras.layers.Normalization(axis=-1, name="normalization",
+                                                        dtype="float32")
+
+    def build(self, input_shape):
+        self.normalization.build(self.compute_output_shape(input_shape))
+
+    @staticmethod
+    def statistics(inputs):
+        parts = []
+        for x in inputs:
+            x = ops.cast(x, "float32")
+            mean = ops.mean(x, axis=1)
+            deviation = ops.sqrt(ops.mean(ops.square(x - mean[:, None, :]), axis=1) + 1e-6)
+            parts += [mean, deviation]
+        return ops.concatenate(parts, axis=-1)
+
+    def adapt(self, inputs) -> None:
+        """Sets the standardisation from a sample of clips' feature sequences (arrays)."""
+        self.normalization.adapt(ops.convert_to_numpy(self.statistics(inputs)))
+
+    def call(self, inputs):
+        return ops.stop_gradient(self.normalization(self.statistics(inputs)))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 2 * sum(shape[-1] for shape in input_shape))
+
+
+@register
+class FeaturePrediction(keras.layers.Layer):
+    """`[embeddings, targets]`, two lists (one `(B, D)` and one `(B, K)` array per view), to
+    the embeddings, unchanged; adds to the model's loss `weight` times the mean squared error
+    of a linear map of each view's embedding to its targets, summed over the views (a
+    regression worker of PASE, Pascual et al., Interspeech 2019, arXiv 1904.03416). A linear
+    map: what it asks of the embedding is what a linear probe can read."""
+
+    def __init__(self, num_targets: int, weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_targets = int(num_targets)
+        self.weight = float(weight)
+        self.regression = keras.layers.Dense(self.num_targets, name="regression",
+                                             dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.regression.build(input_shape[0][0])
+
+    def call(self, inputs):
+        embeddings, targets = inputs
+        error = sum(ops.mean(ops.square(ops.cast(self.regression(x), "float32")
+                                        - ops.cast(y, "float32")))
+                    for x, y in zip(embeddings, targets, strict=True))
+        self.add_loss(self.weight * error)
+        return embeddings
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "num_targets": self.num_targets, "weight": self.weight}
 
 
 @register
@@ -108,12 +189,20 @@ class DiverseContrastive(OnBackbone, keras.Model):
     variance and covariance terms (VICReg's) times the weight, added to the loss: a check on
     the embeddings collapsing onto a few directions.
 
+    With `prediction_weight` > 0, each view's tower embeddings also regress, through a linear
+    map of their own, the clip statistics of the handcrafted streams' features
+    (`featurizer.fixed_streams()`: mean and standard deviation over the frames, standardised
+    over training clips by `clip_statistics.adapt`), times the weight: PASE's regression workers, which ask every embedding, the
+    learned streams' too, to keep what the classical features hold.
+
     Args:
         backbone: a `DiverseBackbone` (or its config).
         featurizer: a `DiverseFeaturizer` (or its config) matching the backbone's inputs.
         projection_dim: size of each stream's projection.
         projection_hidden: width of the projection's hidden ReLU layer (0: none, COLA's).
         spread_weight: weight of the variance and covariance terms (0: none).
+        prediction_weight: weight of the regression of the handcrafted streams' clip
+            statistics (0: none).
     """
 
     # A backbone has no classes: the preset files and the loaders read these.
@@ -122,7 +211,8 @@ class DiverseContrastive(OnBackbone, keras.Model):
     class_mids: list[str] = []
 
     def __init__(self, backbone, featurizer, projection_dim: int = DEFAULT_PROJECTION_DIM,
-                 spread_weight: float = 0.0, projection_hidden: int = 0, **kwargs):
+                 spread_weight: float = 0.0, projection_hidden: int = 0,
+                 prediction_weight: float = 0.0, **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(featurizer, dict):
@@ -136,8 +226,19 @@ class DiverseContrastive(OnBackbone, keras.Model):
             raise InputError(f"`projection_hidden` must be >= 0, got {projection_hidden!r}.")
         if not float(spread_weight) >= 0:
             raise InputError(f"`spread_weight` must be >= 0, got {spread_weight!r}.")
+        if not float(prediction_weight) >= 0:
+            raise InputError(f"`prediction_weight` must be >= 0, got {prediction_weight!r}.")
         views = {name: keras.Input(shape=(None,), name=name) for name in ("anchor", "positive")}
-        embedded = {name: backbone(featurizer(x)) for name, x in views.items()}
+        features = {name: featurizer(x) for name, x in views.items()}
+        handcrafted = featurizer.fixed_streams()  # once built: the learned ones hold weights
+        if prediction_weight and not handcrafted:
+            raise InputError("`prediction_weight` needs a handcrafted stream to predict: the "
+                             f"streams {featurizer.stream_names} all hold weights.")
+        embedded = {name: backbone(f) for name, f in features.items()}
+        clip_statistics = ClipStatistics(name="clip_statistics") if prediction_weight else None
+        if prediction_weight:
+            targets = {view: clip_statistics([f[s] for s in handcrafted])
+                       for view, f in features.items()}
         outputs, projections = {}, {}
         for stream in backbone.stream_names:
             hidden = ([keras.layers.Dense(int(projection_hidden), activation="relu",
@@ -151,8 +252,12 @@ class DiverseContrastive(OnBackbone, keras.Model):
             similarity = PairSimilarity(projection_dim, name=stream, dtype="float32")
             views_of_stream = [embedded[view][stream] for view in ("anchor", "positive")]
             if spread_weight:
-                spread = EmbeddingSpread(spread_weight, name=f"{stream}_spread")
-                views_of_stream = [spread(x) for x in views_of_stream]
+                views_of_stream = EmbeddingSpread(spread_weight,
+                                                  name=f"{stream}_spread")(views_of_stream)
+            if prediction_weight:
+                views_of_stream = FeaturePrediction(
+                    targets["anchor"].shape[-1], prediction_weight, name=f"{stream}_prediction",
+                )([views_of_stream, [targets["anchor"], targets["positive"]]])
             outputs[stream] = similarity([projection(x) for x in views_of_stream])
             projections[stream] = projection
         super().__init__(inputs=views, outputs=outputs, **kwargs)
@@ -161,11 +266,15 @@ class DiverseContrastive(OnBackbone, keras.Model):
         self.projection_dim = int(projection_dim)
         self.spread_weight = float(spread_weight)
         self.projection_hidden = int(projection_hidden)
+        self.prediction_weight = float(prediction_weight)
+        # The prediction targets' standardisation (`adapt` it on training clips), or None.
+        self.clip_statistics = clip_statistics
         self.projections = projections
 
     def get_config(self):
         return {**self.backbone_config(), "projection_dim": self.projection_dim,
-                "spread_weight": self.spread_weight, "projection_hidden": self.projection_hidden}
+                "spread_weight": self.spread_weight, "projection_hidden": self.projection_hidden,
+                "prediction_weight": self.prediction_weight}
 
     @classmethod
     def with_default_frontends(cls, sample_rate: int = 16000, tower: dict | None = None,
