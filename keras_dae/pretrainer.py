@@ -90,19 +90,22 @@ class Pretrainer(Trainer):
 
     def _validate(self, stage: str) -> tuple[float, dict, str]:
         """The held-out files' pairs (the same every epoch: no augmentation, epoch 0): each
-        stream's loss and accuracy (the share of anchors whose positive scores highest);
-        the score is minus the mean loss."""
+        stream's loss and accuracy (the share of anchors whose positive scores highest), and
+        the terms the model adds to them (spread, feature prediction); the score is minus the
+        mean loss of the streams."""
         logs = self.model.evaluate(self._val_pairs(), verbose=0, return_dict=True)
         streams = self.model.stream_names
         loss = {s: float(logs[f"{s}_loss"]) for s in streams}
         accuracy = {s: float(logs[f"{s}_accuracy"]) for s in streams}
+        added = float(logs["loss"]) - sum(loss.values())
         rank = self.embedding_rank()
         mean_loss = float(np.mean(list(loss.values())))
         line = "val loss " + " ".join(f"{s}={loss[s]:.3f}" for s in streams) + "  accuracy " \
             + " ".join(f"{s}={accuracy[s]:.3f}" for s in streams) + "  rank " \
-            + " ".join(f"{s}={rank[s]:.1f}" for s in streams)
+            + " ".join(f"{s}={rank[s]:.1f}" for s in streams) + f"  added terms {added:.3f}"
         return -mean_loss, {"val_loss": mean_loss, "val_stream_loss": loss,
-                            "val_accuracy": accuracy, "val_rank": rank}, line
+                            "val_accuracy": accuracy, "val_rank": rank,
+                            "val_added_loss": added}, line
 
     def _val_pairs(self) -> PairLoader:
         """The held-out files' pairs: not augmented, the same every epoch."""

@@ -168,6 +168,7 @@ def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards
     pretrained = DiverseContrastive.from_preset(out / "preset")
     assert pretrained.spread_weight == 1.0 and pretrained.projection_hidden == 16
     assert pretrained.prediction_weight == 0.5
+    assert report["history"][0]["val_added_loss"] > 0  # the spread and prediction terms
     ranks = report["history"][0]["val_rank"]  # the towers' effective rank on held-out anchors
     assert set(ranks) == {"pitch", "timbre", "neuralogram", "end_to_end"}
     assert all(1.0 <= r <= 8 for r in ranks.values())  # 8 held-out files
