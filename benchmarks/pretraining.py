@@ -23,8 +23,9 @@ Every row holds the fused and per-stream eval mAP (val mAP too) and its wall tim
 appended to benchmarks/results/pretraining.json as they finish, and a rerun skips the
 (method, init, seed) rows it already holds. The file also keeps the pretraining run's cost
 (hours of audio, steps, training time, hardware) from its report, and with `--ranks` each
-tower's effective rank (`keras_dae.metrics.effective_rank`) on the corpus's held-out files
-for the pretrained towers, random ones and the shipped preset. Another pretraining run's
+tower's effective rank (`keras_dae.metrics.effective_rank`) and the share of its output frames'
+variance that lies along time (`keras_dae.metrics.temporal_share`) on the corpus's held-out
+files for the pretrained towers, random ones and the shipped preset. Another pretraining run's
 rows go to their own file (`--results`): benchmarks/results/pretraining_spread.json holds
 those of the run with VICReg's spread terms (`keras-dae pretrain --spread 1`).
 """
@@ -57,10 +58,10 @@ def random_towers(data: Path, out: Path, seed: int, say) -> Path:
     return out
 
 
-def embedding_ranks(corpus: Path, sources: dict, pretraining: dict) -> dict:
-    """Each tower's effective rank over the held-out anchors of `corpus` (the pairs that
-    `keras-dae pretrain` validated on: the run's split, batch and seed) for each model of
-    `sources` (name -> (model class, preset or run directory))."""
+def embedding_ranks(corpus: Path, sources: dict, pretraining: dict) -> tuple[dict, dict]:
+    """Each tower's effective rank and temporal share over the held-out anchors of `corpus`
+    (the pairs that `keras-dae pretrain` validated on: the run's split, batch and seed) for
+    each model of `sources` (name -> (model class, preset or run directory))."""
     from keras_dae.pretrainer import Pretrainer
     from keras_dae.pretraining import VAL_FRACTION, split_files, unlabelled_data
     from keras_dae.train_config import TrainConfig
@@ -68,15 +69,16 @@ def embedding_ranks(corpus: Path, sources: dict, pretraining: dict) -> dict:
     config = TrainConfig(batch_size=pretraining["config"]["batch_size"],
                          seed=pretraining["config"]["seed"])
     _, val = split_files(unlabelled_data(corpus), VAL_FRACTION, config.batch_size, config.seed)
-    ranks = {}
+    ranks, temporal = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, (model_class, source) in sources.items():
             trainer = Pretrainer(model_class.from_preset(source), val, val, scratch, config,
                                  verbose=0)
-            ranks[name] = trainer.embedding_rank()
+            ranks[name], temporal[name] = trainer.embedding_statistics()
             print(f"effective rank, {name}: " + ", ".join(
-                f"{s} {r:.1f}" for s, r in ranks[name].items()), flush=True)
-    return ranks
+                f"{s} {r:.1f}" for s, r in ranks[name].items()) + "; over time: " + ", ".join(
+                f"{s} {t:.3f}" for s, t in temporal[name].items()), flush=True)
+    return ranks, temporal
 
 
 def run_row(method: str, init: str, seed: int, args, work: Path, features) -> dict:
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
         random = work / "random_0"
         if not (random / "preset").is_dir():
             random_towers(args.data, random, 0, lambda line: None)
-        result["ranks"] = embedding_ranks(Path(pretraining["data"]), {
+        result["ranks"], result["temporal_share"] = embedding_ranks(Path(pretraining["data"]), {
             "pretrained": (DiverseContrastive, args.pretrained),
             "random": (DiverseClassifier, random),
             "diverse_sampled15": (DiverseClassifier, "diverse_sampled15")}, pretraining)
@@ -216,6 +218,12 @@ def table(result: dict, classical: dict | None = None) -> str:
         lines += ["", "| towers | " + " | ".join(streams) + " |", "|---" * 5 + "|"]
         for name, ranks in result["ranks"].items():
             lines.append(f"| {name} | " + " | ".join(f"{ranks[s]:.1f}" for s in streams) + " |")
+    if result.get("temporal_share"):
+        lines += ["", "| towers | " + " | ".join(f"{s} over time" for s in streams) + " |",
+                  "|---" * 5 + "|"]
+        for name, shares in result["temporal_share"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{shares[s]:.3f}" for s in streams)
+                         + " |")
     cost = result.get("pretraining", {})
     if cost:
         lines += ["", f"Pretraining: {cost['audio_hours']:.2f} h of audio ({cost['files']} "

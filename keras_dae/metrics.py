@@ -1,6 +1,7 @@
 """Clip-level multi-label tagging metrics: mAP, ROC AUC and d', lwlrap, chunk aggregation;
-and the effective rank of embeddings (`effective_rank`), which tells a collapsed
-self-supervised embedding without labels.
+the effective rank of embeddings (`effective_rank`), which tells a collapsed self-supervised
+embedding without labels, and the share of a tower's frames' variance that lies along time
+(`temporal_share`), which tells a tower that has averaged time away.
 
 Everything here is numpy (plus `scipy.stats` for ranks and the normal quantile): arrays in,
 Python floats or numpy arrays out, no Keras and no backend. Conventions shared by every
@@ -39,6 +40,7 @@ __all__ = [
     "mean_average_precision",
     "roc_auc_per_class",
     "tagging_report",
+    "temporal_share",
 ]
 
 
@@ -350,3 +352,18 @@ def effective_rank(embeddings) -> float:
         return 1.0
     p = singular[singular > 0] / singular.sum()
     return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def temporal_share(frames) -> float:
+    """The share of the variance of a tower's output frames `(clips, frames, d)` that lies
+    along time within clips: the within-clip variance over the frames (averaged over clips and
+    dimensions) over the total variance over clips and frames (averaged over dimensions), by
+    the law of total variance in [0, 1]. Near 0, every frame of a clip holds the same vector:
+    the tower's attention can only average it (its weights then get no gradient), and what a
+    sound does over time is gone. Frames independent of each other give `(T - 1) / T`."""
+    x = np.asarray(frames, np.float64)
+    if x.ndim != 3 or min(x.shape) == 0 or not np.all(np.isfinite(x)):
+        raise InputError(f"frames must be a finite (clips, frames, d) array, got shape "
+                         f"{x.shape}")
+    total = x.reshape(-1, x.shape[-1]).var(axis=0).mean()
+    return 0.0 if total == 0 else float(x.var(axis=1).mean() / total)

@@ -10,7 +10,7 @@ import numpy as np
 from keras_dae import scale
 from keras_dae.data.pair_loader import PairLoader, pair_loader
 from keras_dae.data.shards import ShardSet
-from keras_dae.metrics import effective_rank
+from keras_dae.metrics import effective_rank, temporal_share
 from keras_dae.train_config import TrainConfig
 from keras_dae.training import Trainer
 from keras_dae.validation import InputError
@@ -33,7 +33,7 @@ class Pretrainer(Trainer):
             raise InputError("pretraining draws its pairs from clips: pass ShardClips(shards)")
         super().__init__(model, train, val, run_dir, config, verbose)
         self.val_loader = None
-        self._embedder = None  # waveform -> each tower's embedding (embedding_rank)
+        self._framer = None  # waveform -> each tower's output frames (embedding_statistics)
 
     def _epochs(self, stage: str) -> int:
         return self.config.tower_epochs
@@ -62,11 +62,12 @@ class Pretrainer(Trainer):
 
     def _adapt_normalization(self) -> dict:
         """The towers' normalisation, then, with feature prediction on, its targets' (the same
-        training chunks' clip statistics)."""
+        training chunks' clip statistics, or their features frame by frame)."""
         features = super()._adapt_normalization()
-        if self.model.clip_statistics is not None:
-            self.model.clip_statistics.adapt([features[s]
-                                              for s in self.model.featurizer.fixed_streams()])
+        handcrafted = [features[s] for s in self.model.featurizer.fixed_streams()]
+        for targets in (self.model.clip_statistics, self.model.frame_features):
+            if targets is not None:
+                targets.adapt(handcrafted)
         return features
 
     def _compile(self, stage: str) -> None:
@@ -98,14 +99,15 @@ class Pretrainer(Trainer):
         loss = {s: float(logs[f"{s}_loss"]) for s in streams}
         accuracy = {s: float(logs[f"{s}_accuracy"]) for s in streams}
         added = float(logs["loss"]) - sum(loss.values())
-        rank = self.embedding_rank()
+        rank, temporal = self.embedding_statistics()
         mean_loss = float(np.mean(list(loss.values())))
         line = "val loss " + " ".join(f"{s}={loss[s]:.3f}" for s in streams) + "  accuracy " \
             + " ".join(f"{s}={accuracy[s]:.3f}" for s in streams) + "  rank " \
-            + " ".join(f"{s}={rank[s]:.1f}" for s in streams) + f"  added terms {added:.3f}"
+            + " ".join(f"{s}={rank[s]:.1f}" for s in streams) + "  over time " \
+            + " ".join(f"{s}={temporal[s]:.3f}" for s in streams) + f"  added terms {added:.3f}"
         return -mean_loss, {"val_loss": mean_loss, "val_stream_loss": loss,
                             "val_accuracy": accuracy, "val_rank": rank,
-                            "val_added_loss": added}, line
+                            "val_temporal_share": temporal, "val_added_loss": added}, line
 
     def _val_pairs(self) -> PairLoader:
         """The held-out files' pairs: not augmented, the same every epoch."""
@@ -116,19 +118,24 @@ class Pretrainer(Trainer):
         self.val_loader.set_epoch(0)
         return self.val_loader
 
-    def embedding_rank(self) -> dict[str, float]:
+    def embedding_statistics(self) -> tuple[dict[str, float], dict[str, float]]:
         """Each tower's effective rank (`metrics.effective_rank`) over the held-out anchors'
-        embeddings: how many directions the embedding uses; a collapsing one falls. Any
-        model with the towers' `featurizer` and `backbone` (a classifier too) can be given.
-        In a run of several processes, over this process's rows of the held-out batches."""
-        if self._embedder is None:
+        embeddings (how many directions the embedding uses; a collapsing one falls) and the
+        share of its output frames' variance that lies along time (`metrics.temporal_share`;
+        a tower that has averaged time away has none). Any model with the towers' `featurizer`
+        and `backbone` (a classifier too) can be given. In a run of several processes, over
+        this process's rows of the held-out batches."""
+        if self._framer is None:
             waveform = keras.Input(shape=(None,))
-            embedded = self.model.backbone(self.model.featurizer(waveform))
-            self._embedder = keras.Model(waveform, {s: embedded[s]
-                                                    for s in self.model.stream_names})
+            features = self.model.featurizer(waveform)
+            self._framer = keras.Model(waveform, {
+                s: tower(features[s], return_sequence=True)
+                for s, tower in self.model.backbone.towers.items()})
         rows, pairs = {s: [] for s in self.model.stream_names}, self._val_pairs()
         for index in range(len(pairs)):
-            embedded = self._embedder.predict_on_batch(pairs[index][0]["anchor"])
+            frames = self._framer.predict_on_batch(pairs[index][0]["anchor"])
             for s in rows:
-                rows[s].append(keras.ops.convert_to_numpy(embedded[s]))
-        return {s: effective_rank(np.concatenate(r)) for s, r in rows.items()}
+                rows[s].append(keras.ops.convert_to_numpy(frames[s]))
+        frames = {s: np.concatenate(r) for s, r in rows.items()}
+        return ({s: effective_rank(x.mean(axis=1)) for s, x in frames.items()},
+                {s: temporal_share(x) for s, x in frames.items()})

@@ -19,7 +19,9 @@ terms on the tower embeddings against their collapse, which every epoch's effect
 the held-out embeddings, in the report, measures, and `config.projection_hidden`
 (`--projection-hidden`) puts a hidden ReLU layer in each stream's projection head, and
 `config.predict_features` (`--predict-features`) has every tower's embedding regress the
-handcrafted streams' clip statistics too (PASE's regression workers).
+handcrafted streams' clip statistics too (PASE's regression workers), and
+`config.predict_frames` (`--predict-frames`) every tower's output frames those features frame
+by frame.
 
 `val_fraction` of the files (at least one batch) are held out; after every epoch the pairs of
 those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
@@ -142,7 +144,8 @@ def _pretrain(files, data: Path, out: Path, preset, config, val_fraction, resume
         model = DiverseContrastive.with_default_frontends(
             spec["sample_rate"], tower=dict(spec["tower"]), spread_weight=config.spread,
             projection_hidden=config.projection_hidden,
-            prediction_weight=config.predict_features)
+            prediction_weight=config.predict_features,
+            frame_prediction_weight=config.predict_frames)
         say(f"pretrain: {len(train)} {'clips' if _from_shards(files) else 'files'}, val: "
             f"{len(val)} (no labels); architecture {preset} ({model.count_params():,} "
             f"parameters); backend {keras.backend.backend()}, "

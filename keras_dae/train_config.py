@@ -57,6 +57,10 @@ class TrainConfig:
     # handcrafted streams' clip statistics (`DiverseContrastive(prediction_weight=...)`,
     # PASE's regression workers; 0: none).
     predict_features: float = 0.0
+    # Pretraining only: the weight of the regression, from every tower's output frames, of the
+    # handcrafted streams' features frame by frame (`DiverseContrastive(
+    # frame_prediction_weight=...)`; 0: none).
+    predict_frames: float = 0.0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
     RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
@@ -67,7 +71,7 @@ class TrainConfig:
               "patience": "positive_int", "normalization_chunks": "positive_int",
               "seed": "non_negative_int", "lowpass": "unit_interval",
               "spread": "non_negative_float", "projection_hidden": "non_negative_int",
-              "predict_features": "non_negative_float"}
+              "predict_features": "non_negative_float", "predict_frames": "non_negative_float"}
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
@@ -92,15 +96,18 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--projection-hidden", "projection_hidden", "width of a hidden ReLU layer in each "
           "stream's projection head (0: none, COLA's single dense layer)"),
          ("--predict-features", "predict_features", "weight of the regression of the "
-          "handcrafted streams' clip statistics from every tower's embedding (0: none)"))
+          "handcrafted streams' clip statistics from every tower's embedding (0: none)"),
+         ("--predict-frames", "predict_frames", "weight of the regression of the handcrafted "
+          "streams' features, frame by frame, from every tower's output frames (0: none)"))
 
 
 # Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
 # `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
 PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
 PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass",
-                  "spread", "projection_hidden", "predict_features")
-PRETRAIN_ONLY = ("lowpass", "spread", "projection_hidden", "predict_features")
+                  "spread", "projection_hidden", "predict_features", "predict_frames")
+PRETRAIN_ONLY = ("lowpass", "spread", "projection_hidden", "predict_features",
+                 "predict_frames")
 
 
 def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:

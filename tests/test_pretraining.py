@@ -25,13 +25,14 @@ from keras_dae.data.pair_loader import (
     augment_views,
     low_pass,
 )
-from keras_dae.metrics import effective_rank
+from keras_dae.metrics import effective_rank, temporal_share
 from keras_dae.models import DiverseClassifier
 from keras_dae.models.contrastive import (
     ClipStatistics,
     DiverseContrastive,
     EmbeddingSpread,
     FeaturePrediction,
+    FrameFeatures,
 )
 from keras_dae.models.featurizer import default_stream_frontends
 from keras_dae.pretrainer import Pretrainer
@@ -160,15 +161,20 @@ def test_pretraining_from_shards_runs_and_counts_the_audio(corpus, corpus_shards
     assert cli.main(["pretrain", "--data", str(corpus_shards), "--out", str(out), "--preset",
                      "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
                      "1", "--jit-compile", "off", "--lowpass", "0.5", "--spread", "1",
-                     "--projection-hidden", "16", "--predict-features", "0.5"]) == 0
+                     "--projection-hidden", "16", "--predict-features", "0.5",
+                     "--predict-frames", "0.25"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["lowpass"] == 0.5 and report["config"]["spread"] == 1.0
     assert report["config"]["projection_hidden"] == 16
     assert report["config"]["predict_features"] == 0.5
     pretrained = DiverseContrastive.from_preset(out / "preset")
     assert pretrained.spread_weight == 1.0 and pretrained.projection_hidden == 16
-    assert pretrained.prediction_weight == 0.5
+    assert pretrained.prediction_weight == 0.5 and pretrained.frame_prediction_weight == 0.25
+    assert report["config"]["predict_frames"] == 0.25
     assert report["history"][0]["val_added_loss"] > 0  # the spread and prediction terms
+    shares = report["history"][0]["val_temporal_share"]  # the frames' variance along time
+    assert set(shares) == {"pitch", "timbre", "neuralogram", "end_to_end"}
+    assert all(0.0 < t < 1.0 for t in shares.values())
     ranks = report["history"][0]["val_rank"]  # the towers' effective rank on held-out anchors
     assert set(ranks) == {"pitch", "timbre", "neuralogram", "end_to_end"}
     assert all(1.0 <= r <= 8 for r in ranks.values())  # 8 held-out files
@@ -237,7 +243,7 @@ def test_augmentation_low_passes_the_share_of_views_it_is_asked_to(tmp_path):
     passed = above_6k < 1e-6
     assert 0.3 < passed.mean() < 0.7  # about half the views
     np.testing.assert_array_equal(out[~passed], views[~passed])  # the others as they were
-    with pytest.raises(Exception, match="lowpass, spread, projection_hidden and predict_features are for "):
+    with pytest.raises(Exception, match="lowpass, spread, projection_hidden, predict_features and predict_frames are for "):
         from keras_dae.training import Trainer
         Trainer(None, None, None, tmp_path, TrainConfig(lowpass=0.5))
     with pytest.raises(SystemExit):  # keras-dae train has no --lowpass
@@ -301,6 +307,39 @@ def test_feature_prediction_regresses_the_clip_statistics_linearly():
 
 
 @pytest.mark.one_backend
+def test_frame_targets_average_the_features_onto_the_towers_frames():
+    """`--predict-frames`' targets: each handcrafted stream standardised per feature (over the
+    frames it was adapted on), then averaged over the frames that fall in each of the tower's
+    output frames; the tower's frames are those its embedding is the mean of."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.0, 2.0, size=(2, 7, 3)).astype(np.float32)  # 7 frames onto 3
+    b = rng.normal(-1.0, 0.5, size=(2, 3, 2)).astype(np.float32)  # 3 frames onto 3
+    layer = FrameFeatures(2)
+    layer.adapt([a, b])
+    out = keras.ops.convert_to_numpy(layer([a, b, np.zeros((2, 3, 4), np.float32)]))
+    assert out.shape == (2, 3, 5)
+    za = (a - a.reshape(-1, 3).mean(0)) / a.reshape(-1, 3).std(0)
+    zb = (b - b.reshape(-1, 2).mean(0)) / b.reshape(-1, 2).std(0)
+    groups = [[0, 1, 2], [3, 4], [5, 6]]  # floor(j * 3 / 7)
+    expected_a = np.stack([za[:, g].mean(1) for g in groups], axis=1)
+    np.testing.assert_allclose(out[..., :3], expected_a, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(out[..., 3:], zb, rtol=1e-3, atol=1e-3)
+    tower = DiverseContrastive.with_default_frontends(
+        SR, tower=PRESETS["diverse_fsd50k"]["tower"]).backbone.towers["timbre"]
+    features = rng.normal(size=(2, 101, 31)).astype(np.float32)
+    frames = keras.ops.convert_to_numpy(tower(features, return_sequence=True))
+    assert frames.shape == (2, tower.output_frames(101), 64) == (2, 26, 64)  # pooled twice
+    np.testing.assert_allclose(frames.mean(1), keras.ops.convert_to_numpy(tower(features)),
+                               rtol=1e-5, atol=1e-5)
+    assert temporal_share(np.repeat(frames[:, :1], 26, axis=1)) == 0.0  # time averaged away
+    assert 0.1 < temporal_share(frames) < 1.0
+    independent = rng.normal(size=(500, 4, 8))  # frames independent: (T - 1) / T
+    assert temporal_share(independent) == pytest.approx(0.75, abs=0.02)
+    with pytest.raises(Exception, match="finite"):
+        temporal_share(np.full((2, 3, 4), np.inf))
+
+
+@pytest.mark.one_backend
 def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
     data = read_unlabelled(corpus)
     with pytest.raises(Exception, match="41 audio files: too few .* batches of 32"):
@@ -315,7 +354,8 @@ def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
 
 def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_file(tmp_path):
     """On every backend: one step of the objective (with the embeddings' spread terms and the
-    timbre statistics' prediction, both views of each counted in the loss) reaches the learned
+    timbre features' prediction, of their clip statistics and frame by frame, both views of
+    each counted in the loss) reaches the learned
     front ends, and the model saves to `.keras` and reloads with equal outputs. The learned
     streams and timbre (the whole runs below train all four)."""
     keras.utils.set_random_seed(0)
@@ -324,7 +364,8 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     model = DiverseContrastive.with_default_frontends(SR, tower=PRESETS["diverse_tiny"]["tower"],
                                                       streams=learned, spread_weight=1.0,
                                                       projection_hidden=8,
-                                                      prediction_weight=0.5)
+                                                      prediction_weight=0.5,
+                                                      frame_prediction_weight=0.25)
     assert [layer.name for layer in model.projections["end_to_end"].layers] == [
         "hidden", "dense", "norm", "tanh"]  # SimCLR's hidden ReLU layer, then COLA's head
     x = {"anchor": np.random.default_rng(0).uniform(-0.5, 0.5, (3, SR)).astype("float32"),
@@ -339,9 +380,9 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     streams = ("neuralogram", "end_to_end", "timbre")
     assert logs["loss"] > sum(logs[f"{s}_loss"] for s in streams) + 1e-3
     logs = model.evaluate(x, targets, return_dict=True, verbose=0)
-    model(x)  # eagerly: the spread and prediction terms of both views, 3 streams
+    model(x)  # eagerly: the spread and both prediction terms of both views, 3 streams
     added = [float(keras.ops.convert_to_numpy(term)) for term in model.losses]
-    assert len(added) == 6 and all(term > 0 for term in added)
+    assert len(added) == 9 and all(term > 0 for term in added)
     assert logs["loss"] == pytest.approx(sum(logs[f"{s}_loss"] for s in streams) + sum(added),
                                          rel=1e-4)
     for layer, old in zip(front_ends, before, strict=True):
@@ -352,7 +393,7 @@ def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_fil
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert again.spread_weight == 1.0 and again.projection_hidden == 8
-    assert again.prediction_weight == 0.5
+    assert again.prediction_weight == 0.5 and again.frame_prediction_weight == 0.25
     for k, v in again(x).items():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), out[k], rtol=1e-5, atol=1e-5)
 

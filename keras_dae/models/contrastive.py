@@ -10,7 +10,9 @@ its own loss, so every tower (and the Neuralogram's window network and the learn
 the front ends that hold weights) learns from its own objective, as each tower is trained on
 its own in the supervised recipe. With `prediction_weight` > 0, every tower's embedding also
 regresses the handcrafted streams' clip statistics (`ClipStatistics`, `FeaturePrediction`), as
-PASE's workers regress MFCCs and prosody beside its contrastive ones.
+PASE's workers regress MFCCs and prosody beside its contrastive ones; with
+`frame_prediction_weight` > 0, every tower's output frames regress those features frame by
+frame (`FrameFeatures`), as PASE's workers do.
 """
 
 from __future__ import annotations
@@ -135,9 +137,61 @@ class ClipStatistics(keras.layers.Layer):
 
 
 @register
+class FrameFeatures(keras.layers.Layer):
+    """`[features_1 (B, T_1, F_1), ..., features_n, frames (B, T, D)]` to the `n` feature
+    sequences on the grid of `frames` (a tower's output frames), `(B, T, F_1 + ... + F_n)`:
+    each stream's features standardised per feature (its own `Normalization`, set from the
+    frames of training clips by `adapt`), then averaged over the input frames that fall in each
+    output frame (frame `j` of `T_i` in `floor(j * T / T_i)`: the frames of both span the same
+    chunk). No gradient flows through them: they are targets."""
+
+    def __init__(self, num_streams: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_streams = int(num_streams)
+        self.normalizations = [keras.layers.Normalization(axis=-1, name=f"normalization_{i}",
+                                                          dtype="float32")
+                               for i in range(self.num_streams)]
+
+    def build(self, input_shape):
+        for normalization, shape in zip(self.normalizations, input_shape[:-1], strict=True):
+            if not normalization.built:  # `adapt` builds it too
+                normalization.build(shape)
+
+    def adapt(self, features) -> None:
+        """Sets each stream's standardisation from a sample of clips' feature sequences."""
+        for normalization, x in zip(self.normalizations, features, strict=True):
+            normalization.adapt(ops.convert_to_numpy(x))
+
+    @staticmethod
+    def on_grid(x, frames):
+        """`x` `(B, T_i, F)` averaged onto `frames` output frames `(B, frames, F)`."""
+        t = ops.shape(x)[1]
+        index = ops.floor(ops.arange(t, dtype="float32") * ops.cast(frames, "float32")
+                          / ops.cast(t, "float32"))
+        members = ops.cast(ops.equal(index[:, None], ops.arange(frames, dtype="float32")[None]),
+                           "float32")  # (T_i, frames)
+        members = members / ops.maximum(ops.sum(members, axis=0, keepdims=True), 1.0)
+        return ops.einsum("btf,ts->bsf", x, members)
+
+    def call(self, inputs):
+        *features, frames = inputs
+        grid = ops.shape(frames)[1]
+        parts = [self.on_grid(normalization(ops.cast(x, "float32")), grid)
+                 for normalization, x in zip(self.normalizations, features, strict=True)]
+        return ops.stop_gradient(ops.concatenate(parts, axis=-1))
+
+    def compute_output_shape(self, input_shape):
+        *features, frames = input_shape
+        return (frames[0], frames[1], sum(shape[-1] for shape in features))
+
+    def get_config(self):
+        return {**super().get_config(), "num_streams": self.num_streams}
+
+
+@register
 class FeaturePrediction(keras.layers.Layer):
-    """`[embeddings, targets]`, two lists (one `(B, D)` and one `(B, K)` array per view), to
-    the embeddings, unchanged; adds to the model's loss `weight` times the mean squared error
+    """`[embeddings, targets]`, two lists (one `(B, D)` and one `(B, K)` array per view, or
+    `(B, T, D)` and `(B, T, K)` frame by frame), to the embeddings, unchanged; adds to the model's loss `weight` times the mean squared error
     of a linear map of each view's embedding to its targets, summed over the views (a
     regression worker of PASE, Pascual et al., Interspeech 2019, arXiv 1904.03416). A linear
     map: what it asks of the embedding is what a linear probe can read."""
@@ -197,6 +251,12 @@ class DiverseContrastive(OnBackbone, keras.Model):
     features hold (on our corpus, one epoch at weight 1: the fused probe ties random towers',
     docs/pretraining.md).
 
+    With `frame_prediction_weight` > 0, each tower's output frames (before its mean over time,
+    `StreamTower(return_sequence=True)`) regress, through a linear map of their own, the
+    handcrafted streams' features on the same frames (`FrameFeatures`), times the weight:
+    PASE's workers as they are, frame by frame, which keep what a sound does over time in the
+    tower's last frames (a clip-level objective lets every frame of a clip become the same).
+
     Args:
         backbone: a `DiverseBackbone` (or its config).
         featurizer: a `DiverseFeaturizer` (or its config) matching the backbone's inputs.
@@ -205,6 +265,8 @@ class DiverseContrastive(OnBackbone, keras.Model):
         spread_weight: weight of the variance and covariance terms (0: none).
         prediction_weight: weight of the regression of the handcrafted streams' clip
             statistics (0: none).
+        frame_prediction_weight: weight of the regression of the handcrafted streams'
+            features frame by frame from each tower's output frames (0: none).
     """
 
     # A backbone has no classes: the preset files and the loaders read these.
@@ -214,7 +276,8 @@ class DiverseContrastive(OnBackbone, keras.Model):
 
     def __init__(self, backbone, featurizer, projection_dim: int = DEFAULT_PROJECTION_DIM,
                  spread_weight: float = 0.0, projection_hidden: int = 0,
-                 prediction_weight: float = 0.0, **kwargs):
+                 prediction_weight: float = 0.0, frame_prediction_weight: float = 0.0,
+                 **kwargs):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(featurizer, dict):
@@ -228,19 +291,27 @@ class DiverseContrastive(OnBackbone, keras.Model):
             raise InputError(f"`projection_hidden` must be >= 0, got {projection_hidden!r}.")
         if not float(spread_weight) >= 0:
             raise InputError(f"`spread_weight` must be >= 0, got {spread_weight!r}.")
-        if not float(prediction_weight) >= 0:
-            raise InputError(f"`prediction_weight` must be >= 0, got {prediction_weight!r}.")
+        for name, weight in (("prediction_weight", prediction_weight),
+                             ("frame_prediction_weight", frame_prediction_weight)):
+            if not float(weight) >= 0:
+                raise InputError(f"`{name}` must be >= 0, got {weight!r}.")
         views = {name: keras.Input(shape=(None,), name=name) for name in ("anchor", "positive")}
         features = {name: featurizer(x) for name, x in views.items()}
         handcrafted = featurizer.fixed_streams()  # once built: the learned ones hold weights
-        if prediction_weight and not handcrafted:
-            raise InputError("`prediction_weight` needs a handcrafted stream to predict: the "
+        if (prediction_weight or frame_prediction_weight) and not handcrafted:
+            raise InputError("feature prediction needs a handcrafted stream to predict: the "
                              f"streams {featurizer.stream_names} all hold weights.")
-        embedded = {name: backbone(f) for name, f in features.items()}
+        if frame_prediction_weight:  # each tower's frames; their mean is its embedding
+            frames = {view: {s: backbone.towers[s](f[s], return_sequence=True)
+                             for s in backbone.stream_names} for view, f in features.items()}
+        else:
+            embedded = {name: backbone(f) for name, f in features.items()}
         clip_statistics = ClipStatistics(name="clip_statistics") if prediction_weight else None
         if prediction_weight:
             targets = {view: clip_statistics([f[s] for s in handcrafted])
                        for view, f in features.items()}
+        frame_features = (FrameFeatures(len(handcrafted), name="frame_features")
+                          if frame_prediction_weight else None)
         outputs, projections = {}, {}
         for stream in backbone.stream_names:
             hidden = ([keras.layers.Dense(int(projection_hidden), activation="relu",
@@ -252,7 +323,18 @@ class DiverseContrastive(OnBackbone, keras.Model):
                 keras.layers.Activation("tanh", name="tanh"),
             ], name=f"{stream}_projection")
             similarity = PairSimilarity(projection_dim, name=stream, dtype="float32")
-            views_of_stream = [embedded[view][stream] for view in ("anchor", "positive")]
+            if frame_prediction_weight:
+                of_frames = [frames[view][stream] for view in ("anchor", "positive")]
+                on_grid = [frame_features([*(features[view][s] for s in handcrafted), x])
+                           for view, x in zip(("anchor", "positive"), of_frames, strict=True)]
+                of_frames = FeaturePrediction(
+                    on_grid[0].shape[-1], frame_prediction_weight,
+                    name=f"{stream}_frame_prediction")([of_frames, on_grid])
+                mean = keras.layers.GlobalAveragePooling1D(
+                    name=f"{stream}_mean", dtype=backbone.towers[stream].dtype_policy)
+                views_of_stream = [mean(x) for x in of_frames]
+            else:
+                views_of_stream = [embedded[view][stream] for view in ("anchor", "positive")]
             if spread_weight:
                 views_of_stream = EmbeddingSpread(spread_weight,
                                                   name=f"{stream}_spread")(views_of_stream)
@@ -269,14 +351,17 @@ class DiverseContrastive(OnBackbone, keras.Model):
         self.spread_weight = float(spread_weight)
         self.projection_hidden = int(projection_hidden)
         self.prediction_weight = float(prediction_weight)
-        # The prediction targets' standardisation (`adapt` it on training clips), or None.
+        self.frame_prediction_weight = float(frame_prediction_weight)
+        # The prediction targets' standardisation (`adapt` them on training clips), or None.
         self.clip_statistics = clip_statistics
+        self.frame_features = frame_features
         self.projections = projections
 
     def get_config(self):
         return {**self.backbone_config(), "projection_dim": self.projection_dim,
                 "spread_weight": self.spread_weight, "projection_hidden": self.projection_hidden,
-                "prediction_weight": self.prediction_weight}
+                "prediction_weight": self.prediction_weight,
+                "frame_prediction_weight": self.frame_prediction_weight}
 
     @classmethod
     def with_default_frontends(cls, sample_rate: int = 16000, tower: dict | None = None,

@@ -21,7 +21,9 @@ class StreamTower(keras.layers.Layer):
     linear projection to `d_model`, learned position embeddings, `num_layers` Transformer
     encoder blocks with average pooling over time by 2 after every `downsample_every` blocks
     (as in Audio Transformers, arXiv 2105.00335, which pools inside the stack), then a final
-    layer norm and mean pooling over time.
+    layer norm and mean pooling over time. `tower(features, return_sequence=True)` gives the
+    frames before that mean, `(batch, output_frames, d_model)` (`output_frames`: the input's
+    frames halved, rounding up, at each pooling): what a frame-level objective reads.
 
     Args:
         d_model: width of the tower and size of its embedding (the paper's 64).
@@ -113,7 +115,7 @@ class StreamTower(keras.layers.Layer):
                 shape = (shape[0], frames, self.d_model)
         self.final_norm.build(shape)
 
-    def call(self, features, training=None):
+    def call(self, features, training=None, return_sequence=False):
         x = self.masking(self.normalization(features), training=training)
         x = self.projection(x)
         x = x + self.position_embedding(x)
@@ -121,10 +123,23 @@ class StreamTower(keras.layers.Layer):
             x = block(x, training=training)
             if self._pools_after(i):
                 x = self.pool(x)
-        return keras.ops.mean(self.final_norm(x), axis=1)
+        x = self.final_norm(x)
+        return x if return_sequence else keras.ops.mean(x, axis=1)
+
+    def output_frames(self, frames: int | None) -> int | None:
+        """How many frames `return_sequence` gives for `frames` input frames."""
+        for i in range(self.num_layers):
+            if frames is not None and self._pools_after(i):
+                frames = -(-frames // 2)
+        return frames
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.d_model)
+
+    def compute_output_spec(self, features, training=None, return_sequence=False):
+        shape = ((features.shape[0], self.output_frames(features.shape[1]), self.d_model)
+                 if return_sequence else self.compute_output_shape(features.shape))
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
