@@ -13,7 +13,8 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   architecture (initialised with the seed, their feature normalisation adapted on the
   training chunks as training adapts it): what the towers' embeddings hold, before any label
   reaches them;
-- `train`: the whole recipe (`keras-dae train`) from the pretrained towers (`diverse_pretrained`)
+- `train`: the whole recipe (`keras-dae train`) from the pretrained towers (`diverse_pretrained`),
+  from them with their attention drawn anew (`pretrained_new_attention`: `--reinit-attention`)
   and from random weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs`;
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
@@ -44,7 +45,7 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "pretraining.json"
 METHODS = ("probe", "train", "classical")
-INITS = ("random", "pretrained")
+INITS = ("random", "pretrained", "pretrained_new_attention")
 
 
 def random_towers(data: Path, out: Path, seed: int, say) -> Path:
@@ -99,8 +100,9 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                   else random_towers(args.data, work / f"random_{seed}", seed, say))
         return neural_row(finetune_run(source, args.data, run, "probe",
                                        config=TrainConfig(seed=seed), overwrite=True, say=say))
-    config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs)
-    preset = "diverse_pretrained" if init == "pretrained" else "diverse_fsd50k"
+    config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
+                         reinit_attention=init == "pretrained_new_attention")
+    preset = "diverse_fsd50k" if init == "random" else "diverse_pretrained"
     return neural_row(train_run(args.data, run, preset, config, overwrite=True, say=say))
 
 
@@ -127,8 +129,10 @@ def main(argv=None) -> int:
     methods, inits = args.methods.split(","), args.inits.split(",")
     if set(methods) - set(METHODS) or set(inits) - set(INITS):
         parser.error(f"methods: {METHODS}; inits: {INITS}")
+    if "pretrained_new_attention" in inits and methods != ["train"]:
+        parser.error("pretrained_new_attention is an init of the whole recipe: --methods train")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))
-    if "train" in methods and "pretrained" in inits:
+    if "train" in methods and set(inits) - {"random"}:
         # `keras-dae train --preset diverse_pretrained` reads it from KERAS_DAE_HOME.
         home = work / "home"
         preset_dir = home / "presets" / "diverse_pretrained"

@@ -293,6 +293,9 @@ def finetune_run(source, data, out, mode: str = "probe", streams=None,
     config = config or TrainConfig()
     if mode != "full" and config.joint_epochs:
         raise InputError("joint epochs train the towers too: that is --mode full")
+    if config.reinit_attention:
+        raise InputError("--reinit-attention is for `keras-dae train --preset "
+                         "diverse_pretrained`, which trains the towers from the start")
     if mode == "probe" and config.feature_cache:
         raise InputError("--mode probe caches the embeddings itself: --feature-cache is for "
                          "--mode heads or full")

@@ -125,6 +125,14 @@ class TransformerEncoder(keras.layers.Layer):
             x = self._ff_norm(x)
         return x
 
+    def reinitialize_attention(self) -> None:
+        """Draws the self-attention's weights anew from the block's initializers (kernels from
+        `kernel_initializer`, biases from `bias_initializer`), as a new block has them."""
+        for variable in self._attention.trainable_weights:
+            initializer = (self.bias_initializer if variable.path.endswith("bias")
+                           else self.kernel_initializer)
+            variable.assign(initializer(variable.shape, dtype=variable.dtype))
+
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
 
