@@ -226,7 +226,7 @@ def table(result: dict, classical: dict | None = None) -> str:
         lines += ["", "| towers | " + " | ".join(f"{s} over time" for s in streams) + " |",
                   "|---" * 5 + "|"]
         for name, shares in result["temporal_share"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{shares[s]:.3f}" for s in streams)
+            lines.append(f"| {name} | " + " | ".join(f"{shares[s]:.4f}" for s in streams)
                          + " |")
     cost = result.get("pretraining", {})
     if cost:

@@ -497,6 +497,46 @@ def test_train_and_finetune_start_from_the_pretrained_preset(pretrained_run, tmp
 
 
 @pytest.mark.one_backend
+def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(pretrained_run, tmp_path,
+                                                                     monkeypatch, capsys):
+    """`keras-dae train --preset diverse_pretrained --reinit-attention`: every block's
+    attention drawn from its initializers (biases zero), everything else as pretrained (no
+    tower epochs here, so nothing else moves); refused where there is nothing pretrained to
+    keep."""
+    from fsd50k_fixture import write_small_fsd50k
+
+    out, _ = pretrained_run
+    home = tmp_path / "home"
+    shutil.copytree(out / "preset", home / "presets" / "diverse_pretrained")
+    monkeypatch.setenv("KERAS_DAE_HOME", str(home))
+    data = write_small_fsd50k(tmp_path / "fsd50k", per_class=(4, 2, 2))
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
+                     "--preset", "diverse_pretrained", "--epochs", "0", "--fusion-epochs",
+                     "1", "--batch-size", "8", "--jit-compile", "off",
+                     "--reinit-attention"]) == 0
+    trained = DiverseClassifier.from_preset(tmp_path / "train")
+    pretrained = DiverseContrastive.from_preset("diverse_pretrained")
+    for stream in trained.stream_names:
+        for new, old in zip(trained.backbone.towers[stream].blocks,
+                            pretrained.backbone.towers[stream].blocks, strict=True):
+            for a, b in zip(new.weights, old.weights, strict=True):
+                x, y = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+                if "/self_attention_layer/" in a.path:  # drawn anew
+                    assert not np.allclose(x, y)
+                    if a.path.endswith("bias"):
+                        assert not x.any()
+                else:  # the norms and the feed-forward layers as pretrained
+                    np.testing.assert_array_equal(x, y)
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "random"),
+                     "--preset", "diverse_tiny", "--reinit-attention"]) == 2
+    assert "--reinit-attention is for a pretrained backbone" in capsys.readouterr().err
+    assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
+                     str(tmp_path / "probe"), "--reinit-attention"]) == 2
+    assert "--reinit-attention is for `keras-dae train" in capsys.readouterr().err
+
+
+@pytest.mark.one_backend
 def test_the_named_preset_says_how_to_make_its_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_DAE_HOME", str(tmp_path))
     with pytest.raises(PresetError, match="No weights for preset 'diverse_pretrained'.*"
