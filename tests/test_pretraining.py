@@ -468,16 +468,22 @@ def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_r
     assert model(x)["fused"].shape == (2, 3)
 
 
-@pytest.mark.one_backend
-def test_train_and_finetune_start_from_the_pretrained_preset(pretrained_run, tmp_path,
-                                                            monkeypatch):
+@pytest.fixture
+def labelled_data(pretrained_run, tmp_path, monkeypatch):
+    """The pretraining run's backbone installed as `diverse_pretrained` (in a KERAS_DAE_HOME
+    of the test's own) and a small labelled dataset in FSD50K's layout, returned."""
     from fsd50k_fixture import write_small_fsd50k
 
     out, _ = pretrained_run
     home = tmp_path / "home"
     shutil.copytree(out / "preset", home / "presets" / "diverse_pretrained")
     monkeypatch.setenv("KERAS_DAE_HOME", str(home))
-    data = write_small_fsd50k(tmp_path / "fsd50k", per_class=(4, 2, 2))
+    return write_small_fsd50k(tmp_path / "fsd50k", per_class=(4, 2, 2))
+
+
+@pytest.mark.one_backend
+def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_path):
+    data = labelled_data
     assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
                      "--preset", "diverse_pretrained", "--epochs", "1", "--fusion-epochs",
                      "1", "--batch-size", "8", "--jit-compile", "off"]) == 0
@@ -497,19 +503,13 @@ def test_train_and_finetune_start_from_the_pretrained_preset(pretrained_run, tmp
 
 
 @pytest.mark.one_backend
-def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(pretrained_run, tmp_path,
-                                                                     monkeypatch, capsys):
+def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_data, tmp_path,
+                                                                     capsys):
     """`keras-dae train --preset diverse_pretrained --reinit-attention`: every block's
     attention drawn from its initializers (biases zero), everything else as pretrained (no
     tower epochs here, so nothing else moves); refused where there is nothing pretrained to
     keep."""
-    from fsd50k_fixture import write_small_fsd50k
-
-    out, _ = pretrained_run
-    home = tmp_path / "home"
-    shutil.copytree(out / "preset", home / "presets" / "diverse_pretrained")
-    monkeypatch.setenv("KERAS_DAE_HOME", str(home))
-    data = write_small_fsd50k(tmp_path / "fsd50k", per_class=(4, 2, 2))
+    data = labelled_data
     assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
                      "--preset", "diverse_pretrained", "--epochs", "0", "--fusion-epochs",
                      "1", "--batch-size", "8", "--jit-compile", "off",
