@@ -191,8 +191,9 @@ class FrameFeatures(keras.layers.Layer):
 @register
 class FeaturePrediction(keras.layers.Layer):
     """`[embeddings, targets]`, two lists (one `(B, D)` and one `(B, K)` array per view, or
-    `(B, T, D)` and `(B, T, K)` frame by frame), to the embeddings, unchanged; adds to the model's loss `weight` times the mean squared error
-    of a linear map of each view's embedding to its targets, summed over the views (a
+    `(B, T, D)` and `(B, T, K)` frame by frame), to the embeddings, unchanged; adds to the
+    model's loss `weight` times the mean squared error of a linear map of each view's
+    embedding to its targets, summed over the views (a
     regression worker of PASE, Pascual et al., Interspeech 2019, arXiv 1904.03416). A linear
     map: what it asks of the embedding is what a linear probe can read."""
 
@@ -254,8 +255,9 @@ class DiverseContrastive(OnBackbone, keras.Model):
     With `frame_prediction_weight` > 0, each tower's output frames (before its mean over time,
     `StreamTower(return_sequence=True)`) regress, through a linear map of their own, the
     handcrafted streams' features on the same frames (`FrameFeatures`), times the weight:
-    PASE's workers as they are, frame by frame, which keep what a sound does over time in the
-    tower's last frames (a clip-level objective lets every frame of a clip become the same).
+    PASE's workers as they are, frame by frame, meant to keep what a sound does over time in
+    the tower's frames, which a clip-level objective lets become all the same (on our corpus,
+    one epoch at weight 1, they became the same all the same: docs/pretraining.md).
 
     Args:
         backbone: a `DiverseBackbone` (or its config).
