@@ -160,16 +160,14 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
         raise InputError(f"unknown preset {preset!r}; the presets: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     if config.reinit_attention and not spec.get("backbone_only"):
-        raise InputError(f"--reinit-attention is for a pretrained backbone (diverse_pretrained):"
-                         f" {preset}'s towers are drawn anew anyway")
+        raise InputError("--reinit-attention is for a pretrained backbone (diverse_pretrained): "
+                         f"{preset}'s towers are drawn anew anyway")
     keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
     if spec.get("backbone_only"):  # pretrained towers, new heads
         model = DiverseClassifier.from_preset(preset, class_names=train.labels,
                                               class_mids=train.mids)
         if config.reinit_attention:
-            for tower in model.backbone.towers.values():
-                for block in tower.blocks:
-                    block.reinitialize_attention()
+            model.backbone.reinitialize_attention()
     else:
         model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
                                          tower=dict(spec["tower"]), class_names=train.labels,

@@ -356,9 +356,9 @@ def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
 def test_contrastive_model_trains_scores_pairs_and_round_trips_through_keras_file(tmp_path):
     """On every backend: one step of the objective (with the embeddings' spread terms and the
     timbre features' prediction, of their clip statistics and frame by frame, both views of
-    each counted in the loss) reaches the learned
-    front ends, and the model saves to `.keras` and reloads with equal outputs. The learned
-    streams and timbre (the whole runs below train all four)."""
+    each counted in the loss) reaches the learned front ends, and the model saves to `.keras`
+    and reloads with equal outputs. The learned streams and timbre (the whole runs below train
+    all four)."""
     keras.utils.set_random_seed(0)
     learned = {name: frontends for name, frontends in default_stream_frontends(SR).items()
                if name in ("neuralogram", "end_to_end", "timbre")}

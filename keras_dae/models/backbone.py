@@ -67,6 +67,13 @@ class DiverseBackbone(keras.Model):
     def stream_names(self) -> list[str]:
         return list(self.feature_dims)
 
+    def reinitialize_attention(self) -> None:
+        """Draws the attention weights of every tower's blocks anew, keeping all the others
+        (`TransformerEncoder.reinitialize_attention`)."""
+        for tower in self.towers.values():
+            for block in tower.blocks:
+                block.reinitialize_attention()
+
     def get_config(self):
         return {
             "name": self.name,
