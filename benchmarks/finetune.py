@@ -12,6 +12,9 @@ seed, the same clips (drawn per class with that seed) go to every method:
   recipe (`TrainConfig(seed=seed)`; `full` adds the default joint epochs);
 - `scratch`: the same architecture trained from random weights with `keras-dae train`'s
   default recipe (`--scratch-preset`, default the paper's `diverse_fsd50k`);
+- `pretrained`: the same recipe from the backbone pretrained without labels
+  (`keras-dae train --preset diverse_pretrained --reinit-attention`; `--pretrained`, the run
+  directory of `keras-dae pretrain`, gives its preset);
 - `classical`: benchmarks/classical_baseline.py (clip statistics of the pitch and timbre
   front ends, logistic regression, C chosen on val).
 
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
-METHODS = ("probe", "heads", "full", "scratch", "classical")
+METHODS = ("probe", "heads", "full", "scratch", "pretrained", "classical")
 
 
 def draw_clips(train, per_class, seed: int) -> np.ndarray:
@@ -53,6 +56,18 @@ def draw_clips(train, per_class, seed: int) -> np.ndarray:
         take = len(clips) if per_class is None else min(per_class, len(clips))
         chosen += [clips[j] for j in sorted(rng.permutation(len(clips))[:take])]
     return np.array(sorted(chosen))
+
+
+def use_pretrained(run: Path, work: Path) -> None:
+    """Makes `--preset diverse_pretrained` (which `keras-dae train` reads from
+    `$KERAS_DAE_HOME/presets/`) the preset of the `keras-dae pretrain` run directory `run`,
+    through a home in `work` that links to it."""
+    home = work / "home"
+    preset_dir = home / "presets" / "diverse_pretrained"
+    if not preset_dir.exists():
+        preset_dir.parent.mkdir(parents=True, exist_ok=True)
+        preset_dir.symlink_to((run / "preset").resolve())
+    os.environ["KERAS_DAE_HOME"] = str(home)
 
 
 def write_csv_split(dataset, path: Path) -> None:
@@ -78,11 +93,14 @@ def run_method(method: str, args, data_dir: Path, run_dir: Path, seed: int, feat
         train, val, test = features
         return fit_and_score(train, val, test)
     config = TrainConfig(seed=seed)
-    if method == "scratch":
+    if method in ("scratch", "pretrained"):
         from keras_dae.train_run import train_run
 
-        return neural_row(train_run(data_dir, run_dir, args.scratch_preset, config, "csv",
-                                    overwrite=True, say=say))
+        preset = args.scratch_preset
+        if method == "pretrained":
+            preset, config = "diverse_pretrained", TrainConfig(seed=seed, reinit_attention=True)
+        return neural_row(train_run(data_dir, run_dir, preset, config, "csv", overwrite=True,
+                                    say=say))
     from keras_dae.finetune import finetune_run
 
     return neural_row(finetune_run(args.model, data_dir, run_dir, method, config=config,
@@ -98,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--model", default="diverse_sampled15", help="the preset to start from")
     parser.add_argument("--scratch-preset", default="diverse_fsd50k")
+    parser.add_argument("--pretrained", type=Path,
+                        help="pretrained: the run directory of keras-dae pretrain")
     parser.add_argument("--sizes", default="5,10,20,all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -110,12 +130,17 @@ def main(argv=None) -> int:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    if "pretrained" in methods and args.pretrained is None:
+        parser.error("the method pretrained needs --pretrained RUN_DIR (keras-dae pretrain's)")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_finetune_"))
+    if "pretrained" in methods:
+        use_pretrained(args.pretrained, work)
     results = args.results
     result = json.loads(results.read_text()) if results.is_file() else {"rows": []}
     result.update({
         "command": f"python benchmarks/finetune.py --data {args.data} --model {args.model}",
         "data": str(args.data), "model": args.model, "scratch_preset": args.scratch_preset,
+        **({"pretrained": str(args.pretrained)} if args.pretrained else {}),
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count()}})
     done = {(r["method"], r["per_class"], r["seed"]) for r in result["rows"]}

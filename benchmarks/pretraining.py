@@ -133,13 +133,9 @@ def main(argv=None) -> int:
         parser.error("pretrained_new_attention is an init of the whole recipe: --methods train")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))
     if "train" in methods and set(inits) - {"random"}:
-        # `keras-dae train --preset diverse_pretrained` reads it from KERAS_DAE_HOME.
-        home = work / "home"
-        preset_dir = home / "presets" / "diverse_pretrained"
-        if not preset_dir.exists():
-            preset_dir.parent.mkdir(parents=True)
-            preset_dir.symlink_to((args.pretrained / "preset").resolve())
-        os.environ["KERAS_DAE_HOME"] = str(home)
+        from finetune import use_pretrained
+
+        use_pretrained(args.pretrained, work)
     result = json.loads(args.results.read_text()) if args.results.is_file() else {"rows": []}
     pretraining = json.loads((args.pretrained / "report.json").read_text())
     result.update({
