@@ -13,8 +13,8 @@ seed, the same clips (drawn per class with that seed) go to every method:
 - `scratch`: the same architecture trained from random weights with `keras-dae train`'s
   default recipe (`--scratch-preset`, default the paper's `diverse_fsd50k`);
 - `pretrained`: the same recipe from the backbone pretrained without labels
-  (`keras-dae train --preset diverse_pretrained --reinit-attention`; `--pretrained`, the run
-  directory of `keras-dae pretrain`, gives its preset);
+  (`keras-dae train --preset diverse_pretrained`, its towers' attention drawn anew;
+  `--pretrained`, the run directory of `keras-dae pretrain`, gives its preset);
 - `classical`: benchmarks/classical_baseline.py (clip statistics of the pitch and timbre
   front ends, logistic regression, C chosen on val).
 

@@ -13,8 +13,9 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   architecture (initialised with the seed, their feature normalisation adapted on the
   training chunks as training adapts it): what the towers' embeddings hold, before any label
   reaches them;
-- `train`: the whole recipe (`keras-dae train`) from the pretrained towers (`diverse_pretrained`),
-  from them with their attention drawn anew (`pretrained_new_attention`: `--reinit-attention`)
+- `train`: the whole recipe (`keras-dae train`) from the pretrained towers kept whole
+  (`pretrained`: `--preset diverse_pretrained --no-reinit-attention`), from them with their
+  attention drawn anew (`pretrained_new_attention`: `--preset diverse_pretrained`'s default)
   and from random weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs`;
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on

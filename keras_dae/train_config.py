@@ -3,6 +3,7 @@ command line takes its defaults and ranges from here before a backend loads."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from keras_dae import validation
@@ -34,12 +35,13 @@ class TrainConfig:
     # normalisation is kept, and stage 1 trains the stream heads only (front ends and towers
     # frozen); the joint stage, when it has epochs, trains everything.
     pretrained: bool = False
-    # The model comes from a pretrained backbone (`diverse_pretrained`): draw the attention
-    # weights of its towers' blocks anew before training, keeping the rest (as Zhang et al.,
-    # ICLR 2021, re-initialise a pretrained Transformer's top layers for few-sample
-    # fine-tuning). Pretraining leaves attention that averages every frame of a clip, and
-    # towers that learn slowly from labels (docs/pretraining.md).
-    reinit_attention: bool = False
+    # Training from a pretrained backbone (a `backbone_only` preset, `diverse_pretrained`):
+    # draw the attention weights of its towers' blocks anew before training, keeping the rest
+    # (as Zhang et al., ICLR 2021, re-initialise a pretrained Transformer's top layers for
+    # few-sample fine-tuning). Pretraining leaves attention that averages every frame of a
+    # clip, and towers that learn slowly from labels (docs/pretraining.md). None: yes for a
+    # pretrained backbone, nothing for other presets; False keeps the pretrained attention.
+    reinit_attention: bool | None = None
     normalization_chunks: int = 512
     seed: int = 0
     # Scale (keras_dae.scale): None (float32) or "bfloat16" (Keras' mixed_bfloat16 policy; build
@@ -147,9 +149,11 @@ def _add_sampling_arguments(parser) -> None:
     """`--balanced`, `--feature-masking`, `--feature-cache` and `--reinit-attention`
     (supervised runs only)."""
     parser.add_argument("--balanced", action="store_true", help="balanced sampling")
-    parser.add_argument("--reinit-attention", action="store_true",
-                        help="draw the attention weights of the preset's towers anew before "
-                             "training (for a pretrained backbone, diverse_pretrained)")
+    parser.add_argument("--reinit-attention", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="draw the attention weights of a pretrained backbone's towers "
+                             "(diverse_pretrained) anew before training (default: yes for a "
+                             "pretrained backbone; --no-reinit-attention keeps them)")
     parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                         help="SpecAugment-style masking of the towers' features in training "
                              "(default: as the preset's towers say)")
@@ -170,7 +174,7 @@ def from_flags(args) -> TrainConfig:
     cache = getattr(args, "feature_cache", None)
     return TrainConfig(
         **numeric, balanced=getattr(args, "balanced", False),
-        reinit_attention=getattr(args, "reinit_attention", False),
+        reinit_attention=getattr(args, "reinit_attention", None),
         feature_masking={"on": True, "off": False, "preset": None}[
             getattr(args, "feature_masking", "preset")],
         feature_cache=os.path.join(args.out, "feature_cache") if cache == "run" else cache,

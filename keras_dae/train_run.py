@@ -162,6 +162,9 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     if config.reinit_attention and not spec.get("backbone_only"):
         raise InputError("--reinit-attention is for a pretrained backbone (diverse_pretrained): "
                          f"{preset}'s towers are drawn anew anyway")
+    # None (the default) is yes for a pretrained backbone; the report keeps what was done
+    config = dataclasses.replace(config, reinit_attention=bool(
+        spec.get("backbone_only") and config.reinit_attention is not False))
     keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
     if spec.get("backbone_only"):  # pretrained towers, new heads
         model = DiverseClassifier.from_preset(preset, class_names=train.labels,

@@ -506,28 +506,31 @@ def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_
 @pytest.mark.one_backend
 def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_data, tmp_path,
                                                                      capsys):
-    """`keras-dae train --preset diverse_pretrained --reinit-attention`: every block's
-    attention drawn from its initializers (biases zero), everything else as pretrained (no
-    tower epochs here, so nothing else moves); refused where there is nothing pretrained to
-    keep."""
+    """`keras-dae train --preset diverse_pretrained` draws every block's attention from its
+    initializers (biases zero) by default and keeps everything else as pretrained (no tower
+    epochs here, so nothing else moves); `--no-reinit-attention` keeps the attention too;
+    `--reinit-attention` is refused where there is nothing pretrained to keep."""
     data = labelled_data
-    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
-                     "--preset", "diverse_pretrained", "--epochs", "0", "--fusion-epochs",
-                     "1", "--batch-size", "8", "--jit-compile", "off",
-                     "--reinit-attention"]) == 0
-    trained = DiverseClassifier.from_preset(tmp_path / "train")
     pretrained = DiverseContrastive.from_preset("diverse_pretrained")
-    for stream in trained.stream_names:
-        for new, old in zip(trained.backbone.towers[stream].blocks,
-                            pretrained.backbone.towers[stream].blocks, strict=True):
-            for a, b in zip(new.weights, old.weights, strict=True):
-                x, y = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
-                if "/self_attention_layer/" in a.path:  # drawn anew
-                    assert not np.allclose(x, y)
-                    if a.path.endswith("bias"):
-                        assert not x.any()
-                else:  # the norms and the feed-forward layers as pretrained
-                    np.testing.assert_array_equal(x, y)
+    for flags, drawn in (([], True), (["--no-reinit-attention"], False)):
+        out = tmp_path / f"train_{drawn}"
+        assert cli.main(["train", "--data", str(data), "--out", str(out), "--preset",
+                         "diverse_pretrained", "--epochs", "0", "--fusion-epochs", "1",
+                         "--batch-size", "8", "--jit-compile", "off", *flags]) == 0
+        assert json.loads((out / "report.json").read_text())["config"]["reinit_attention"] \
+            is drawn
+        trained = DiverseClassifier.from_preset(out)
+        for stream in trained.stream_names:
+            for new, old in zip(trained.backbone.towers[stream].blocks,
+                                pretrained.backbone.towers[stream].blocks, strict=True):
+                for a, b in zip(new.weights, old.weights, strict=True):
+                    x, y = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+                    if drawn and "/self_attention_layer/" in a.path:  # drawn anew
+                        assert not np.allclose(x, y)
+                        if a.path.endswith("bias"):
+                            assert not x.any()
+                    else:  # the norms and feed-forward layers (all, kept) as pretrained
+                        np.testing.assert_array_equal(x, y)
     capsys.readouterr()
     assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "random"),
                      "--preset", "diverse_tiny", "--reinit-attention"]) == 2
