@@ -16,7 +16,8 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
 - `train`: the whole recipe (`keras-dae train`) from the pretrained towers kept whole
   (`pretrained`: `--preset diverse_pretrained --no-reinit-attention`), from them with their
   attention drawn anew (`pretrained_new_attention`: `--preset diverse_pretrained`'s default)
-  and from random weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs`;
+  and from random weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs` and the
+  small-data options `--mixup`, `--balanced` and `--feature-masking` (the row's `recipe`);
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
   clip statistics of the handcrafted front ends, its C chosen on val, for scale.
@@ -102,7 +103,9 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
         return neural_row(finetune_run(source, args.data, run, "probe",
                                        config=TrainConfig(seed=seed), overwrite=True, say=say))
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
-                         reinit_attention=init == "pretrained_new_attention")
+                         reinit_attention=init == "pretrained_new_attention", mixup=args.mixup,
+                         balanced=args.balanced, feature_masking={
+                             "on": True, "off": False, "preset": None}[args.feature_masking])
     preset = "diverse_fsd50k" if init == "random" else "diverse_pretrained"
     return neural_row(train_run(args.data, run, preset, config, overwrite=True, say=say))
 
@@ -119,6 +122,10 @@ def main(argv=None) -> int:
     parser.add_argument("--inits", default=",".join(INITS))
     parser.add_argument("--epochs", type=int, default=10, help="train: tower epochs")
     parser.add_argument("--fusion-epochs", type=int, default=5, help="train: fusion epochs")
+    parser.add_argument("--mixup", type=float, default=0.0, help="train: mixup alpha")
+    parser.add_argument("--balanced", action="store_true", help="train: balanced sampling")
+    parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
+                        help="train: the towers' SpecAugment-style masking")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -162,7 +169,9 @@ def main(argv=None) -> int:
             "random": (DiverseClassifier, random),
             "diverse_sampled15": (DiverseClassifier, "diverse_sampled15")}, pretraining)
         args.results.write_text(json.dumps(result, indent=1) + "\n")
-    done = {(r["method"], r["init"], r["seed"]) for r in result["rows"]}
+    recipe = recipe_name(args) if "train" in methods else "default"
+    done = {(r["method"], r["init"], r.get("recipe", "default"), r["seed"])
+            for r in result["rows"]}
     features = None
     if "classical" in methods:
         from classical_baseline import featurize
@@ -174,14 +183,16 @@ def main(argv=None) -> int:
     for seed in seeds:
         for method in methods:
             for init in (inits if method != "classical" else ("none",)):
-                if (method, init, seed) in done or (method == "classical" and seed != seeds[0]):
+                if ((method, init, recipe if method == "train" else "default", seed) in done
+                        or (method == "classical" and seed != seeds[0])):
                     continue
                 start = time.time()
                 row = run_row(method, init, seed, args, work, features)
                 row.update(method=method, init=init, seed=seed, backend=keras.backend.backend(),
                            seconds=round(time.time() - start, 1))
                 if method == "train":
-                    row.update(epochs=args.epochs, fusion_epochs=args.fusion_epochs)
+                    row.update(epochs=args.epochs, fusion_epochs=args.fusion_epochs,
+                               recipe=recipe)
                 result["rows"].append(row)
                 args.results.parent.mkdir(exist_ok=True)
                 args.results.write_text(json.dumps(result, indent=1) + "\n")
@@ -191,16 +202,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def recipe_name(args) -> str:
+    """The small-data options of a `train` row ("default": none of them)."""
+    options = ([f"mixup {args.mixup:g}"] if args.mixup else []) + (
+        ["balanced"] if args.balanced else []) + (
+        [f"masking {args.feature_masking}"] if args.feature_masking != "preset" else [])
+    return ", ".join(options) or "default"
+
+
 def table(result: dict, classical: dict | None = None) -> str:
     """Fused and per-stream eval mAP, mean ± spread over the seeds, per method and init;
     `classical`: benchmarks/results/classical_baseline.json, when no classical row was run."""
     streams = ("pitch", "timbre", "neuralogram", "end_to_end")
     lines = ["| method | towers | fused | " + " | ".join(streams) + " | seeds | seconds |",
              "|---" * (len(streams) + 5) + "|"]
-    keys = sorted({(r["method"], r["init"]) for r in result["rows"]},
-                  key=lambda k: (METHODS.index(k[0]), k[1]))
+    def key(row):
+        recipe = row.get("recipe", "default")
+        return row["method"], row["init"] + ("" if recipe == "default" else f", {recipe}")
+
+    keys = sorted({key(r) for r in result["rows"]}, key=lambda k: (METHODS.index(k[0]), k[1]))
     for method, init in keys:
-        rows = [r for r in result["rows"] if (r["method"], r["init"]) == (method, init)]
+        rows = [r for r in result["rows"] if key(r) == (method, init)]
 
         def cell(values):
             if len(values) < 2:
