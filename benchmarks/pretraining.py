@@ -216,6 +216,7 @@ def table(result: dict, classical: dict | None = None) -> str:
     streams = ("pitch", "timbre", "neuralogram", "end_to_end")
     lines = ["| method | towers | fused | " + " | ".join(streams) + " | seeds | seconds |",
              "|---" * (len(streams) + 5) + "|"]
+
     def key(row):
         recipe = row.get("recipe", "default")
         return row["method"], row["init"] + ("" if recipe == "default" else f", {recipe}")
