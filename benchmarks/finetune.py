@@ -12,9 +12,12 @@ seed, the same clips (drawn per class with that seed) go to every method:
   recipe (`TrainConfig(seed=seed)`; `full` adds the default joint epochs);
 - `scratch`: the same architecture trained from random weights with `keras-dae train`'s
   default recipe (`--scratch-preset`, default the paper's `diverse_fsd50k`);
-- `pretrained`: the same recipe from the backbone pretrained without labels
-  (`keras-dae train --preset diverse_pretrained`, its towers' attention drawn anew;
-  `--pretrained`, the run directory of `keras-dae pretrain`, gives its preset);
+- `pretrained`: the same recipe from the backbone pretrained without labels, its towers'
+  attention drawn anew and their feature normalisation kept from the pretraining corpus
+  (`keras-dae train --preset diverse_pretrained --no-adapt-normalization`; `--pretrained`, the
+  run directory of `keras-dae pretrain`, gives its preset);
+- `pretrained_adapted`: the same with the normalisation adapted on the training clips
+  (`keras-dae train --preset diverse_pretrained`'s default);
 - `classical`: benchmarks/classical_baseline.py (clip statistics of the pitch and timbre
   front ends, logistic regression, C chosen on val).
 
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
-METHODS = ("probe", "heads", "full", "scratch", "pretrained", "classical")
+METHODS = ("probe", "heads", "full", "scratch", "pretrained", "pretrained_adapted", "classical")
 
 
 def draw_clips(train, per_class, seed: int) -> np.ndarray:
@@ -93,12 +96,14 @@ def run_method(method: str, args, data_dir: Path, run_dir: Path, seed: int, feat
         train, val, test = features
         return fit_and_score(train, val, test)
     config = TrainConfig(seed=seed)
-    if method in ("scratch", "pretrained"):
+    if method in ("scratch", "pretrained", "pretrained_adapted"):
         from keras_dae.train_run import train_run
 
         preset = args.scratch_preset
-        if method == "pretrained":
-            preset, config = "diverse_pretrained", TrainConfig(seed=seed, reinit_attention=True)
+        if method != "scratch":  # explicit, so that the rows keep their meaning
+            preset, config = "diverse_pretrained", TrainConfig(
+                seed=seed, reinit_attention=True,
+                adapt_normalization=method == "pretrained_adapted")
         return neural_row(train_run(data_dir, run_dir, preset, config, "csv", overwrite=True,
                                     say=say))
     from keras_dae.finetune import finetune_run
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="diverse_sampled15", help="the preset to start from")
     parser.add_argument("--scratch-preset", default="diverse_fsd50k")
     parser.add_argument("--pretrained", type=Path,
-                        help="pretrained: the run directory of keras-dae pretrain")
+                        help="pretrained*: the run directory of keras-dae pretrain")
     parser.add_argument("--sizes", default="5,10,20,all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -130,10 +135,12 @@ def main(argv=None) -> int:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-    if "pretrained" in methods and args.pretrained is None:
-        parser.error("the method pretrained needs --pretrained RUN_DIR (keras-dae pretrain's)")
+    from_backbone = [m for m in methods if m.startswith("pretrained")]
+    if from_backbone and args.pretrained is None:
+        parser.error(f"the methods {from_backbone} need --pretrained RUN_DIR "
+                     "(keras-dae pretrain's)")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_finetune_"))
-    if "pretrained" in methods:
+    if from_backbone:
         use_pretrained(args.pretrained, work)
     results = args.results
     result = json.loads(results.read_text()) if results.is_file() else {"rows": []}

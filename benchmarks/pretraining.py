@@ -14,9 +14,11 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   training chunks as training adapts it): what the towers' embeddings hold, before any label
   reaches them;
 - `train`: the whole recipe (`keras-dae train`) from the pretrained towers kept whole
-  (`pretrained`: `--preset diverse_pretrained --no-reinit-attention`), from them with their
-  attention drawn anew (`pretrained_new_attention`: `--preset diverse_pretrained`'s default)
-  and from random weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs` and the
+  (`pretrained`: `--preset diverse_pretrained --no-reinit-attention --no-adapt-normalization`),
+  from them with their attention drawn anew (`pretrained_new_attention`:
+  `--no-adapt-normalization`), and with their feature normalisation adapted on the training
+  chunks too (`pretrained_adapted`: `--preset diverse_pretrained`'s default), and from random
+  weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs` and the
   small-data options `--mixup`, `--balanced` and `--feature-masking` (the row's `recipe`);
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
@@ -47,7 +49,7 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "pretraining.json"
 METHODS = ("probe", "train", "classical")
-INITS = ("random", "pretrained", "pretrained_new_attention")
+INITS = ("random", "pretrained", "pretrained_new_attention", "pretrained_adapted")
 
 
 def random_towers(data: Path, out: Path, seed: int, say) -> Path:
@@ -103,7 +105,10 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
         return neural_row(finetune_run(source, args.data, run, "probe",
                                        config=TrainConfig(seed=seed), overwrite=True, say=say))
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
-                         reinit_attention=init == "pretrained_new_attention", mixup=args.mixup,
+                         reinit_attention=init in ("pretrained_new_attention",
+                                                   "pretrained_adapted"),
+                         adapt_normalization=init in ("random", "pretrained_adapted"),
+                         mixup=args.mixup,
                          balanced=args.balanced, feature_masking={
                              "on": True, "off": False, "preset": None}[args.feature_masking])
     preset = "diverse_fsd50k" if init == "random" else "diverse_pretrained"
@@ -137,8 +142,9 @@ def main(argv=None) -> int:
     methods, inits = args.methods.split(","), args.inits.split(",")
     if set(methods) - set(METHODS) or set(inits) - set(INITS):
         parser.error(f"methods: {METHODS}; inits: {INITS}")
-    if "pretrained_new_attention" in inits and methods != ["train"]:
-        parser.error("pretrained_new_attention is an init of the whole recipe: --methods train")
+    if {"pretrained_new_attention", "pretrained_adapted"} & set(inits) and methods != ["train"]:
+        parser.error("pretrained_new_attention and pretrained_adapted are inits of the whole "
+                     "recipe: --methods train")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))
     if "train" in methods and set(inits) - {"random"}:
         from finetune import use_pretrained

@@ -296,6 +296,10 @@ def finetune_run(source, data, out, mode: str = "probe", streams=None,
     if config.reinit_attention:
         raise InputError("--reinit-attention is for `keras-dae train --preset "
                          "diverse_pretrained`, which trains the towers from the start")
+    if config.adapt_normalization:
+        raise InputError("finetune keeps the preset's feature normalisation (its towers were "
+                         "trained on it); --adapt-normalization is for `keras-dae train "
+                         "--preset diverse_pretrained`")
     if mode == "probe" and config.feature_cache:
         raise InputError("--mode probe caches the embeddings itself: --feature-cache is for "
                          "--mode heads or full")

@@ -42,6 +42,12 @@ class TrainConfig:
     # clip, and towers that learn slowly from labels (docs/pretraining.md). None: yes for a
     # pretrained backbone, nothing for other presets; False keeps the pretrained attention.
     reinit_attention: bool | None = None
+    # Training from a pretrained backbone: adapt its towers' feature normalisation on the
+    # labelled training chunks, as training from random weights does, rather than keep the
+    # statistics of the pretraining corpus (on classes the corpus holds few of, the pitch
+    # stream loses most with the corpus's statistics; docs/fine-tuning.md). None: yes;
+    # False keeps the pretrained statistics. Other presets always adapt them.
+    adapt_normalization: bool | None = None
     normalization_chunks: int = 512
     seed: int = 0
     # Scale (keras_dae.scale): None (float32) or "bfloat16" (Keras' mixed_bfloat16 policy; build
@@ -146,14 +152,19 @@ def add_arguments(parser, processes: bool = False, pretraining: bool = False) ->
 
 
 def _add_sampling_arguments(parser) -> None:
-    """`--balanced`, `--feature-masking`, `--feature-cache` and `--reinit-attention`
-    (supervised runs only)."""
+    """`--balanced`, `--feature-masking`, `--feature-cache`, `--reinit-attention` and
+    `--adapt-normalization` (supervised runs only)."""
     parser.add_argument("--balanced", action="store_true", help="balanced sampling")
     parser.add_argument("--reinit-attention", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="draw the attention weights of a pretrained backbone's towers "
                              "(diverse_pretrained) anew before training (default: yes for a "
                              "pretrained backbone; --no-reinit-attention keeps them)")
+    parser.add_argument("--adapt-normalization", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="adapt a pretrained backbone's feature normalisation on the "
+                             "training clips (default: yes; --no-adapt-normalization keeps "
+                             "the pretraining corpus's statistics)")
     parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                         help="SpecAugment-style masking of the towers' features in training "
                              "(default: as the preset's towers say)")
@@ -175,6 +186,7 @@ def from_flags(args) -> TrainConfig:
     return TrainConfig(
         **numeric, balanced=getattr(args, "balanced", False),
         reinit_attention=getattr(args, "reinit_attention", None),
+        adapt_normalization=getattr(args, "adapt_normalization", None),
         feature_masking={"on": True, "off": False, "preset": None}[
             getattr(args, "feature_masking", "preset")],
         feature_cache=os.path.join(args.out, "feature_cache") if cache == "run" else cache,

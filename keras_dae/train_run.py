@@ -162,9 +162,13 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     if config.reinit_attention and not spec.get("backbone_only"):
         raise InputError("--reinit-attention is for a pretrained backbone (diverse_pretrained): "
                          f"{preset}'s towers are drawn anew anyway")
+    if config.adapt_normalization is False and not spec.get("backbone_only"):
+        raise InputError("--no-adapt-normalization is for a pretrained backbone "
+                         f"(diverse_pretrained): {preset}'s towers have no statistics to keep")
     # None (the default) is yes for a pretrained backbone; the report keeps what was done
     config = dataclasses.replace(config, reinit_attention=bool(
-        spec.get("backbone_only") and config.reinit_attention is not False))
+        spec.get("backbone_only") and config.reinit_attention is not False),
+        adapt_normalization=config.adapt_normalization is not False)
     keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
     if spec.get("backbone_only"):  # pretrained towers, new heads
         model = DiverseClassifier.from_preset(preset, class_names=train.labels,
@@ -184,7 +188,7 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
         + (f", data parallel over {devices} devices" if devices else "")
         + (f" of {processes} processes" if processes > 1 else ""))
     trainer = training.Trainer(model, train, val, out, config)
-    if spec.get("backbone_only"):  # its towers keep the statistics they were pretrained with
+    if not config.adapt_normalization:  # the towers keep the statistics they were pretrained with
         trainer.state["normalized"] = True
     trainer.run(resume=resume, overwrite=overwrite)
     eval_sets = {"val": val} if test is None else {"eval": test, "val": val}
