@@ -488,16 +488,11 @@ def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_
     assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
                      "--preset", "diverse_pretrained", "--epochs", "1", "--fusion-epochs",
                      "1", "--batch-size", "8", "--jit-compile", "off"]) == 0
-    trained = DiverseClassifier.from_preset(tmp_path / "train")
     pretrained = DiverseContrastive.from_preset("diverse_pretrained")
-    for stream in trained.stream_names:  # the towers started from the pretrained ones ...
-        norm, pre = (m.backbone.towers[stream].normalization for m in (trained, pretrained))
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.mean),
-                                   keras.ops.convert_to_numpy(pre.mean))
     assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
                      str(tmp_path / "probe"), "--mode", "probe"]) == 0
     probe = DiverseClassifier.from_preset(tmp_path / "probe")
-    for stream in probe.stream_names:  # ... and a probe keeps them as they are
+    for stream in probe.stream_names:  # a probe keeps the pretrained towers as they are
         for a, b in zip(_weights(probe.backbone.towers[stream]),
                         _weights(pretrained.backbone.towers[stream]), strict=True):
             np.testing.assert_array_equal(a, b)
@@ -507,20 +502,25 @@ def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_
 def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_data, tmp_path,
                                                                      capsys):
     """`keras-dae train --preset diverse_pretrained` draws every block's attention from its
-    initializers (biases zero) by default and keeps everything else as pretrained (no tower
-    epochs here, so nothing else moves); `--no-reinit-attention` keeps the attention too;
-    `--reinit-attention` is refused where there is nothing pretrained to keep."""
+    initializers (biases zero) and adapts the feature normalisation on the training clips by
+    default, and keeps everything else as pretrained (no tower epochs here, so nothing else
+    moves); `--no-reinit-attention --no-adapt-normalization` keeps the attention and the
+    pretraining corpus's statistics too; each flag is refused where it means nothing."""
     data = labelled_data
     pretrained = DiverseContrastive.from_preset("diverse_pretrained")
-    for flags, drawn in (([], True), (["--no-reinit-attention"], False)):
+    for flags, drawn in (([], True), (["--no-reinit-attention", "--no-adapt-normalization"],
+                                      False)):
         out = tmp_path / f"train_{drawn}"
         assert cli.main(["train", "--data", str(data), "--out", str(out), "--preset",
                          "diverse_pretrained", "--epochs", "0", "--fusion-epochs", "1",
                          "--batch-size", "8", "--jit-compile", "off", *flags]) == 0
-        assert json.loads((out / "report.json").read_text())["config"]["reinit_attention"] \
-            is drawn
+        config = json.loads((out / "report.json").read_text())["config"]
+        assert config["reinit_attention"] is drawn and config["adapt_normalization"] is drawn
         trained = DiverseClassifier.from_preset(out)
         for stream in trained.stream_names:
+            norm, pre = (keras.ops.convert_to_numpy(m.backbone.towers[stream].normalization.mean)
+                         for m in (trained, pretrained))
+            assert np.allclose(norm, pre) is not drawn  # adapted on the labelled clips, or kept
             for new, old in zip(trained.backbone.towers[stream].blocks,
                                 pretrained.backbone.towers[stream].blocks, strict=True):
                 for a, b in zip(new.weights, old.weights, strict=True):
@@ -538,6 +538,12 @@ def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_d
     assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
                      str(tmp_path / "probe"), "--reinit-attention"]) == 2
     assert "--reinit-attention is for `keras-dae train" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "random"),
+                     "--preset", "diverse_tiny", "--no-adapt-normalization"]) == 2
+    assert "no statistics to keep" in capsys.readouterr().err
+    assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
+                     str(tmp_path / "probe"), "--adapt-normalization"]) == 2
+    assert "finetune keeps the preset's feature normalisation" in capsys.readouterr().err
 
 
 @pytest.mark.one_backend
