@@ -532,18 +532,16 @@ def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_d
                     else:  # the norms and feed-forward layers (all, kept) as pretrained
                         np.testing.assert_array_equal(x, y)
     capsys.readouterr()
-    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "random"),
-                     "--preset", "diverse_tiny", "--reinit-attention"]) == 2
-    assert "--reinit-attention is for a pretrained backbone" in capsys.readouterr().err
-    assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
-                     str(tmp_path / "probe"), "--reinit-attention"]) == 2
-    assert "--reinit-attention is for `keras-dae train" in capsys.readouterr().err
-    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "random"),
-                     "--preset", "diverse_tiny", "--no-adapt-normalization"]) == 2
-    assert "no statistics to keep" in capsys.readouterr().err
-    assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
-                     str(tmp_path / "probe"), "--adapt-normalization"]) == 2
-    assert "finetune keeps the preset's feature normalisation" in capsys.readouterr().err
+    train = ["train", "--data", str(data), "--out", str(tmp_path / "random"), "--preset",
+             "diverse_tiny"]
+    finetune = ["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
+                str(tmp_path / "probe")]
+    for argv, says in ((train + ["--reinit-attention"], "--reinit-attention is for a pretrained"),
+                       (finetune + ["--reinit-attention"], "--reinit-attention is for `keras-dae"),
+                       (train + ["--no-adapt-normalization"], "no statistics to keep"),
+                       (finetune + ["--adapt-normalization"], "finetune keeps the preset's")):
+        assert cli.main(argv) == 2
+        assert says in capsys.readouterr().err
 
 
 @pytest.mark.one_backend
