@@ -44,9 +44,9 @@ class TrainConfig:
     reinit_attention: bool | None = None
     # Training from a pretrained backbone: adapt its towers' feature normalisation on the
     # labelled training chunks, as training from random weights does, rather than keep the
-    # statistics of the pretraining corpus (on classes the corpus holds few of, the pitch
-    # stream loses most with the corpus's statistics; docs/fine-tuning.md). None: yes;
-    # False keeps the pretrained statistics. Other presets always adapt them.
+    # statistics of the pretraining corpus (with the corpus's statistics, the pitch stream
+    # and the fused score lose on new classes; docs/fine-tuning.md). None: yes; False keeps
+    # the pretrained statistics. Other presets always adapt them.
     adapt_normalization: bool | None = None
     normalization_chunks: int = 512
     seed: int = 0
