@@ -50,6 +50,7 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results" / "pretraining.json"
 METHODS = ("probe", "train", "classical")
 INITS = ("random", "pretrained", "pretrained_new_attention", "pretrained_adapted")
+SCHEDULE = (8, 4)  # train: tower and fusion epochs of every row without a schedule in its recipe
 
 
 def random_towers(data: Path, out: Path, seed: int, say) -> Path:
@@ -125,8 +126,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="probe,train")
     parser.add_argument("--inits", default=",".join(INITS))
-    parser.add_argument("--epochs", type=int, default=10, help="train: tower epochs")
-    parser.add_argument("--fusion-epochs", type=int, default=5, help="train: fusion epochs")
+    parser.add_argument("--epochs", type=int, default=SCHEDULE[0], help="train: tower epochs")
+    parser.add_argument("--fusion-epochs", type=int, default=SCHEDULE[1],
+                        help="train: fusion epochs")
     parser.add_argument("--mixup", type=float, default=0.0, help="train: mixup alpha")
     parser.add_argument("--balanced", action="store_true", help="train: balanced sampling")
     parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
@@ -209,8 +211,11 @@ def main(argv=None) -> int:
 
 
 def recipe_name(args) -> str:
-    """The small-data options of a `train` row ("default": none of them)."""
-    options = ([f"mixup {args.mixup:g}"] if args.mixup else []) + (
+    """The small-data options and schedule of a `train` row ("default": none of them, the
+    `SCHEDULE`)."""
+    schedule = (args.epochs, args.fusion_epochs)
+    options = ([f"{schedule[0]}+{schedule[1]} epochs"] if schedule != SCHEDULE else []) + (
+        [f"mixup {args.mixup:g}"] if args.mixup else []) + (
         ["balanced"] if args.balanced else []) + (
         [f"masking {args.feature_masking}"] if args.feature_masking != "preset" else [])
     return ", ".join(options) or "default"
