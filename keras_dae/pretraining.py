@@ -27,8 +27,8 @@ by frame.
 those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
 the streams) is kept (early stopping with `patience`). The recipe's machinery is the
 supervised one (`keras_dae.training.Trainer`): feature normalisation adapted from training
-chunks, checkpoints every epoch, `--resume` after a kill, bad files reported once and
-skipped, bfloat16 and data parallelism over the local devices or, from shards, over several
+chunks, checkpoints every epoch, `--resume` after a kill (or, with more `--epochs`, to train
+a finished run longer: `extend_finished`), bad files reported once and skipped, bfloat16 and data parallelism over the local devices or, from shards, over several
 processes (`processes`, as `keras_dae.train_run.train_run`'s: every process builds each
 global batch and feeds its rows, so the negatives are the whole global batch). The run
 directory gets `checkpoint/`, `logs/`, `preset/` (the backbone: `DiverseContrastive`, no
@@ -52,8 +52,8 @@ from keras_dae.data.datasets import ClipDataset, read_unlabelled
 from keras_dae.train_config import PRETRAIN_DEFAULTS, Processes, TrainConfig
 from keras_dae.validation import InputError
 
-__all__ = ["PRETRAIN_DEFAULTS", "VAL_FRACTION", "pretrain_config", "pretrain_run",
-           "unlabelled_data"]
+__all__ = ["PRETRAIN_DEFAULTS", "VAL_FRACTION", "extend_finished", "pretrain_config",
+           "pretrain_run", "unlabelled_data"]
 
 VAL_FRACTION = 0.05
 
@@ -114,13 +114,43 @@ def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig 
         "and pretrain with --data SHARDS"))
     if not scale.is_chief():
         say = silent
-    with training.claim_run_dir(out, resume, overwrite):
+    with training.claim_run_dir(out, resume, overwrite, reopen=lambda run_dir: extend_finished(
+            run_dir, config.tower_epochs)):
         try:
             return _pretrain(files, Path(data), Path(out), preset, config, val_fraction,
                              resume, overwrite, say)
         except Exception as error:
             training.raise_for_processes(error)
             raise
+
+
+def extend_finished(run_dir: Path, epochs: int) -> None:
+    """Turns the finished pretraining run in `run_dir` back into one to continue to `epochs`
+    epochs (`--resume` with more `--epochs`): its checkpoint holds the last epoch's weights
+    and optimizer state when that epoch is the one it kept, so continuing it is the longer
+    run. Raises `RunError` when there is nothing to add, or when a later epoch was worse on
+    the held-out pairs (the checkpoint then holds the kept epoch, not the last)."""
+    from keras_dae import runs, training
+
+    path = run_dir / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    history = [h for h in state.get("history", []) if h.get("stage") == "pretrain"]
+    done = len(history)
+    if epochs <= done:
+        raise runs.RunError(f"{run_dir}: the run is finished after {done} epoch"
+                            f"{'s' * (done != 1)}: --resume with --epochs above {done} "
+                            "continues it; --overwrite trains it again")
+    best = min(history, key=lambda h: h["val_loss"])
+    if best["epoch"] != history[-1]["epoch"]:
+        raise runs.RunError(
+            f"{run_dir}: the run kept epoch {best['epoch'] + 1} of {done} (the later ones "
+            "scored worse on the held-out pairs), so its checkpoint is not where the run "
+            "stopped and cannot be continued; --overwrite trains it again with more --epochs")
+    files = dict(state["files"])
+    files["best"] = files["weights"]  # the kept epoch stays the best until one scores higher
+    state.update(stage="pretrain", epoch=best["epoch"], best_map=-best["val_loss"],
+                 best_epoch=best["epoch"], wait=0, files=files)
+    training._atomic_write_text(path, json.dumps(state, indent=1))
 
 
 def _from_shards(files) -> bool:

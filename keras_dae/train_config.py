@@ -146,7 +146,8 @@ def add_arguments(parser, processes: bool = False, pretraining: bool = False) ->
                              "keras.distribution.DataParallel; TensorFlow: MirroredStrategy); "
                              "the batch size must divide by the device count")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in RUN_DIR from its checkpoint")
+                        help="continue the run in RUN_DIR from its checkpoint" + (
+                            " (a finished one too, to more --epochs)" if pretraining else ""))
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run in RUN_DIR (its own files are removed first)")
 

@@ -278,12 +278,16 @@ def _check_shards(shards: ShardSet, model, config: TrainConfig) -> None:
 
 
 @contextlib.contextmanager
-def claim_run_dir(run_dir, resume: bool = False, overwrite: bool = False):
+def claim_run_dir(run_dir, resume: bool = False, overwrite: bool = False, reopen=None):
     """`keras_dae.runs.run_lock` and `prepare` of `run_dir` for the block: on process 0 only
-    in a multi-process run (the others wait for it, and share its refusal)."""
+    in a multi-process run (the others wait for it, and share its refusal). `reopen(run_dir)`,
+    when given, is called under the lock before `prepare` if `resume` finds a finished run: it
+    may turn its checkpoint back into one to continue (or raise `RunError` saying why not)."""
     with contextlib.ExitStack() as stack:
         def claim():
             stack.enter_context(runs.run_lock(run_dir))
+            if resume and reopen is not None and runs.is_finished(run_dir):
+                reopen(Path(run_dir))
             runs.prepare(run_dir, resume=resume, overwrite=overwrite)
 
         scale.run_on_chief("prepare the run directory", claim)

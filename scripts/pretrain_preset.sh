@@ -11,7 +11,8 @@
 #   bash scripts/pretrain_preset.sh       # EPOCHS=1: about 10 min of pretraining, 2-core CPU
 #   EPOCHS=40 RUN=/tmp/pretrain_run bash scripts/pretrain_preset.sh      # a GPU's budget
 #
-# Killed midway? Run it again: pretraining resumes from RUN's checkpoint.
+# Killed midway? Run it again: pretraining resumes from RUN's checkpoint. Run it again with a
+# larger EPOCHS and a finished run trains on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LABELLED=${LABELLED:-/tmp/sampled_fsd50k}
@@ -29,7 +30,10 @@ export KERAS_BACKEND=${KERAS_BACKEND:-jax}
     python scripts/build_pretraining_corpus.py --out "$CORPUS" --exclude "$LABELLED" \
         --exclude "$NOVEL"
 RESUME=$([ -f "$RUN/checkpoint/state.json" ] && echo --resume || true)
-[ -f "$RUN/report.json" ] ||
+# A finished run asked for fewer epochs than EPOCHS trains on from where it stopped.
+ASKED=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['config']['tower_epochs'])" \
+    "$RUN/report.json" 2>/dev/null || echo 0)
+[ "$ASKED" -ge "$EPOCHS" ] ||
     keras-dae pretrain --data "$CORPUS" --out "$RUN" --epochs "$EPOCHS" --batch-size 32 \
         --predict-features 1 --seed 0 $RESUME
 HOME_DIR=${KERAS_DAE_HOME:-$HOME/.keras-dae}

@@ -453,6 +453,41 @@ def test_pretraining_trains_every_tower_and_front_end_and_resumes(pretrained_run
             _weights(fresh.featurizer.streams[stream][0]), _weights(layer), strict=True))
 
 
+def _pretrain_cli(corpus, out, epochs, *extra):
+    return cli.main(["pretrain", "--data", str(corpus), "--out", str(out), "--preset",
+                     "diverse_tiny", "--batch-size", "8", "--val-fraction", "0.2", "--epochs",
+                     str(epochs), "--jit-compile", "off", *extra])
+
+
+@pytest.mark.one_backend
+def test_a_finished_run_resumed_with_more_epochs_trains_on(pretrained_run, corpus, tmp_path,
+                                                          capsys):
+    run, _ = pretrained_run
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = json.loads((out / "report.json").read_text())
+    assert _pretrain_cli(corpus, out, 2, "--resume") == 2  # nothing to add
+    assert "finished after 2 epochs: --resume with --epochs above 2" in capsys.readouterr().err
+    assert before["best_epoch"] == 1  # the last epoch is the kept one: the run goes on from it
+    assert _pretrain_cli(corpus, out, 3, "--resume") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2]
+    assert report["history"][:2] == before["history"]  # continued, not restarted
+    assert report["cost"]["epochs"] == 3 and report["cost"]["steps"] == 3 * (32 // 8)
+    metadata = json.loads((out / "preset" / "metadata.json").read_text())
+    assert metadata["pretraining"]["epochs"] == 3
+    # A run whose last epoch scored worse than an earlier one keeps the earlier epoch's
+    # weights: its checkpoint is not where it stopped, so it is not continued.
+    state_path = out / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["history"][0]["val_loss"] = min(h["val_loss"] for h in state["history"]) - 1.0
+    state_path.write_text(json.dumps(state))
+    epochs = len(state["history"])
+    assert _pretrain_cli(corpus, out, epochs + 1, "--resume") == 2
+    assert f"kept epoch 1 of {epochs}" in capsys.readouterr().err
+    assert json.loads(state_path.read_text())["stage"] == "done"  # left as it was
+
+
 @pytest.mark.one_backend
 def test_backbone_preset_takes_new_heads_and_refuses_to_tag_without(pretrained_run):
     out, _ = pretrained_run
