@@ -3,10 +3,10 @@
 # the labelled datasets whose eval and val sources must stay out of the corpus, the
 # unlabelled pretraining corpus (real audio from Debian packages; docs/pretraining-corpus.md),
 # pretrains the four towers on it (`keras-dae pretrain`: COLA's contrastive objective with
-# the handcrafted features' clip statistics regressed at weight 1, the recipe measured best in
-# docs/pretraining.md) and installs the preset where `--preset diverse_pretrained` and
-# `--from diverse_pretrained` look for it ($KERAS_DAE_HOME/presets/diverse_pretrained,
-# default ~/.keras-dae).
+# the handcrafted features' clip statistics regressed at weight 1, 1 epoch: the recipe
+# measured best in docs/pretraining.md) and installs the preset where `--preset
+# diverse_pretrained` and `--from diverse_pretrained` look for it
+# ($KERAS_DAE_HOME/presets/diverse_pretrained, default ~/.keras-dae).
 #
 #   bash scripts/pretrain_preset.sh       # EPOCHS=1: about 10 min of pretraining, 2-core CPU
 #   EPOCHS=40 RUN=/tmp/pretrain_run bash scripts/pretrain_preset.sh      # a GPU's budget
