@@ -28,9 +28,10 @@ those files, fixed once, are scored, and the epoch of the lowest validation loss
 the streams) is kept (early stopping with `patience`). The recipe's machinery is the
 supervised one (`keras_dae.training.Trainer`): feature normalisation adapted from training
 chunks, checkpoints every epoch, `--resume` after a kill (or, with more `--epochs`, to train
-a finished run longer: `extend_finished`), bad files reported once and skipped, bfloat16 and data parallelism over the local devices or, from shards, over several
-processes (`processes`, as `keras_dae.train_run.train_run`'s: every process builds each
-global batch and feeds its rows, so the negatives are the whole global batch). The run
+a finished run longer: `extend_finished`), bad files reported once and skipped, bfloat16 and
+data parallelism over the local devices or, from shards, over several processes
+(`processes`, as `keras_dae.train_run.train_run`'s: every process builds each global batch
+and feeds its rows, so the negatives are the whole global batch). The run
 directory gets `checkpoint/`, `logs/`, `preset/` (the backbone: `DiverseContrastive`, no
 classes) and `report.json` (validation history and the cost: hours of audio, steps, wall
 time, hardware).
