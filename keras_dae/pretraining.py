@@ -147,8 +147,9 @@ def extend_finished(run_dir: Path, epochs: int) -> None:
             f"{run_dir}: the run kept epoch {best['epoch'] + 1} of {done} (the later ones "
             "scored worse on the held-out pairs), so its checkpoint is not where the run "
             "stopped and cannot be continued; --overwrite trains it again with more --epochs")
-    files = dict(state["files"])
-    files["best"] = files["weights"]  # the kept epoch stays the best until one scores higher
+    files = dict(state.get("files") or {})  # none in a checkpoint older than versioned files
+    # The kept epoch stays the best until one scores higher.
+    files["best"] = files.get("weights", "model.weights.h5")
     state.update(stage="pretrain", epoch=best["epoch"], best_map=-best["val_loss"],
                  best_epoch=best["epoch"], wait=0, files=files)
     training._atomic_write_text(path, json.dumps(state, indent=1))
