@@ -135,13 +135,15 @@ def extend_finished(run_dir: Path, epochs: int) -> None:
 
     path = run_dir / "checkpoint" / "state.json"
     state = json.loads(path.read_text())
-    history = [h for h in state.get("history", []) if h.get("stage") == "pretrain"]
+    history, best = _kept_epoch(state)
     done = len(history)
     if epochs <= done:
         raise runs.RunError(f"{run_dir}: the run is finished after {done} epoch"
                             f"{'s' * (done != 1)}: --resume with --epochs above {done} "
                             "continues it; --overwrite trains it again")
-    best = min(history, key=lambda h: h["val_loss"])
+    if best is None:
+        raise runs.RunError(f"{run_dir}: the run finished without an epoch (--epochs 0): "
+                            "--overwrite trains it")
     if best["epoch"] != history[-1]["epoch"]:
         raise runs.RunError(
             f"{run_dir}: the run kept epoch {best['epoch'] + 1} of {done} (the later ones "
@@ -207,8 +209,7 @@ def _report(trainer, state: dict, files, data: Path, preset: str) -> dict:
     import keras
 
     seconds = sum(state.get("audio_seconds", {}).values())
-    history = [h for h in state["history"] if h.get("stage") == "pretrain"]
-    best = min(history, key=lambda h: h["val_loss"]) if history else None
+    history, best = _kept_epoch(state)
     steps_per_epoch = len(trainer.train) // trainer.config.batch_size
     return {
         "data": str(data.resolve()), "architecture": preset,
@@ -223,6 +224,13 @@ def _report(trainer, state: dict, files, data: Path, preset: str) -> dict:
                  "hardware": _hardware(), "backend": keras.backend.backend()},
         "skipped": dict(trainer.skipped),
     }
+
+
+def _kept_epoch(state: dict) -> tuple[list[dict], dict | None]:
+    """The pretraining epochs of a run's `state` (history entries) and the one it keeps: the
+    lowest validation loss (None before the first epoch)."""
+    history = [h for h in state.get("history", []) if h.get("stage") == "pretrain"]
+    return history, min(history, key=lambda h: h["val_loss"]) if history else None
 
 
 def _hardware() -> str:
