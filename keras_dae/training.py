@@ -6,7 +6,8 @@ losses is the same as training each alone, at a quarter of the featurizing cost.
 freezes the featurizer, the towers and the stream heads, and trains the fusion head on the
 concatenated embeddings. Stage 3, when asked for, fine-tunes everything jointly at a lower
 learning rate. Each stage selects the epoch with the best validation mAP (clip level) and
-stops early when it stops improving.
+stops early when it stops improving; stages 2 and 3 also score the model they start from (the
+mean of the stream heads' logits; stage 2's choice) and keep it when no epoch beats it.
 
 Every epoch ends with a checkpoint: the weights, the optimizer's and the random generators'
 state in files named by a sequence number, then `state.json`, which names them, written last.
@@ -645,6 +646,34 @@ class Trainer:
         return (score, {"val_map": report["mAP"], "val_streams": report["streams"]},
                 f"val mAP fused {report['mAP']:.3f}  {streams}")
 
+    def _score_start(self, stage: str) -> None:
+        """Scores the model a later stage starts from (for the fusion stage, the mean of the
+        stream heads' logits; for the joint stage, the fusion stage's choice) as the stage's
+        epoch -1, so that the stage keeps it unless one of its epochs scores higher on the
+        validation data: a stage never leaves the model worse there than it found it. Done
+        once per stage (a resumed stage has scored it already)."""
+        if self.state["best_map"] >= 0:
+            return
+        score, fields, line = self._validate(stage)
+        self.state["history"].append({"stage": stage, "epoch": -1, "loss": None, **fields,
+                                      "time": time.time()})
+        self._keep_if_best(score, -1)
+        if self.verbose and scale.is_chief():
+            print(f"[{stage}] start: {line}", flush=True)
+        self._save_checkpoint()
+
+    def _keep_if_best(self, score: float, epoch: int) -> None:
+        """Saves the model as the stage's best when `score` beats it; counts the epochs
+        without improvement otherwise."""
+        st = self.state
+        if score > st["best_map"]:
+            st["best_map"], st["best_epoch"], st["wait"] = score, epoch, 0
+            best = f"best-{int(st.get('sequence', 0)) + 1:06d}.weights.h5"
+            _save_weights(self.model, self.ckpt_dir / best)
+            st.setdefault("files", {})["best"] = best  # committed with the checkpoint
+        else:
+            st["wait"] += 1
+
     def _epochs(self, stage: str) -> int:
         return self.config.epochs(stage)
 
@@ -656,13 +685,7 @@ class Trainer:
         st = self.state
         st["history"].append(entry)
         st["epoch"] = epoch
-        if score > st["best_map"]:
-            st["best_map"], st["best_epoch"], st["wait"] = score, epoch, 0
-            best = f"best-{int(st.get('sequence', 0)) + 1:06d}.weights.h5"
-            _save_weights(self.model, self.ckpt_dir / best)
-            st.setdefault("files", {})["best"] = best  # committed with the checkpoint
-        else:
-            st["wait"] += 1
+        self._keep_if_best(score, epoch)
         if self.verbose and scale.is_chief():
             print(f"[{stage}] epoch {epoch + 1}: loss {entry['loss']:.4f}  {line}", flush=True)
         self._save_checkpoint()
@@ -728,6 +751,8 @@ class Trainer:
             if stage == "fusion" and initial_epoch == 0:
                 init_fusion_from_streams(self.model)
             self._compile(stage)
+            if not finished and initial_epoch == 0 and stages.index(stage) > 0:
+                self._score_start(stage)
             if not finished:
                 if initial_epoch > 0:
                     self._restore_optimizer()

@@ -127,8 +127,10 @@ def test_heads_train_the_heads_and_full_everything(mode, my_sounds, tiny_preset,
     report = finetune.finetune_run(tiny_preset, my_sounds, tmp_path / mode, mode,
                                    config=dataclasses.replace(config, joint_epochs=1)
                                    if mode == "full" else config, say=lambda line: None)
-    assert [h["stage"] for h in report["history"]] == (
-        ["towers", "fusion"] + (["joint"] if mode == "full" else []))
+    # epoch -1: a later stage's start, scored before its first epoch
+    assert [(h["stage"], h["epoch"]) for h in report["history"]] == (
+        [("towers", 0), ("fusion", -1), ("fusion", 0)]
+        + ([("joint", -1), ("joint", 0)] if mode == "full" else []))
     tuned = DiverseClassifier.from_preset(tmp_path / mode / "preset")
     same = [np.array_equal(a, b) for name in start.stream_names
             for a, b in zip(_variables(tuned.backbone.towers[name]),

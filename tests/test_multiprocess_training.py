@@ -184,7 +184,9 @@ def _weights(run_dir: Path) -> dict:
 def _losses(run_dir: Path) -> list[float]:
     history = json.loads((run_dir / "report.json").read_text())["history"]
     score = "val_loss" if history[0]["stage"] == "pretrain" else "val_map"
-    return [(h["stage"], h["epoch"], h["loss"], h[score]) for h in history]
+    # a later stage's start (epoch -1) has no training loss
+    return [(h["stage"], h["epoch"], np.nan if h["loss"] is None else h["loss"], h[score])
+            for h in history]
 
 
 def _assert_same_run(run_dir: Path, reference: Path) -> None:
