@@ -229,6 +229,7 @@ def tables() -> dict[str, str]:
     import filterbank_scaling
     import finetune
     import frontends
+    import fusion_stage
     import mixed_precision_accuracy
     import pretraining
     import stream_subsets
@@ -250,6 +251,7 @@ def tables() -> dict[str, str]:
         "stream_ablation": stream_ablation_table(),
         "stream_subsets": stream_subsets.table(load("stream_subsets.json")),
         "finetune": finetune.table(load("finetune.json")),
+        "fusion_stage": fusion_stage.table(load("fusion_stage.json")),
         # One table per pretraining run measured (benchmarks/pretraining.py --results).
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
            for name in ("pretraining", "pretraining_spread", "pretraining_spread25",

@@ -181,19 +181,13 @@ def chunk_embeddings(model, dataset, config: TrainConfig, cache: Path | None = N
     return embeddings, clip
 
 
-def _clip_map(targets, probabilities, clip) -> float:
-    """mAP of clip scores, each the mean of its chunks' probabilities."""
-    from keras_dae import metrics
-
-    clips, scores = metrics.aggregate_chunks(probabilities, clip)
-    return metrics.mean_average_precision(targets[clips], scores)
-
-
 def _fit_probe(model, train_x, train_y, val_x, val_targets, val_clip, config: TrainConfig,
                verbose: bool) -> list[dict]:
     """Fits the fusion head and the stream heads on cached embeddings; sets the model's heads
     to the epoch of the best val mAP (fused); returns the history."""
     import keras
+
+    from keras_dae import metrics
 
     streams, k = model.stream_names, model.num_classes
     size = train_x.shape[1] // len(streams)
@@ -218,7 +212,8 @@ def _fit_probe(model, train_x, train_y, val_x, val_targets, val_clip, config: Tr
     def val_map(w, name):
         x = val_x if name == "fused" else val_x[:, parts[name]]
         logits = x.astype(np.float64) @ w[name][0] + w[name][1]
-        return _clip_map(val_targets, 1.0 / (1.0 + np.exp(-logits)), val_clip)
+        return metrics.clip_mean_average_precision(val_targets, 1.0 / (1.0 + np.exp(-logits)),
+                                                   val_clip)
 
     history, best = [], {"map": -1.0, "weights": None, "wait": 0}
 

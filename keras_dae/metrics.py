@@ -33,6 +33,7 @@ from keras_dae.validation import InputError
 
 __all__ = [
     "aggregate_chunks",
+    "clip_mean_average_precision",
     "average_precision_per_class",
     "d_prime",
     "effective_rank",
@@ -230,6 +231,14 @@ def lwlrap(targets, scores) -> float:
     if math.isnan(value):
         raise InputError("targets: no clip has a positive label, so lwlrap is undefined")
     return value
+
+
+def clip_mean_average_precision(clip_targets, chunk_scores, clip_index) -> float:
+    """Macro mAP at clip level from chunk scores: each clip's score is the mean of its
+    chunks' (`aggregate_chunks`). `clip_targets` `(n_clips, n_classes)`, one row per clip;
+    `clip_index` `(n_chunks,)`, the row of `clip_targets` each chunk belongs to."""
+    clips, scores = aggregate_chunks(chunk_scores, clip_index)
+    return mean_average_precision(np.asarray(clip_targets)[clips], scores)
 
 
 def aggregate_chunks(
