@@ -8,7 +8,7 @@ Each of `--runs` is a finished `keras-dae train` run on `--data` (here the rows 
 benchmarks/pretraining.py, kept with its `--work`). Its front ends, towers and stream heads are
 kept as the run left them; the fusion stage is done again on them for each learning rate, as
 the recipe does it (`keras_dae.training`): the fusion head starts as the mean of the stream
-heads' logits (`init_fusion_from_streams`), Adam at that rate, the run's batch size, seed and
+heads' logits (`training.fusion_from_streams`), Adam at that rate, the run's batch size, seed and
 number of fusion epochs, binary cross-entropy on the training chunks. The towers are frozen in
 that stage, so their chunk embeddings are computed once (`keras_dae.finetune.chunk_embeddings`:
 1 s chunks, hop 0.5 s) and the head is fitted on them; unlike the stage itself, the towers'
@@ -73,12 +73,11 @@ def fusion_epochs(embeddings, targets, start, rate: float, epochs: int, batch_si
 
 
 def run_row(run: Path, data: Path, rates: list[float], work: Path) -> dict:
-    import keras
-
     from keras_dae.finetune import chunk_embeddings
     from keras_dae.models import DiverseClassifier
     from keras_dae.train_config import TrainConfig
     from keras_dae.train_run import read_splits
+    from keras_dae.training import fusion_from_streams
 
     report = json.loads((run / "report.json").read_text())
     config = TrainConfig(**{k: v for k, v in report["config"].items()
@@ -90,9 +89,7 @@ def run_row(run: Path, data: Path, rates: list[float], work: Path) -> dict:
                                           key={"run": str(run.resolve()), "split": split})
                   for split, dataset in splits.items()}
     targets = {split: dataset.targets for split, dataset in splits.items()}
-    heads = [model.stream_heads[name] for name in model.stream_names]
-    start = (np.concatenate([keras.ops.convert_to_numpy(h.kernel) for h in heads])
-             / len(heads), np.mean([keras.ops.convert_to_numpy(h.bias) for h in heads], 0))
+    start = fusion_from_streams(model)
     evaluation = report["evaluation"]
     return {
         "run": str(run), "seed": config.seed,

@@ -191,17 +191,25 @@ def report_text(report: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def init_fusion_from_streams(model) -> None:
-    """Starts the fusion head as the average of the stream heads' logits.
+def fusion_from_streams(model) -> tuple[np.ndarray, np.ndarray]:
+    """The fusion head's `(kernel, bias)` that computes the mean of the stream heads' logits.
 
     The fusion head is linear on the concatenated embeddings, so with kernel
     `concat(W_s) / n_streams` and bias `mean(b_s)` it computes the mean of the stream heads'
-    logits: stage 2 starts from that ensemble instead of from random weights.
+    logits: the ensemble the fusion stage starts from.
     """
     heads = [model.stream_heads[name] for name in model.stream_names]
     kernel = np.concatenate([keras.ops.convert_to_numpy(h.kernel) for h in heads], axis=0)
     bias = np.mean([keras.ops.convert_to_numpy(h.bias) for h in heads], axis=0)
-    model.fusion_head.kernel.assign(kernel / len(heads))
+    return kernel / len(heads), bias
+
+
+def init_fusion_from_streams(model) -> None:
+    """Starts the fusion head as the average of the stream heads' logits
+    (`fusion_from_streams`): stage 2 starts from that ensemble instead of from random
+    weights."""
+    kernel, bias = fusion_from_streams(model)
+    model.fusion_head.kernel.assign(kernel)
     model.fusion_head.bias.assign(bias)
 
 
