@@ -230,6 +230,7 @@ def tables() -> dict[str, str]:
     import finetune
     import frontends
     import fusion_stage
+    import joint_stage
     import mixed_precision_accuracy
     import pretraining
     import stream_subsets
@@ -252,6 +253,7 @@ def tables() -> dict[str, str]:
         "stream_subsets": stream_subsets.table(load("stream_subsets.json")),
         "finetune": finetune.table(load("finetune.json")),
         "fusion_stage": fusion_stage.table(load("fusion_stage.json")),
+        "joint_stage": joint_stage.table(load("joint_stage.json")),
         # One table per pretraining run measured (benchmarks/pretraining.py --results).
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
            for name in ("pretraining", "pretraining_spread", "pretraining_spread25",
