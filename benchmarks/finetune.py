@@ -99,10 +99,11 @@ def run_method(method: str, args, data_dir: Path, run_dir: Path, seed: int, feat
     if method in ("scratch", "pretrained", "pretrained_adapted"):
         from keras_dae.train_run import train_run
 
-        preset = args.scratch_preset
+        # no joint stage: the rows were measured without it (benchmarks/joint_stage.py)
+        preset, config = args.scratch_preset, TrainConfig(seed=seed, joint_epochs=0)
         if method != "scratch":  # explicit, so that the rows keep their meaning
             preset, config = "diverse_pretrained", TrainConfig(
-                seed=seed, reinit_attention=True,
+                seed=seed, joint_epochs=0, reinit_attention=True,
                 adapt_normalization=method == "pretrained_adapted")
         return neural_row(train_run(data_dir, run_dir, preset, config, "csv", overwrite=True,
                                     say=say))

@@ -42,6 +42,7 @@ def worker(args) -> None:
         keras.utils.set_random_seed(args.seed)
         model = build_diverse_classifier(len(train.labels), tower=SMALL_TOWER)
         config = training.TrainConfig(tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
+                                      joint_epochs=0,
                                       batch_size=32, seed=args.seed, patience=args.epochs,
                                       mixed_precision=precision)
         started = time.perf_counter()

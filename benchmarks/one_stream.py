@@ -73,8 +73,8 @@ def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
                                      tower=dict(spec["tower"]), streams={stream: frontends})
     # A learned front end trains with its tower: only fixed features can be cached.
     cached = str(cache) if model.featurizer.fixed_streams() else None
-    config = training.TrainConfig(tower_epochs=epochs, fusion_epochs=0, batch_size=32,
-                                  seed=seed, feature_cache=cached)
+    config = training.TrainConfig(tower_epochs=epochs, fusion_epochs=0, joint_epochs=0,
+                                  batch_size=32, seed=seed, feature_cache=cached)
     run = Path(tempfile.mkdtemp(prefix=f"{stream}_stream_"))
     try:
         start = time.time()

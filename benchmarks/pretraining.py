@@ -18,7 +18,7 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   from them with their attention drawn anew (`pretrained_new_attention`:
   `--no-adapt-normalization`), and with their feature normalisation adapted on the training
   chunks too (`pretrained_adapted`: `--preset diverse_pretrained`'s default), and from random
-  weights (`diverse_fsd50k`), with `--epochs` and `--fusion-epochs` and the
+  weights (`diverse_fsd50k`), with `--epochs`, `--fusion-epochs` and `--joint-epochs` and the
   small-data options `--mixup`, `--balanced` and `--feature-masking` (the row's `recipe`);
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
@@ -50,7 +50,8 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results" / "pretraining.json"
 METHODS = ("probe", "train", "classical")
 INITS = ("random", "pretrained", "pretrained_new_attention", "pretrained_adapted")
-SCHEDULE = (8, 4)  # train: tower and fusion epochs of every row without a schedule in its recipe
+SCHEDULE = (8, 4, 0)  # train: tower, fusion and joint epochs of every row without a schedule in
+# its recipe (no joint stage: benchmarks/joint_stage.py adds it to finished runs)
 
 
 def random_towers(data: Path, out: Path, seed: int, say) -> Path:
@@ -60,7 +61,8 @@ def random_towers(data: Path, out: Path, seed: int, say) -> Path:
     from keras_dae.train_run import train_run
 
     train_run(data, out, "diverse_fsd50k", TrainConfig(tower_epochs=0, fusion_epochs=0,
-                                                       seed=seed), overwrite=True, say=say)
+                                                       joint_epochs=0, seed=seed),
+              overwrite=True, say=say)
     return out
 
 
@@ -106,6 +108,7 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
         return neural_row(finetune_run(source, args.data, run, "probe",
                                        config=TrainConfig(seed=seed), overwrite=True, say=say))
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
+                         joint_epochs=args.joint_epochs,
                          reinit_attention=init in ("pretrained_new_attention",
                                                    "pretrained_adapted"),
                          adapt_normalization=init in ("random", "pretrained_adapted"),
@@ -129,6 +132,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=SCHEDULE[0], help="train: tower epochs")
     parser.add_argument("--fusion-epochs", type=int, default=SCHEDULE[1],
                         help="train: fusion epochs")
+    parser.add_argument("--joint-epochs", type=int, default=SCHEDULE[2],
+                        help="train: joint epochs (keras-dae train's default: "
+                             "train_config.JOINT_EPOCHS)")
     parser.add_argument("--mixup", type=float, default=0.0, help="train: mixup alpha")
     parser.add_argument("--balanced", action="store_true", help="train: balanced sampling")
     parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
@@ -200,7 +206,7 @@ def main(argv=None) -> int:
                            seconds=round(time.time() - start, 1))
                 if method == "train":
                     row.update(epochs=args.epochs, fusion_epochs=args.fusion_epochs,
-                               recipe=recipe)
+                               joint_epochs=args.joint_epochs, recipe=recipe)
                 result["rows"].append(row)
                 args.results.parent.mkdir(exist_ok=True)
                 args.results.write_text(json.dumps(result, indent=1) + "\n")
@@ -213,8 +219,9 @@ def main(argv=None) -> int:
 def recipe_name(args) -> str:
     """The small-data options and schedule of a `train` row ("default": none of them, the
     `SCHEDULE`)."""
-    schedule = (args.epochs, args.fusion_epochs)
-    options = ([f"{schedule[0]}+{schedule[1]} epochs"] if schedule != SCHEDULE else []) + (
+    schedule = (args.epochs, args.fusion_epochs, args.joint_epochs)
+    options = ([f"{'+'.join(map(str, schedule[:2 + bool(schedule[2])]))} epochs"]
+               if schedule != SCHEDULE else []) + (
         [f"mixup {args.mixup:g}"] if args.mixup else []) + (
         ["balanced"] if args.balanced else []) + (
         [f"masking {args.feature_masking}"] if args.feature_masking != "preset" else [])

@@ -24,7 +24,8 @@ new, one output per class of the data. Three modes:
   the usual recipe (`training.Trainer`, `TrainConfig(pretrained=True)`: chunks decoded and
   the whole model run every epoch, checkpoints, resume after a kill).
 - `full`: as `heads`, then every weight (front ends and towers too) in the joint stage, at the
-  lower `joint_learning_rate` (`FULL_JOINT_EPOCHS` epochs unless `joint_epochs` says).
+  lower `joint_learning_rate` (`train_config.FULL_JOINT_EPOCHS` epochs unless `joint_epochs`
+  says; at least one).
 
 `streams` keeps a subset of the preset's streams (`DiverseClassifier.with_streams`), whose
 fusion is then fitted on that subset alone. The run directory gets what `keras-dae train`
@@ -44,14 +45,13 @@ from pathlib import Path
 import numpy as np
 
 from keras_dae import validation
-from keras_dae.train_config import TrainConfig
+from keras_dae.train_config import FULL_JOINT_EPOCHS, TrainConfig
 from keras_dae.validation import InputError
 
 __all__ = ["FULL_JOINT_EPOCHS", "MODES", "VAL_FRACTION", "finetune_run", "read_finetune_data"]
 
 MODES = ("probe", "heads", "full")
 VAL_FRACTION = 0.2
-FULL_JOINT_EPOCHS = 5
 # The probe's fit: full passes over the cached chunk embeddings, early-stopped on val mAP.
 PROBE_EPOCHS = 300
 PROBE_PATIENCE = 20
@@ -288,6 +288,9 @@ def finetune_run(source, data, out, mode: str = "probe", streams=None,
     config = config or TrainConfig()
     if mode != "full" and config.joint_epochs:
         raise InputError("joint epochs train the towers too: that is --mode full")
+    if mode == "full" and config.joint_epochs == 0:
+        raise InputError("--mode full trains every weight in its joint epochs: --joint-epochs "
+                         "0 leaves the towers as they are, which is --mode heads")
     if config.reinit_attention:
         raise InputError("--reinit-attention is for `keras-dae train --preset "
                          "diverse_pretrained`, which trains the towers from the start")
@@ -299,7 +302,8 @@ def finetune_run(source, data, out, mode: str = "probe", streams=None,
         raise InputError("--mode probe caches the embeddings itself: --feature-cache is for "
                          "--mode heads or full")
     config = dataclasses.replace(config, pretrained=True, joint_epochs=(
-        config.joint_epochs or FULL_JOINT_EPOCHS) if mode == "full" else 0)
+        FULL_JOINT_EPOCHS if config.joint_epochs is None else config.joint_epochs)
+        if mode == "full" else 0)
     data, out = Path(data), Path(out)
     with runs.run_lock(out):
         runs.prepare(out, resume=resume, overwrite=overwrite)

@@ -15,7 +15,9 @@ class TrainConfig:
 
     tower_epochs: int = 10
     fusion_epochs: int = 5
-    joint_epochs: int = 0
+    # Stage 3 (front ends, towers and heads trained together). None: the command's default,
+    # `JOINT_EPOCHS` for `keras-dae train` and the Trainer (`epochs`); fine-tuning has its own.
+    joint_epochs: int | None = None
     batch_size: int = 32
     learning_rate: float = 1e-3
     fusion_learning_rate: float = 3e-3
@@ -89,18 +91,29 @@ class TrainConfig:
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
-            validation.check(f"TrainConfig.{name}", getattr(self, name), rule)
+            if not (name == "joint_epochs" and self.joint_epochs is None):
+                validation.check(f"TrainConfig.{name}", getattr(self, name), rule)
 
     def epochs(self, stage: str) -> int:
+        """The epochs of `stage` ("towers", "fusion" or "joint"), the default filled in."""
         return {"towers": self.tower_epochs, "fusion": self.fusion_epochs,
-                "joint": self.joint_epochs}[stage]
+                "joint": JOINT_EPOCHS if self.joint_epochs is None else self.joint_epochs}[stage]
+
+
+# The joint stage's epochs when `TrainConfig.joint_epochs` is None: in `keras-dae train` (and
+# the Trainer), measured from the fusion stage's choice on the sampled dataset
+# (benchmarks/joint_stage.py, docs/training.md; the stage keeps its start unless an epoch
+# scores higher on validation); in `keras-dae finetune --mode full` (keras_dae.finetune).
+JOINT_EPOCHS = 4
+FULL_JOINT_EPOCHS = 5
 
 
 # `keras-dae train`'s flags for the numeric settings: (flag, setting, help). Their types
 # (ranges) and defaults are the settings' own (`parse_type`, `default`).
 FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--fusion-epochs", "fusion_epochs", None),
-         ("--joint-epochs", "joint_epochs", "optional stage 3"),
+         ("--joint-epochs", "joint_epochs", "stage 3, everything trained together (default: "
+          f"train {JOINT_EPOCHS}, finetune --mode full {FULL_JOINT_EPOCHS})"),
          ("--batch-size", "batch_size", None), ("--learning-rate", "learning_rate", None),
          ("--mixup", "mixup", "mixup alpha (0: off)"), ("--patience", "patience", None),
          ("--seed", "seed", None),

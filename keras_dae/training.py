@@ -1,13 +1,15 @@
-"""The training recipe: per-stream towers, then the fusion head, then (optionally) everything.
+"""The training recipe: per-stream towers, then the fusion head, then everything together.
 
 Stage 1 trains every stream's tower with its own sigmoid head (binary cross-entropy). The
 towers share no parameters, so training them in one `fit` with the sum of the four stream
 losses is the same as training each alone, at a quarter of the featurizing cost. Stage 2
 freezes the featurizer, the towers and the stream heads, and trains the fusion head on the
-concatenated embeddings. Stage 3, when asked for, fine-tunes everything jointly at a lower
-learning rate. Each stage selects the epoch with the best validation mAP (clip level) and
-stops early when it stops improving; stages 2 and 3 also score the model they start from (the
-mean of the stream heads' logits; stage 2's choice) and keep it when no epoch beats it.
+concatenated embeddings. Stage 3 trains everything jointly (the fused and the four streams'
+losses) at a lower learning rate, `train_config.JOINT_EPOCHS` epochs unless
+`TrainConfig.joint_epochs` says. Each stage selects the epoch with the best validation mAP
+(clip level) and stops early when it stops improving; stages 2 and 3 also score the model
+they start from (the mean of the stream heads' logits; stage 2's choice) and keep it when no
+epoch beats it.
 
 Every epoch ends with a checkpoint: the weights, the optimizer's and the random generators'
 state in files named by a sequence number, then `state.json`, which names them, written last.
@@ -352,7 +354,9 @@ class Trainer:
                  verbose: int = 1):
         self.model, self.train, self.val = model, train, val
         self.run_dir = Path(run_dir)
-        self.config = config or TrainConfig()
+        config = config or TrainConfig()
+        # the joint stage's default filled in: the report says what was done
+        self.config = dataclasses.replace(config, joint_epochs=config.epochs("joint"))
         self.verbose = verbose
         if "pretrain" not in self.STAGES and any(getattr(self.config, f) for f in PRETRAIN_ONLY):
             names = f"{', '.join(PRETRAIN_ONLY[:-1])} and {PRETRAIN_ONLY[-1]}"

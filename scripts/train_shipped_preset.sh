@@ -18,7 +18,7 @@ if [ ! -f "$DATA/FSD50K.ground_truth/vocabulary.csv" ]; then
     python scripts/build_sampled_dataset.py --out "$DATA" --seed 0
 fi
 keras-dae train --data "$DATA" --out "$RUN" --preset diverse_fsd50k \
-    --epochs 8 --fusion-epochs 4 --batch-size 32 --seed 0 --resume
+    --epochs 8 --fusion-epochs 4 --joint-epochs 0 --batch-size 32 --seed 0 --resume
 python - "$RUN" <<'PY'
 import json, sys
 from pathlib import Path

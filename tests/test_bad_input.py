@@ -527,7 +527,7 @@ def test_train_command_with_bad_files(corpus, tmp_path, capsys):
     write_csv(tmp_path / "val.csv", [*tone_files(tmp_path, 4, 1), *bad[:3]])
     code = cli_main(["train", "--data", str(tmp_path), "--format", "csv", "--out",
                      str(tmp_path / "run"), "--preset", "diverse_tiny", "--epochs", "1",
-                     "--fusion-epochs", "1", "--batch-size", "16"])
+                     "--fusion-epochs", "1", "--joint-epochs", "0", "--batch-size", "16"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     expected = expected_skips(corpus)

@@ -421,7 +421,7 @@ def trained(tmp_path_factory):
     train, val = read_fsd50k(root, "train"), read_fsd50k(root, "val")
     keras.utils.set_random_seed(0)
     m = build_diverse_classifier(len(train.labels), tower=PRESETS["diverse_tiny"]["tower"])
-    config = training.TrainConfig(tower_epochs=6, fusion_epochs=3, batch_size=8, patience=6,
+    config = training.TrainConfig(tower_epochs=6, fusion_epochs=3, joint_epochs=0, batch_size=8, patience=6,
                                   normalization_chunks=64, seed=0)
     training.Trainer(m, train, val, tmp_path_factory.mktemp("run"), config, verbose=0).run()
     m.class_names = list(train.labels)

@@ -110,7 +110,7 @@ def test_training_on_the_cache_matches_training_without_it(data_dir, tmp_path):
     for name, cache in (("plain", None), ("cached", str(tmp_path / "cache"))):
         keras.utils.set_random_seed(0)
         net = build_diverse_classifier(len(train.labels), tower=TINY)
-        config = training.TrainConfig(tower_epochs=1, fusion_epochs=0, batch_size=8,
+        config = training.TrainConfig(tower_epochs=1, fusion_epochs=0, joint_epochs=0, batch_size=8,
                                       normalization_chunks=32, seed=0, feature_cache=cache)
         trainer = training.Trainer(net, train, val, tmp_path / name, config, verbose=0)
         state = trainer.run()

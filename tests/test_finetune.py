@@ -145,6 +145,9 @@ def test_refusals(my_sounds, tmp_path, capsys):
     base = ["finetune", "--from", "diverse_sampled15", "--data", str(my_sounds)]
     assert cli.main([*base, "--out", str(tmp_path / "a"), "--joint-epochs", "2"]) == 2
     assert "that is --mode full" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "a"), "--mode", "full",
+                     "--joint-epochs", "0"]) == 2
+    assert "which is --mode heads" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "b"), "--feature-cache"]) == 2
     assert "--feature-cache is for" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="2"):

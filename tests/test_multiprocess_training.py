@@ -39,7 +39,7 @@ pytestmark = pytest.mark.one_backend("jax")
 ROOT = Path(__file__).resolve().parents[1]
 # Small, but with several batches per epoch, two stages, and a checkpoint every epoch: the
 # killed-process test stops process 1 after the first of the three epochs.
-RECIPE = ["--preset", "diverse_tiny", "--epochs", "2", "--fusion-epochs", "1",
+RECIPE = ["--preset", "diverse_tiny", "--epochs", "2", "--fusion-epochs", "1", "--joint-epochs", "0",
           "--batch-size", "8", "--seed", "1", "--patience", "10"]
 
 

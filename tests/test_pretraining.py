@@ -522,7 +522,7 @@ def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_
     data = labelled_data
     assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "train"),
                      "--preset", "diverse_pretrained", "--epochs", "1", "--fusion-epochs",
-                     "1", "--batch-size", "8", "--jit-compile", "off"]) == 0
+                     "1", "--joint-epochs", "0", "--batch-size", "8", "--jit-compile", "off"]) == 0
     pretrained = DiverseContrastive.from_preset("diverse_pretrained")
     assert cli.main(["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
                      str(tmp_path / "probe"), "--mode", "probe"]) == 0
@@ -548,7 +548,7 @@ def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_d
         out = tmp_path / f"train_{drawn}"
         assert cli.main(["train", "--data", str(data), "--out", str(out), "--preset",
                          "diverse_pretrained", "--epochs", "0", "--fusion-epochs", "1",
-                         "--batch-size", "8", "--jit-compile", "off", *flags]) == 0
+                         "--joint-epochs", "0", "--batch-size", "8", "--jit-compile", "off", *flags]) == 0
         config = json.loads((out / "report.json").read_text())["config"]
         assert config["reinit_attention"] is drawn and config["adapt_normalization"] is drawn
         trained = DiverseClassifier.from_preset(out)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.one_backend
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
-TINY_RUN = ["--preset", "diverse_tiny", "--epochs", "1", "--fusion-epochs", "1",
+TINY_RUN = ["--preset", "diverse_tiny", "--epochs", "1", "--fusion-epochs", "1", "--joint-epochs", "0",
             "--batch-size", "8"]
 
 

@@ -206,7 +206,7 @@ def test_train_command_in_bfloat16_with_data_parallel(tmp_path):
     run_dir = tmp_path / "run"
     base = [sys.executable, "-m", "keras_dae.cli", "train", "--data", str(data), "--out",
             str(run_dir), "--preset", "diverse_tiny", "--epochs", "4", "--fusion-epochs", "3",
-            "--mixed-precision", "bfloat16", "--data-parallel"]
+            "--joint-epochs", "0", "--mixed-precision", "bfloat16", "--data-parallel"]
     refused = subprocess.run([*base, "--batch-size", "7"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode == 2 and "does not divide by the 2 devices" in refused.stderr

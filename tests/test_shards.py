@@ -139,7 +139,7 @@ def test_training_on_shards(data_dir, shards, tmp_path):
     val = read_fsd50k(data_dir, "val")
     keras.utils.set_random_seed(0)
     model = build_diverse_classifier(len(shards.labels), tower=PRESETS["diverse_tiny"]["tower"])
-    config = training.TrainConfig(tower_epochs=1, fusion_epochs=1, batch_size=8,
+    config = training.TrainConfig(tower_epochs=1, fusion_epochs=1, joint_epochs=0, batch_size=8,
                                   normalization_chunks=16)
     trainer = training.Trainer(model, shards, val, tmp_path / "run", config, verbose=0)
     state = trainer.run()

@@ -19,10 +19,11 @@ from keras_dae import training
 from keras_dae.cli import main as cli_main
 from keras_dae.data import read_fsd50k
 from keras_dae.models import build_diverse_classifier
+from keras_dae.train_config import JOINT_EPOCHS
 from keras_dae.zoo import PRESETS
 
 TINY = PRESETS["diverse_tiny"]["tower"]
-FAST = dict(tower_epochs=2, fusion_epochs=1, batch_size=8, patience=5,
+FAST = dict(tower_epochs=2, fusion_epochs=1, joint_epochs=0, batch_size=8, patience=5,
             normalization_chunks=32, seed=0)
 
 
@@ -53,6 +54,12 @@ def test_train_and_evaluate_commands(data_dir, tmp_path, capsys):
         assert (run_dir / name).is_file(), name
     metadata = json.loads((run_dir / "preset" / "metadata.json").read_text())
     assert metadata["metrics"]["eval"]["n_clips"] == 8
+    # no --joint-epochs: the recipe's joint stage, its start (the fusion stage's choice) scored
+    run = json.loads((run_dir / "report.json").read_text())
+    assert run["config"]["joint_epochs"] == JOINT_EPOCHS
+    joint = [h["epoch"] for h in run["history"] if h["stage"] == "joint"]
+    assert joint[0] == -1 and joint[1:] == list(range(len(joint) - 1))
+    assert 1 <= len(joint) - 1 <= JOINT_EPOCHS  # fewer when early stopping ends it
     out_json = tmp_path / "eval.json"
     assert cli_main(["evaluate", "--model", str(run_dir), "--data", str(data_dir),
                      "--split", "eval", "--json", str(out_json)]) == 0
@@ -269,7 +276,8 @@ def test_preflight_refuses_a_split_without_readable_audio(data_dir, tmp_path):
 def _train_args(data_dir, run_dir):
     return [sys.executable, "-m", "keras_dae.cli", "train", "--data", str(data_dir),
             "--out", str(run_dir), "--preset", "diverse_tiny", "--epochs", "4",
-            "--fusion-epochs", "2", "--batch-size", "8", "--patience", "10"]
+            "--fusion-epochs", "2", "--joint-epochs", "1", "--batch-size", "8", "--patience",
+            "10"]
 
 
 # `keras-dae train` with one callback more in the towers stage: it SIGKILLs its own process

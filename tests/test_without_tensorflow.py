@@ -62,7 +62,7 @@ def test_train_evaluate_predict_and_embed_without_tensorflow(tmp_path, capsys):
 
     data = write_small_fsd50k(tmp_path / "data", per_class=(2, 1, 1))
     run = tmp_path / "run"
-    common = ["--preset", "diverse_tiny", "--epochs", "1", "--fusion-epochs", "1",
+    common = ["--preset", "diverse_tiny", "--epochs", "1", "--fusion-epochs", "1", "--joint-epochs", "0",
               "--batch-size", "8"]
     assert cli_main(["train", "--data", str(data), "--out", str(run), *common]) == 0
     assert (run / "preset" / "model.weights.h5").is_file()
