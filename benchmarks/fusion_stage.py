@@ -142,6 +142,20 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def save_run_row(path: Path, row: dict, command: str, data: Path) -> dict:
+    """Merges `row` into the results file `path` (replacing the row of the same run), with
+    the command, the data and the machine; returns the file's content. The file is read again
+    here, so several processes may add their runs to one file one after another."""
+    result = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    result["rows"] = [r for r in result["rows"] if r["run"] != row["run"]] + [row]
+    result.update(command=command, data=str(data),
+                  machine={"cpu": platform.processor() or platform.machine(),
+                           "cores": len(os.sched_getaffinity(0))})
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, type=Path)
@@ -155,20 +169,13 @@ def main(argv=None) -> int:
 
     rates = [float(r) for r in args.learning_rates.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
-    result = (json.loads(args.results.read_text()) if args.results.is_file()
-              else {"rows": []})
     for run in (Path(r) for r in args.runs.split(",")):
         began = time.time()
         row = run_row(run, args.data, rates, args.work)
         row.update(backend=keras.backend.backend(), seconds=round(time.time() - began, 1))
-        result["rows"] = [r for r in result["rows"] if r["run"] != row["run"]] + [row]
-        result.update(command="python benchmarks/fusion_stage.py --data "
+        result = save_run_row(args.results, row, "python benchmarks/fusion_stage.py --data "
                               f"{args.data} --runs RUNS --learning-rates {args.learning_rates}",
-                      data=str(args.data),
-                      machine={"cpu": platform.processor() or platform.machine(),
-                               "cores": len(os.sched_getaffinity(0))})
-        args.results.parent.mkdir(exist_ok=True)
-        args.results.write_text(json.dumps(result, indent=1) + "\n")
+                              args.data)
         print(f"{run}: start val {row['start']['val']:.3f}; " + "; ".join(
             f"{rate}: val " + " ".join(f"{e['val']:.3f}" for e in epochs)
             for rate, epochs in row["rates"].items()), flush=True)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -151,26 +149,19 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import keras
+    from fusion_stage import save_run_row
 
     args.work.mkdir(parents=True, exist_ok=True)
     for run in (Path(r) for r in args.runs.split(",")):
         began = time.time()
         row = run_row(run, args.data, args.epochs, args.learning_rate, args.work)
         row.update(backend=keras.backend.backend(), seconds=round(time.time() - began, 1))
-        # read again just before writing: several runs may share one results file
-        result = (json.loads(args.results.read_text()) if args.results.is_file()
-                  else {"rows": []})
-        result["rows"] = [r for r in result["rows"] if r["run"] != row["run"]] + [row]
-        result.update(command=f"python benchmarks/joint_stage.py --data {args.data} --runs RUNS "
-                              f"--epochs {args.epochs} --learning-rate {args.learning_rate:g}",
-                      data=str(args.data),
-                      machine={"cpu": platform.processor() or platform.machine(),
-                               "cores": len(os.sched_getaffinity(0))})
-        args.results.parent.mkdir(exist_ok=True)
-        args.results.write_text(json.dumps(result, indent=1) + "\n")
+        result = save_run_row(args.results, row, "python benchmarks/joint_stage.py --data "
+                              f"{args.data} --runs RUNS --epochs {args.epochs} "
+                              f"--learning-rate {args.learning_rate:g}", args.data)
         print(f"{run}: val " + " ".join(f"{e['val']:.3f}" for e in row["rows"])
               + "; eval " + " ".join(f"{e['eval']:.3f}" for e in row["rows"]), flush=True)
-    print(table(json.loads(args.results.read_text())))
+    print(table(result))
     return 0
 
 
