@@ -355,8 +355,9 @@ class Trainer:
         self.model, self.train, self.val = model, train, val
         self.run_dir = Path(run_dir)
         config = config or TrainConfig()
-        # the joint stage's default filled in: the report says what was done
-        self.config = dataclasses.replace(config, joint_epochs=config.epochs("joint"))
+        if "joint" in self.STAGES:  # its default filled in: the report says what was done
+            config = dataclasses.replace(config, joint_epochs=config.epochs("joint"))
+        self.config = config
         self.verbose = verbose
         if "pretrain" not in self.STAGES and any(getattr(self.config, f) for f in PRETRAIN_ONLY):
             names = f"{', '.join(PRETRAIN_ONLY[:-1])} and {PRETRAIN_ONLY[-1]}"
