@@ -21,10 +21,15 @@ seed, the same clips (drawn per class with that seed) go to every method:
 - `classical`: benchmarks/classical_baseline.py (clip statistics of the pitch and timbre
   front ends, logistic regression, C chosen on val).
 
+`scratch` and `pretrained*` run without the joint stage unless `--joint-epochs N` asks for it
+(`keras-dae train`'s default is `train_config.JOINT_EPOCHS`); rows with it are a method of
+their own in the table ("+ N joint").
+
 Every method validates on the whole val split and is scored on the whole eval split
 (fused mAP; the stream heads' too for the neural ones), and its wall time is kept. Rows are
-appended to benchmarks/results/finetune.json as they finish; a rerun skips the (method,
-size, seed) rows it already holds, so a long grid can be run in parts.
+appended to benchmarks/results/finetune.json as they finish (rows that another process
+wrote meanwhile are kept, so that seeds can run side by side); a rerun skips the (method, size,
+seed, joint epochs) rows it already holds, so a long grid can be run in parts.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
 METHODS = ("probe", "heads", "full", "scratch", "pretrained", "pretrained_adapted", "classical")
+TRAINED = ("scratch", "pretrained", "pretrained_adapted")  # keras-dae train's recipe
+
+
+def row_key(row: dict) -> tuple:
+    """(method, clips per class, seed, joint epochs of a `TRAINED` row: 0 without them)."""
+    return row["method"], row["per_class"], row["seed"], row.get("joint_epochs", 0)
 
 
 def draw_clips(train, per_class, seed: int) -> np.ndarray:
@@ -96,14 +107,15 @@ def run_method(method: str, args, data_dir: Path, run_dir: Path, seed: int, feat
         train, val, test = features
         return fit_and_score(train, val, test)
     config = TrainConfig(seed=seed)
-    if method in ("scratch", "pretrained", "pretrained_adapted"):
+    if method in TRAINED:
         from keras_dae.train_run import train_run
 
-        # no joint stage: the rows were measured without it (benchmarks/joint_stage.py)
-        preset, config = args.scratch_preset, TrainConfig(seed=seed, joint_epochs=0)
+        # `--joint-epochs` 0 by default: the stored rows were measured without the stage
+        joint = args.joint_epochs
+        preset, config = args.scratch_preset, TrainConfig(seed=seed, joint_epochs=joint)
         if method != "scratch":  # explicit, so that the rows keep their meaning
             preset, config = "diverse_pretrained", TrainConfig(
-                seed=seed, joint_epochs=0, reinit_attention=True,
+                seed=seed, joint_epochs=joint, reinit_attention=True,
                 adapt_normalization=method == "pretrained_adapted")
         return neural_row(train_run(data_dir, run_dir, preset, config, "csv", overwrite=True,
                                     say=say))
@@ -128,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--work", type=Path, help="runs and CSVs (default: a temporary dir)")
+    parser.add_argument("--joint-epochs", type=int, default=0,
+                        help=f"{', '.join(TRAINED)}: joint epochs (default 0, as the stored rows)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sizes = [None if s == "all" else int(s) for s in args.sizes.split(",")]
@@ -151,7 +165,7 @@ def main(argv=None) -> int:
         **({"pretrained": str(args.pretrained)} if args.pretrained else {}),
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count()}})
-    done = {(r["method"], r["per_class"], r["seed"]) for r in result["rows"]}
+    done = {row_key(r) for r in result["rows"]}
     splits = {s: read_fsd50k(args.data, s) for s in ("train", "val", "eval")}
     features = None
     if "classical" in methods:
@@ -167,7 +181,8 @@ def main(argv=None) -> int:
             write_csv_split(splits["val"], data_dir / "val.csv")
             write_csv_split(splits["eval"], data_dir / "eval.csv")
             for method in methods:
-                key = (method, per_class or "all", seed)
+                joint = args.joint_epochs if method in TRAINED else 0
+                key = (method, per_class or "all", seed, joint)
                 if key in done:
                     continue
                 start = time.time()
@@ -177,9 +192,12 @@ def main(argv=None) -> int:
                 row = run_method(method, args, data_dir, work / f"run_{method}_{key[1]}_{seed}",
                                  seed, picked)
                 row.update(method=method, per_class=key[1], seed=seed,
+                           **({"joint_epochs": joint} if joint else {}),
                            backend=keras.backend.backend(),
                            train_clips=int(len(chosen)), seconds=round(time.time() - start, 1))
-                result["rows"].append(row)
+                # rows that other processes (one per seed, say) wrote meanwhile are kept
+                stored = json.loads(results.read_text())["rows"] if results.is_file() else []
+                result["rows"] = stored + [row]
                 results.parent.mkdir(exist_ok=True)
                 results.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{method} {key[1]} per class, seed {seed}: eval mAP "
@@ -193,19 +211,22 @@ def table(result: dict) -> str:
     each cell's mean wall time and the backend(s) it ran on."""
     sizes = sorted({r["per_class"] for r in result["rows"]},
                    key=lambda s: float("inf") if s == "all" else s)
-    methods = [m for m in METHODS if any(r["method"] == m for r in result["rows"])]
+    variants = sorted({(r["method"], r.get("joint_epochs", 0)) for r in result["rows"]},
+                      key=lambda v: (METHODS.index(v[0]), v[1]))
     lines = ["| method | " + " | ".join(f"{s} per class" for s in sizes) + " |",
              "|---" * (len(sizes) + 1) + "|"]
-    for method in methods:
+    for method, joint in variants:
         cells = []
         for size in sizes:
-            rows = [r for r in result["rows"] if r["method"] == method and r["per_class"] == size]
+            rows = [r for r in result["rows"] if (r["method"], r.get("joint_epochs", 0),
+                                                  r["per_class"]) == (method, joint, size)]
             values = [r["eval_mAP"] for r in rows]
             backends = "/".join(sorted({r["backend"] for r in rows}))
             cells.append("-" if not values else f"{np.mean(values):.3f} ± {np.std(values):.3f} "
                          f"({len(values)}; {np.mean([r['seconds'] for r in rows]):.0f} s, "
                          f"{backends})")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        name = method + (f" + {joint} joint" if joint else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [
         "", "Eval mAP: mean ± standard deviation over the seeds measured (their count, the mean "
         "wall time of a run and the backend it ran on in brackets). Seconds: the whole run "
