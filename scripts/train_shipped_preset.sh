@@ -7,7 +7,7 @@
 # joint epochs, the towers' attention drawn anew and their normalisation adapted on the
 # training clips), and copies the resulting preset into keras_dae/zoo/shipped/.
 #
-#   bash scripts/train_shipped_preset.sh    # ~35 min on a 2-core CPU when idle (~12 pretraining)
+#   bash scripts/train_shipped_preset.sh    # ~40 min on a 2-core CPU when idle (~10 pretraining)
 #   DATA=/tmp/sampled_fsd50k RUN=/tmp/shipped_run bash scripts/train_shipped_preset.sh
 #
 # Killed midway? Run it again: pretraining and training resume from their checkpoints.
@@ -25,13 +25,13 @@ fi
 LABELLED="$DATA" KERAS_BACKEND=jax bash scripts/pretrain_preset.sh
 keras-dae train --data "$DATA" --out "$RUN" --preset diverse_pretrained \
     --epochs 8 --fusion-epochs 4 --joint-epochs 4 --batch-size 32 --seed 0 --resume
-python - "$RUN" "${KERAS_DAE_HOME:-$HOME/.keras-dae}/presets/diverse_pretrained" <<'PY'
+python - "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
 
 from keras_dae import zoo
 
-run, backbone = Path(sys.argv[1]), Path(sys.argv[2])
+run, backbone = Path(sys.argv[1]), zoo.resolve_preset("diverse_pretrained")[1]
 source = run / "preset"
 meta = json.loads((source / "metadata.json").read_text())
 backbone_meta = json.loads((backbone / "metadata.json").read_text())
