@@ -49,6 +49,8 @@ SAMPLED_RUNS = (
     ("sampled_run_filterbanks_scaled.json",
      "the random-weights run's settings, the learned filterbanks scaled (the default for new "
      "models)"),
+    ("sampled_run_seed1.json", "the shipped run's command with `--seed 1`"),
+    ("sampled_run_seed2.json", "the shipped run's command with `--seed 2`"),
 )
 
 
