@@ -54,6 +54,11 @@ def row_key(row: dict) -> tuple:
     return row["method"], row["per_class"], row["seed"], row.get("joint_epochs", 0)
 
 
+def stored_rows(results: Path) -> list[dict]:
+    """The rows in the results file now (other processes may have added some)."""
+    return json.loads(results.read_text())["rows"] if results.is_file() else []
+
+
 def draw_clips(train, per_class, seed: int) -> np.ndarray:
     """Indices of `per_class` training clips of each class (all of them for `None`), drawn
     with `seed`: a clip counts for its rarest label, as `ClipDataset.split_off` does."""
@@ -165,7 +170,6 @@ def main(argv=None) -> int:
         **({"pretrained": str(args.pretrained)} if args.pretrained else {}),
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count()}})
-    done = {row_key(r) for r in result["rows"]}
     splits = {s: read_fsd50k(args.data, s) for s in ("train", "val", "eval")}
     features = None
     if "classical" in methods:
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
             for method in methods:
                 joint = args.joint_epochs if method in TRAINED else 0
                 key = (method, per_class or "all", seed, joint)
-                if key in done:
+                if key in {row_key(r) for r in stored_rows(results)}:  # this or another process's
                     continue
                 start = time.time()
                 picked = None if features is None else (
@@ -196,8 +200,7 @@ def main(argv=None) -> int:
                            backend=keras.backend.backend(),
                            train_clips=int(len(chosen)), seconds=round(time.time() - start, 1))
                 # rows that other processes (one per seed, say) wrote meanwhile are kept
-                stored = json.loads(results.read_text())["rows"] if results.is_file() else []
-                result["rows"] = stored + [row]
+                result["rows"] = stored_rows(results) + [row]
                 results.parent.mkdir(exist_ok=True)
                 results.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{method} {key[1]} per class, seed {seed}: eval mAP "

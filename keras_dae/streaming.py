@@ -26,8 +26,9 @@ How late: a window is complete 0.625 s after the start of the stretch its score 
 s windows, 0.25 s hop); a median filter of m windows waits (m - 1) / 2 more windows; an onset
 is reported once the event has lasted `min_duration` (it can no longer be dropped), an
 offset once `min_gap` has passed without the class starting again (it can no longer be
-merged). With the defaults at a 0.25 s hop (no median, 0.5 s minimum, 1 s gaps) an onset
-comes 0.25 s and an offset 1.0 s later than with `EventOptions.thresholds_only()`, whose
+merged). With the defaults at a 0.25 s hop (a median filter of 5 windows, 1 s gaps, no
+minimum duration) an onset comes 0.5 s and an offset 1.5 s later than with
+`EventOptions.thresholds_only()`, whose
 events come as soon as a window crosses a threshold. Memory does not grow with the stream's
 length: a window plus a block of audio, the median filter's windows and the open events.
 """

@@ -192,8 +192,8 @@ def test_short_streams_and_refusals():
     assert (onset.kind, onset.time, offset.kind, offset.time) == ("onset", 0.0, "offset", 0.1)
     with pytest.raises(InputError, match="closed"):
         stream.feed(np.zeros(10, np.float32))
-    # With the default rules, 0.1 s is shorter than the minimum duration: no event.
-    stream = StreamTagger(NumpyTagger())
+    # With a minimum duration of 0.5 s, 0.1 s is shorter: no event.
+    stream = StreamTagger(NumpyTagger(), options=EventOptions(min_duration=0.5))
     assert stream.feed(np.full(1600, 0.9, np.float32)) == [] and stream.close() == []
     with pytest.raises(ValueError, match="NaN"):
         StreamTagger(NumpyTagger()).feed(np.array([0.1, np.nan], np.float32))

@@ -242,16 +242,20 @@ def test_a_stream_shorter_than_a_window_is_tiled(tflite, tagger, speech_then_gui
 
 def test_ctrl_c_ends_the_open_events_where_the_stream_stopped(tflite, tagger,
                                                               speech_then_guitar):
-    """Raw PCM up to the end of the window of the last update in its first 3 s, the stream
-    left open; once the script has printed those updates (so it has read every sample),
-    Ctrl-C: it ends the open events there and exits with status 130."""
+    """Raw PCM up to the end of the window of the last update in its first 3 s after which
+    an event is open, the stream left open; once the script has printed those updates (so it
+    has read every sample), Ctrl-C: it ends the open events there and exits with status 130."""
     from keras_dae.events import EventOptions
     from keras_dae.streaming import StreamTagger
 
     audio = decoded(wav_bytes(speech_then_guitar[: 3 * SR], SR))
     stream, hop, cut = StreamTagger(tagger, options=EventOptions(on=ON, off=OFF).thresholds_only()), 4000, 0
+    open_labels = set()
     for end in range(SR, len(audio) + 1, hop):  # a window ends with each block
-        if stream.feed(audio[end - hop if end > SR else 0:end]):
+        updates = stream.feed(audio[end - hop if end > SR else 0:end])
+        for u in updates:
+            (open_labels.add if u.kind == "onset" else open_labels.discard)(u.label)
+        if updates and open_labels:
             cut = end
     audio = audio[:cut]
     stream = StreamTagger(tagger, options=EventOptions(on=ON, off=OFF).thresholds_only())
