@@ -241,6 +241,7 @@ def tables() -> dict[str, str]:
     import mixed_precision_accuracy
     import pretraining
     import stream_subsets
+    import tower_epochs
     import train_throughput
 
     return {
@@ -261,6 +262,7 @@ def tables() -> dict[str, str]:
         "finetune": finetune.table(load("finetune.json")),
         "fusion_stage": fusion_stage.table(load("fusion_stage.json")),
         "joint_stage": joint_stage.table(load("joint_stage.json")),
+        "tower_epochs": tower_epochs.table(load("tower_epochs.json")),
         # One table per pretraining run measured (benchmarks/pretraining.py --results).
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
            for name in ("pretraining", "pretraining_spread", "pretraining_spread25",
