@@ -263,6 +263,7 @@ def tables() -> dict[str, str]:
         "fusion_stage": fusion_stage.table(load("fusion_stage.json")),
         "joint_stage": joint_stage.table(load("joint_stage.json")),
         "tower_epochs": tower_epochs.table(load("tower_epochs.json")),
+        "tower_epochs_long": tower_epochs.table(load("tower_epochs_long.json")),
         # One table per pretraining run measured (benchmarks/pretraining.py --results).
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
            for name in ("pretraining", "pretraining_spread", "pretraining_spread25",

@@ -13,6 +13,7 @@ epoch also scores each stream on the eval split. From those curves, per stream a
 
 - `shared`: the eval mAP at the epoch the recipe keeps (highest mean validation mAP);
 - `own`: at the stream's own highest validation mAP (each tower choosing on its own);
+- `last`: at the last epoch trained;
 - `best`: the highest eval mAP of any epoch, an upper bound that no choice made on validation
   data reaches; if a learned stream's `best` stays below the pitch stream's `shared`, no
   choice of epoch closes that gap.
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "tower_epochs.json"
-CHOICES = ("shared", "own", "best")
+CHOICES = ("shared", "own", "last", "best")
 
 
 def curves(args, seed: int) -> dict:
@@ -77,11 +78,13 @@ def curves(args, seed: int) -> dict:
 
 
 def choices(row: dict) -> dict:
-    """`{choice: {stream: (epoch, eval mAP)}}` for the three ways of choosing an epoch."""
+    """`{choice: {stream: (epoch, eval mAP)}}` for each way of choosing an epoch."""
     val, ev = row["val"], row["eval"]
     streams = list(val[0])
     shared = int(np.argmax([np.mean([v[s] for s in streams]) for v in val]))
-    out = {"shared": {s: (shared, ev[shared][s]) for s in streams}, "own": {}, "best": {}}
+    last = len(ev) - 1
+    out = {"shared": {s: (shared, ev[shared][s]) for s in streams},
+           "last": {s: (last, ev[last][s]) for s in streams}, "own": {}, "best": {}}
     for s in streams:
         own = int(np.argmax([v[s] for v in val]))
         best = int(np.argmax([e[s] for e in ev]))
@@ -105,11 +108,12 @@ def table(result: dict) -> str:
             cells.append(f"{np.mean(values):.3f}{spread} (epoch {epochs})")
         lines.append(f"| {choice} | " + " | ".join(cells) + " |")
     seeds = ", ".join(sorted(result["rows"], key=int))
+    done = "/".join(sorted({str(len(r["eval"])) for r in rows}))
     return "\n".join(lines) + (
         f"\n\nEval mAP of each stream after the tower stage, mean ± standard deviation over "
-        f"seeds {seeds} (the epoch each seed kept, 1-based). `shared`: the epoch of the highest "
+        f"seeds {seeds}, {done} tower epochs each (the epoch each seed kept, 1-based). `shared`: the epoch of the highest "
         "mean validation mAP (what the recipe keeps); `own`: each stream's own highest "
-        "validation mAP; `best`: the highest eval mAP of any epoch (chosen on eval: an upper "
+        "validation mAP; `last`: the last epoch trained; `best`: the highest eval mAP of any epoch (chosen on eval: an upper "
         "bound, not a recipe).\n")
 
 
