@@ -9,8 +9,8 @@ and keeps one epoch for all of them: the one with the highest mean of the stream
 mAP. The paper trains each tower on its own, so each could keep its own best epoch. This runs
 the tower stage as `keras-dae train --preset PRESET --epochs N --fusion-epochs 0
 --joint-epochs 0` runs it (the same seed and number of threads give the same epochs as a whole
-run; with two threads against one, seed 0's learned streams drifted from the fifth epoch on,
-its handcrafted ones did not), and after every epoch also scores each stream on the eval split. From those curves, per stream and seed:
+run; with two threads against one, seed 0's learned streams drifted from the fourth epoch on,
+its handcrafted ones from the sixth and less), and after every epoch also scores each stream on the eval split. From those curves, per stream and seed:
 
 - `shared`: the eval mAP at the epoch the recipe keeps (highest mean validation mAP);
 - `own`: at the stream's own highest validation mAP (each tower choosing on its own);
