@@ -51,7 +51,8 @@ def curves(args, seed: int) -> dict:
 
     test = read_splits(args.data)[2]
     row = {"seed": seed, "backend": keras.backend.backend(),
-           "threads": os.environ.get("OMP_NUM_THREADS"), "val": [], "eval": []}
+           "threads": os.environ.get("OMP_NUM_THREADS"), "backbone": backbone(args.preset),
+           "val": [], "eval": []}
     start = time.time()
 
     class ScoredEveryEpoch(training.Trainer):
@@ -76,6 +77,23 @@ def curves(args, seed: int) -> dict:
     finally:
         training.Trainer = original
     return row
+
+
+def backbone(preset: str) -> dict | None:
+    """What made a pretrained backbone preset (its metadata: the pretraining's settings that
+    are not their defaults, and its cost), or None for a preset that is not one."""
+    from keras_dae.train_config import TrainConfig
+    from keras_dae.zoo.loading import resolve_preset
+    from keras_dae.zoo.preset_files import read_json
+
+    path = resolve_preset(preset)[1] / "metadata.json"
+    metadata = read_json(path) if path.is_file() else {}
+    if "pretraining" not in metadata:
+        return None
+    asked = metadata.get("train_config", {})
+    return {"settings": {k: v for k, v in asked.items()
+                         if k in TrainConfig.RANGES and v != getattr(TrainConfig(), k)},
+            "cost": metadata["pretraining"]}
 
 
 def choices(row: dict) -> dict:

@@ -11,11 +11,17 @@ from keras_dae import scale
 from keras_dae.data.pair_loader import PairLoader, pair_loader
 from keras_dae.data.shards import ShardSet
 from keras_dae.metrics import effective_rank, temporal_share
-from keras_dae.train_config import TrainConfig
+from keras_dae.train_config import MASKED_SPANS, TrainConfig
 from keras_dae.training import Trainer
 from keras_dae.validation import InputError
 
-__all__ = ["Pretrainer"]
+__all__ = ["Pretrainer", "frame_masking"]
+
+
+def frame_masking(share: float) -> dict:
+    """`FeatureMasking`'s arguments for pretraining's `mask_frames` `share`: `MASKED_SPANS`
+    spans of frames per view, each up to `share / 2` of the frames; no feature channels."""
+    return {"time_masks": MASKED_SPANS, "time_mask_fraction": share / 2, "feature_masks": 0}
 
 
 class Pretrainer(Trainer):
@@ -34,6 +40,22 @@ class Pretrainer(Trainer):
         super().__init__(model, train, val, run_dir, config, verbose)
         self.val_loader = None
         self._framer = None  # waveform -> each tower's output frames (embedding_statistics)
+
+    def _run(self, resume: bool) -> dict:
+        """The run, with the towers' input frames masked in training when `config.mask_frames`
+        asks for it; their own masking (the architecture's) is put back afterwards, so the
+        backbone saved after the run is the architecture's."""
+        if not self.config.mask_frames:
+            return super()._run(resume)
+        towers = self.model.backbone.towers.values()
+        kept = [tower.feature_masking for tower in towers]
+        for tower in towers:
+            tower.set_feature_masking(frame_masking(self.config.mask_frames))
+        try:
+            return super()._run(resume)
+        finally:
+            for tower, masking in zip(towers, kept, strict=True):
+                tower.set_feature_masking(masking)
 
     def _epochs(self, stage: str) -> int:
         return self.config.tower_epochs

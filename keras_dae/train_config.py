@@ -77,6 +77,12 @@ class TrainConfig:
     # handcrafted streams' features frame by frame (`DiverseContrastive(
     # frame_prediction_weight=...)`; 0: none).
     predict_frames: float = 0.0
+    # Pretraining only: each tower's input frames masked in training, in `MASKED_SPANS` spans
+    # per view of up to `mask_frames / 2` of its frames each (`FeatureMasking`), so that with
+    # `predict_frames` the towers regress the handcrafted features of frames they do not see,
+    # from their context (masked prediction: HuBERT's first iteration regresses MFCC targets
+    # of masked frames as classes; TERA, MockingJay reconstruct them). 0: none.
+    mask_frames: float = 0.0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.
     RANGES = {"tower_epochs": "non_negative_int", "fusion_epochs": "non_negative_int",
@@ -87,7 +93,8 @@ class TrainConfig:
               "patience": "positive_int", "normalization_chunks": "positive_int",
               "seed": "non_negative_int", "lowpass": "unit_interval",
               "spread": "non_negative_float", "projection_hidden": "non_negative_int",
-              "predict_features": "non_negative_float", "predict_frames": "non_negative_float"}
+              "predict_features": "non_negative_float", "predict_frames": "non_negative_float",
+              "mask_frames": "unit_interval"}
 
     def __post_init__(self):
         for name, rule in self.RANGES.items():
@@ -107,6 +114,10 @@ class TrainConfig:
 JOINT_EPOCHS = 4
 FULL_JOINT_EPOCHS = 5
 
+# Pretraining's `mask_frames`: the spans of frames masked per view (`FeatureMasking`'s
+# `time_masks`; each up to `mask_frames / 2` of the frames wide, so `mask_frames / 4` on
+# average, and about 40% of the frames masked at `mask_frames` 0.5 once spans overlap).
+MASKED_SPANS = 4
 
 # `keras-dae train`'s flags for the numeric settings: (flag, setting, help). Their types
 # (ranges) and defaults are the settings' own (`parse_type`, `default`).
@@ -125,16 +136,20 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--predict-features", "predict_features", "weight of the regression of the "
           "handcrafted streams' clip statistics from every tower's embedding (0: none)"),
          ("--predict-frames", "predict_frames", "weight of the regression of the handcrafted "
-          "streams' features, frame by frame, from every tower's output frames (0: none)"))
+          "streams' features, frame by frame, from every tower's output frames (0: none)"),
+         ("--mask-frames", "mask_frames", f"mask each tower's input frames in {MASKED_SPANS} "
+          "spans per view, each up to half this share of the frames (0: none); with "
+          "--predict-frames, masked prediction"))
 
 
 # Self-supervised pretraining (`keras-dae pretrain`, keras_dae.pretraining): one stage of
 # `tower_epochs`, its own defaults, and no mixup, balancing, masking or feature cache.
 PRETRAIN_DEFAULTS = {"tower_epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "patience": 5}
 PRETRAIN_FLAGS = ("tower_epochs", "batch_size", "learning_rate", "patience", "seed", "lowpass",
-                  "spread", "projection_hidden", "predict_features", "predict_frames")
+                  "spread", "projection_hidden", "predict_features", "predict_frames",
+                  "mask_frames")
 PRETRAIN_ONLY = ("lowpass", "spread", "projection_hidden", "predict_features",
-                 "predict_frames")
+                 "predict_frames", "mask_frames")
 
 
 def add_arguments(parser, processes: bool = False, pretraining: bool = False) -> None:

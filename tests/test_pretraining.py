@@ -34,8 +34,9 @@ from keras_dae.models.contrastive import (
     FeaturePrediction,
     FrameFeatures,
 )
+from keras_dae.models.feature_masking import FeatureMasking
 from keras_dae.models.featurizer import default_stream_frontends
-from keras_dae.pretrainer import Pretrainer
+from keras_dae.pretrainer import Pretrainer, frame_masking
 from keras_dae.pretraining import pretrain_run, split_files
 from keras_dae.train_config import TrainConfig
 from keras_dae.zoo import PresetError
@@ -243,8 +244,8 @@ def test_augmentation_low_passes_the_share_of_views_it_is_asked_to(tmp_path):
     passed = above_6k < 1e-6
     assert 0.3 < passed.mean() < 0.7  # about half the views
     np.testing.assert_array_equal(out[~passed], views[~passed])  # the others as they were
-    with pytest.raises(Exception, match="lowpass, spread, projection_hidden, predict_features "
-                                        "and predict_frames are for "):
+    with pytest.raises(Exception, match="lowpass, spread, projection_hidden, predict_features, "
+                                        "predict_frames and mask_frames are for "):
         from keras_dae.training import Trainer
         Trainer(None, None, None, tmp_path, TrainConfig(lowpass=0.5))
     with pytest.raises(SystemExit):  # keras-dae train has no --lowpass
@@ -338,6 +339,41 @@ def test_frame_targets_average_the_features_onto_the_towers_frames():
     assert temporal_share(independent) == pytest.approx(0.75, abs=0.02)
     with pytest.raises(Exception, match="finite"):
         temporal_share(np.full((2, 3, 4), np.inf))
+
+
+@pytest.mark.one_backend
+def test_masked_prediction_masks_every_towers_frames_in_training_only(corpus, tmp_path,
+                                                                       monkeypatch):
+    """`--mask-frames 0.6 --predict-frames 1`: in the training steps every tower sees spans of
+    its input frames masked (zeroed after normalisation; 46% of them on average), in
+    validation none; the backbone saved is the architecture's (no masking), the report says
+    what was asked, and a share outside [0, 1] is refused."""
+    masked = {"train": [], "val": []}
+    call = FeatureMasking.call
+
+    def spy(self, inputs, training=None):
+        out = call(self, inputs, training=training)
+        frames = np.all(keras.ops.convert_to_numpy(out) == 0.0, axis=-1)  # (batch, frames)
+        masked["train" if training else "val"].append(frames.mean())
+        return out
+
+    monkeypatch.setattr(FeatureMasking, "call", spy)
+    out = tmp_path / "run"
+    assert _pretrain_cli(corpus, out, 1, "--predict-frames", "1", "--mask-frames", "0.6") == 0
+    monkeypatch.setattr(FeatureMasking, "call", call)
+    assert len(masked["train"]) >= 4 * 2 * (32 // 8)  # four towers, two views, every step
+    assert 0.3 < np.mean(masked["train"]) < 0.6
+    assert masked["val"] and max(masked["val"]) == 0.0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["mask_frames"] == 0.6
+    assert report["history"][0]["val_added_loss"] > 0  # the frame regression
+    preset = DiverseContrastive.from_preset(out / "preset")
+    assert all(tower.feature_masking is None and not tower.masking.active
+               for tower in preset.backbone.towers.values())
+    assert frame_masking(0.6) == {"time_masks": 4, "time_mask_fraction": 0.3,
+                                  "feature_masks": 0}
+    with pytest.raises(SystemExit):
+        _pretrain_cli(corpus, tmp_path / "bad", 1, "--mask-frames", "1.5")
 
 
 @pytest.mark.one_backend
