@@ -25,7 +25,9 @@ Rows are merged into benchmarks/results/tower_epochs.json (a rerun replaces a se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -52,6 +54,7 @@ def curves(args, seed: int) -> dict:
     test = read_splits(args.data)[2]
     row = {"seed": seed, "backend": keras.backend.backend(),
            "threads": os.environ.get("OMP_NUM_THREADS"), "backbone": backbone(args.preset),
+           "attention": args.attention,
            "val": [], "eval": []}
     start = time.time()
 
@@ -72,11 +75,46 @@ def curves(args, seed: int) -> dict:
                          patience=args.patience)
     original, training.Trainer = training.Trainer, ScoredEveryEpoch
     try:
-        train_run(args.data, args.work / f"seed{seed}", args.preset, config, overwrite=True,
-                  say=lambda line: print(line, flush=True))
+        with attention(args.attention):
+            train_run(args.data, args.work / f"seed{seed}", args.preset, config,
+                      overwrite=True, say=lambda line: print(line, flush=True))
     finally:
         training.Trainer = original
     return row
+
+
+@contextlib.contextmanager
+def attention(how: str):
+    """The towers' attention as `--attention` says: `recipe`, as `keras-dae train` draws it;
+    `small`, towers from random weights with their attention drawn anew as the recipe draws a
+    pretrained backbone's (`TransformerEncoder.reinitialize_attention()`: small, query, key and
+    value tied) once built; `new_block`, a pretrained backbone's attention drawn as a new block
+    draws it (`reinitialize_attention(like_new_block=True)`)."""
+    from keras_dae import models  # keras_dae.train_run imports the builder from it per run
+    from keras_dae.models.backbone import DiverseBackbone
+
+    if how == "recipe":
+        yield
+        return
+    if how == "small":
+        build = models.build_diverse_classifier
+
+        def built_small(*args, **kwargs):
+            model = build(*args, **kwargs)
+            model.backbone.reinitialize_attention()
+            return model
+
+        models.build_diverse_classifier, restore = built_small, (
+            models, "build_diverse_classifier", build)
+    else:
+        draw = DiverseBackbone.reinitialize_attention
+        DiverseBackbone.reinitialize_attention = functools.partialmethod(
+            draw, like_new_block=True)
+        restore = (DiverseBackbone, "reinitialize_attention", draw)
+    try:
+        yield
+    finally:
+        setattr(*restore)
 
 
 def backbone(preset: str) -> dict | None:
@@ -144,6 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="tower epochs")
     parser.add_argument("--patience", type=int, default=3,
                         help="epochs without a better mean validation mAP before stopping")
+    parser.add_argument("--attention", choices=("recipe", "small", "new_block"),
+                        default="recipe", help="the towers' attention (see `attention`)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tower_epochs"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true",
@@ -168,8 +208,9 @@ def merge(args, row: dict) -> None:
         result.update(
             command=f"KERAS_BACKEND={row['backend']} python benchmarks/tower_epochs.py "
                     f"--data {args.data} --preset {args.preset} --epochs {args.epochs} "
-                    f"--patience {args.patience} --seeds SEED",
+                    f"--patience {args.patience} --attention {args.attention} --seeds SEED",
             preset=args.preset, epochs=args.epochs, patience=args.patience,
+            attention=args.attention,
             machine=f"{platform.machine()}, {os.cpu_count()} CPU cores")
         result["rows"][str(row["seed"])] = row
         args.results.write_text(json.dumps(result, indent=1) + "\n")

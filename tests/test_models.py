@@ -87,6 +87,43 @@ def test_stream_tower_passes_the_harness_and_pools_each_example_alone(tmp_path):
     np.testing.assert_allclose(checks.to_numpy(tower(x[:1])), out[:1], atol=1e-5)
 
 
+def test_attention_drawn_anew_starts_small_and_tied_and_keeps_time_through_the_tower():
+    """`reinitialize_attention()` draws the query, key and value kernels as one matrix, every
+    kernel within Glorot's bound over its own three axes (smaller than a new block's), biases
+    zero; `like_new_block=True` draws them as a new block does (Glorot over the head axes,
+    each its own). Through six blocks of a tower, on clips whose frames vary about a level of
+    their own, the first keeps what changes over time (the frames' temporal share, followed
+    step by step by `sequences`), the second averages the frames."""
+    from keras_dae.metrics import temporal_share
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8, 1, 12)) + 0.5 * rng.standard_normal((8, 40, 12))).astype(
+        "float32")  # temporal share 0.24
+    share = {}
+    for new in (False, True):
+        keras.utils.set_random_seed(0)
+        tower = StreamTower(d_model=64, num_layers=6, num_heads=8, intermediate_dim=128,
+                            dropout=0.0, downsample_every=0)
+        tower.build(x.shape)
+        for block in tower.blocks:
+            block.reinitialize_attention(like_new_block=new)
+        weights = tower.blocks[0]._attention.weights
+        kernels = {w.path.split("/")[-2]: checks.to_numpy(w) for w in weights
+                   if w.path.endswith("kernel")}
+        assert not any(checks.to_numpy(w).any() for w in weights if w.path.endswith("bias"))
+        for name, k in kernels.items():  # Keras' attention counts fans over the head axes
+            fans = 64 + 64 if new else np.prod(k.shape[:-2]) * (k.shape[-2] + k.shape[-1])
+            assert np.sqrt(3 / fans) < np.abs(k).max() <= np.sqrt(6 / fans), name
+        same = [np.array_equal(kernels["query"], kernels[n]) for n in ("key", "value")]
+        assert same == [not new, not new]
+        steps = tower.sequences(x)
+        assert len(steps) == 8  # input, six blocks, output
+        np.testing.assert_allclose(checks.to_numpy(steps[-1]),
+                                   checks.to_numpy(tower(x, return_sequence=True)), atol=1e-5)
+        share[new] = temporal_share(checks.to_numpy(steps[-1]))
+    assert share[False] > 0.2 and share[False] > 5 * share[True], share
+
+
 def test_featurizer_streams_and_shapes():
     featurizer = DiverseFeaturizer()
     assert featurizer.stream_names == list(STREAMS)

@@ -600,6 +600,9 @@ def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_d
                         assert not np.allclose(x, y)
                         if a.path.endswith("bias"):
                             assert not x.any()
+                        elif "attention_output" not in a.path:  # query, key and value tied
+                            np.testing.assert_array_equal(x, keras.ops.convert_to_numpy(
+                                new._attention.query_dense.kernel))
                     else:  # the norms and feed-forward layers (all, kept) as pretrained
                         np.testing.assert_array_equal(x, y)
     capsys.readouterr()

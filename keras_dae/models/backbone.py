@@ -67,12 +67,13 @@ class DiverseBackbone(keras.Model):
     def stream_names(self) -> list[str]:
         return list(self.feature_dims)
 
-    def reinitialize_attention(self) -> None:
+    def reinitialize_attention(self, like_new_block: bool = False) -> None:
         """Draws the attention weights of every tower's blocks anew, keeping all the others
-        (`TransformerEncoder.reinitialize_attention`)."""
+        (`TransformerEncoder.reinitialize_attention`: by default smaller than a new block's,
+        query, key and value tied; `like_new_block`: as a new block draws them)."""
         for tower in self.towers.values():
             for block in tower.blocks:
-                block.reinitialize_attention()
+                block.reinitialize_attention(like_new_block)
 
     def get_config(self):
         return {

@@ -116,15 +116,23 @@ class StreamTower(keras.layers.Layer):
         self.final_norm.build(shape)
 
     def call(self, features, training=None, return_sequence=False):
+        x = self.sequences(features, training=training)[-1]
+        return x if return_sequence else keras.ops.mean(x, axis=1)
+
+    def sequences(self, features, training=None) -> list:
+        """The frames at each step of the tower, `[input, block_0, ..., block_{n-1}, output]`:
+        the normalised (and, in training, masked) features projected to `d_model` with their
+        position embeddings, each block's output (pooled over time where the tower pools
+        after it), and the final layer norm's (`return_sequence`'s frames). What a sound does
+        over time can be followed through them (`keras_dae.metrics.temporal_share`)."""
         x = self.masking(self.normalization(features), training=training)
         x = self.projection(x)
-        x = x + self.position_embedding(x)
+        steps = [x + self.position_embedding(x)]
         for i, block in enumerate(self.blocks):
-            x = block(x, training=training)
-            if self._pools_after(i):
-                x = self.pool(x)
-        x = self.final_norm(x)
-        return x if return_sequence else keras.ops.mean(x, axis=1)
+            x = block(steps[-1], training=training)
+            steps.append(self.pool(x) if self._pools_after(i) else x)
+        steps.append(self.final_norm(steps[-1]))
+        return steps
 
     def output_frames(self, frames: int | None) -> int | None:
         """How many frames `return_sequence` gives for `frames` input frames."""

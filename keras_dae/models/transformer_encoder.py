@@ -125,13 +125,41 @@ class TransformerEncoder(keras.layers.Layer):
             x = self._ff_norm(x)
         return x
 
-    def reinitialize_attention(self) -> None:
-        """Draws the self-attention's weights anew from the block's initializers (kernels from
-        `kernel_initializer`, biases from `bias_initializer`), as a new block has them."""
+    def reinitialize_attention(self, like_new_block: bool = False) -> None:
+        """Draws the self-attention's weights anew; biases from `bias_initializer` (zeros).
+
+        By default (what `keras-dae train --preset diverse_pretrained` does), every kernel from
+        the block's `kernel_initializer` over the kernel's own three axes, as a convolution's
+        fans count them, and the query, key and value kernels as one matrix `W`. Keras'
+        attention counts its fans over its head axes instead, so these kernels are smaller
+        than a new block's (Glorot's bound at width 64 with 8 heads: 0.077 for query, key and
+        value, 0.102 for the output, against 0.217 for each), and the attention adds little to
+        each block's residual at first: the blocks start close to the identity (as Fixup,
+        Zhang et al., ICLR 2019, starts deep residual networks) and keep what changes over
+        time, where attention drawn as a new block draws it averages the frames
+        (docs/pretraining.md, "Where time is lost"). With `W` tied, the logits
+        `x_i W (x_j W)^T` favour each frame's own and similar frames.
+
+        `like_new_block`: each weight drawn as a new block draws it (a new
+        `MultiHeadAttention` of the same configuration)."""
+        if like_new_block:
+            fresh = keras.layers.MultiHeadAttention.from_config(self._attention.get_config())
+            shape = (1, 1, self._attention.query_dense.kernel.shape[0])
+            fresh.build(shape, shape)
+            for variable, value in zip(self._attention.weights, fresh.weights, strict=True):
+                variable.assign(value)
+            return
+        tied = None
         for variable in self._attention.trainable_weights:
-            initializer = (self.bias_initializer if variable.path.endswith("bias")
-                           else self.kernel_initializer)
-            variable.assign(initializer(variable.shape, dtype=variable.dtype))
+            if variable.path.endswith("bias"):
+                value = self.bias_initializer(variable.shape, dtype=variable.dtype)
+            elif variable.path.split("/")[-2] in ("query", "key", "value"):
+                if tied is None:
+                    tied = self.kernel_initializer(variable.shape, dtype=variable.dtype)
+                value = tied
+            else:
+                value = self.kernel_initializer(variable.shape, dtype=variable.dtype)
+            variable.assign(value)
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
@@ -151,3 +179,4 @@ class TransformerEncoder(keras.layers.Layer):
             }
         )
         return config
+
