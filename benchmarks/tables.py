@@ -241,6 +241,7 @@ def tables() -> dict[str, str]:
     import mixed_precision_accuracy
     import pretraining
     import stream_subsets
+    import temporal_share
     import tower_epochs
     import train_throughput
 
@@ -264,6 +265,8 @@ def tables() -> dict[str, str]:
         "joint_stage": joint_stage.table(load("joint_stage.json")),
         "tower_epochs": tower_epochs.table(load("tower_epochs.json")),
         "tower_epochs_long": tower_epochs.table(load("tower_epochs_long.json")),
+        "tower_epochs_masked": tower_epochs.table(load("tower_epochs_masked.json")),
+        "temporal_share": temporal_share.table(load("temporal_share.json")),
         # One table per pretraining run measured (benchmarks/pretraining.py --results).
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
            for name in ("pretraining", "pretraining_spread", "pretraining_spread25",

@@ -40,9 +40,11 @@ class TrainConfig:
     # Training from a pretrained backbone (a `backbone_only` preset, `diverse_pretrained`):
     # draw the attention weights of its towers' blocks anew before training, keeping the rest
     # (as Zhang et al., ICLR 2021, re-initialise a pretrained Transformer's top layers for
-    # few-sample fine-tuning). Pretraining leaves attention that averages every frame of a
-    # clip, and towers that learn slowly from labels (docs/pretraining.md). None: yes for a
-    # pretrained backbone, nothing for other presets; False keeps the pretrained attention.
+    # few-sample fine-tuning), smaller than a new block's and with query, key and value tied
+    # (`TransformerEncoder.reinitialize_attention`), so that the blocks start close to the
+    # identity. Pretraining leaves attention that averages every frame of a clip, and towers
+    # that learn slowly from labels (docs/pretraining.md). None: yes for a pretrained
+    # backbone, nothing for other presets; False keeps the pretrained attention.
     reinit_attention: bool | None = None
     # Training from a pretrained backbone: adapt its towers' feature normalisation on the
     # labelled training chunks, as training from random weights does, rather than keep the
@@ -187,8 +189,9 @@ def _add_sampling_arguments(parser) -> None:
     parser.add_argument("--reinit-attention", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="draw the attention weights of a pretrained backbone's towers "
-                             "(diverse_pretrained) anew before training (default: yes for a "
-                             "pretrained backbone; --no-reinit-attention keeps them)")
+                             "(diverse_pretrained) anew before training, small and with query, "
+                             "key and value tied (default: yes for a pretrained backbone; "
+                             "--no-reinit-attention keeps them)")
     parser.add_argument("--adapt-normalization", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="adapt a pretrained backbone's feature normalisation on the "
