@@ -21,7 +21,9 @@ the held-out embeddings, in the report, measures, and `config.projection_hidden`
 `config.predict_features` (`--predict-features`) has every tower's embedding regress the
 handcrafted streams' clip statistics too (PASE's regression workers), and
 `config.predict_frames` (`--predict-frames`) every tower's output frames those features frame
-by frame.
+by frame, and `config.mask_frames` (`--mask-frames`) masks spans of every tower's input frames
+in training, so that with `--predict-frames` the towers predict frames they do not see (masked
+prediction).
 
 `val_fraction` of the files (at least one batch) are held out; after every epoch the pairs of
 those files, fixed once, are scored, and the epoch of the lowest validation loss (mean over
