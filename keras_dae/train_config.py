@@ -82,8 +82,9 @@ class TrainConfig:
     # Pretraining only: each tower's input frames masked in training, in `MASKED_SPANS` spans
     # per view of up to `mask_frames / 2` of its frames each (`FeatureMasking`), so that with
     # `predict_frames` the towers regress the handcrafted features of frames they do not see,
-    # from their context (masked prediction: HuBERT's first iteration regresses MFCC targets
-    # of masked frames as classes; TERA, MockingJay reconstruct them). 0: none.
+    # from their context (masked prediction: HuBERT's first iteration predicts, for masked
+    # frames, the k-means classes of their MFCCs; TERA and MockingJay reconstruct the masked
+    # frames). 0: none.
     mask_frames: float = 0.0
 
     # The range of each numeric setting (keras_dae.validation); the CLI's flags use the same.

@@ -179,4 +179,3 @@ class TransformerEncoder(keras.layers.Layer):
             }
         )
         return config
-
