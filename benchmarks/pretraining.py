@@ -18,8 +18,10 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   from them with their attention drawn anew (`pretrained_new_attention`:
   `--no-adapt-normalization`), and with their feature normalisation adapted on the training
   chunks too (`pretrained_adapted`: `--preset diverse_pretrained`'s default), and from random
-  weights (`diverse_fsd50k`), with `--epochs`, `--fusion-epochs` and `--joint-epochs` and the
-  small-data options `--mixup`, `--balanced` and `--feature-masking` (the row's `recipe`);
+  weights (`random`: `--preset diverse_fsd50k`), and from them with their attention drawn
+  small as a pretrained backbone's is (`random_small_attention`: `--reinit-attention`), with
+  `--epochs`, `--fusion-epochs` and `--joint-epochs` and the small-data options `--mixup`,
+  `--balanced` and `--feature-masking` (the row's `recipe`);
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
   clip statistics of the handcrafted front ends, its C chosen on val, for scale.
@@ -49,7 +51,8 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "pretraining.json"
 METHODS = ("probe", "train", "classical")
-INITS = ("random", "pretrained", "pretrained_new_attention", "pretrained_adapted")
+INITS = ("random", "random_small_attention", "pretrained", "pretrained_new_attention",
+         "pretrained_adapted")
 SCHEDULE = (8, 4, 0)  # train: tower, fusion and joint epochs of every row without a schedule in
 # its recipe (no joint stage: benchmarks/joint_stage.py adds it to finished runs)
 
@@ -109,13 +112,15 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                                        config=TrainConfig(seed=seed), overwrite=True, say=say))
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
                          joint_epochs=args.joint_epochs,
-                         reinit_attention=init in ("pretrained_new_attention",
+                         reinit_attention=init in ("random_small_attention",
+                                                   "pretrained_new_attention",
                                                    "pretrained_adapted"),
-                         adapt_normalization=init in ("random", "pretrained_adapted"),
+                         adapt_normalization=init in ("random", "random_small_attention",
+                                                      "pretrained_adapted"),
                          mixup=args.mixup,
                          balanced=args.balanced, feature_masking={
                              "on": True, "off": False, "preset": None}[args.feature_masking])
-    preset = "diverse_fsd50k" if init == "random" else "diverse_pretrained"
+    preset = "diverse_fsd50k" if init.startswith("random") else "diverse_pretrained"
     return neural_row(train_run(args.data, run, preset, config, overwrite=True, say=say))
 
 
@@ -150,11 +155,11 @@ def main(argv=None) -> int:
     methods, inits = args.methods.split(","), args.inits.split(",")
     if set(methods) - set(METHODS) or set(inits) - set(INITS):
         parser.error(f"methods: {METHODS}; inits: {INITS}")
-    if {"pretrained_new_attention", "pretrained_adapted"} & set(inits) and methods != ["train"]:
-        parser.error("pretrained_new_attention and pretrained_adapted are inits of the whole "
-                     "recipe: --methods train")
+    whole = {"random_small_attention", "pretrained_new_attention", "pretrained_adapted"}
+    if whole & set(inits) and methods != ["train"]:
+        parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))
-    if "train" in methods and set(inits) - {"random"}:
+    if "train" in methods and any(init.startswith("pretrained") for init in inits):
         from finetune import use_pretrained
 
         use_pretrained(args.pretrained, work)

@@ -72,7 +72,8 @@ def curves(args, seed: int) -> dict:
             merge(args, row)
 
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=0, joint_epochs=0,
-                         patience=args.patience)
+                         patience=args.patience,
+                         reinit_attention=True if args.attention == "small" else None)
     original, training.Trainer = training.Trainer, ScoredEveryEpoch
     try:
         with attention(args.attention):
@@ -86,35 +87,22 @@ def curves(args, seed: int) -> dict:
 @contextlib.contextmanager
 def attention(how: str):
     """The towers' attention as `--attention` says: `recipe`, as `keras-dae train` draws it;
-    `small`, towers from random weights with their attention drawn anew as the recipe draws a
-    pretrained backbone's (`TransformerEncoder.reinitialize_attention()`: small, query, key and
-    value tied) once built; `new_block`, a pretrained backbone's attention drawn as a new block
+    `small`, towers from random weights with their attention drawn as the recipe draws a
+    pretrained backbone's (`keras-dae train --reinit-attention`:
+    `TransformerEncoder.reinitialize_attention()`, small, query, key and value tied; set in
+    `curves`' config); `new_block`, a pretrained backbone's attention drawn as a new block
     draws it (`reinitialize_attention(like_new_block=True)`)."""
-    from keras_dae import models  # keras_dae.train_run imports the builder from it per run
     from keras_dae.models.backbone import DiverseBackbone
 
-    if how == "recipe":
+    if how != "new_block":
         yield
         return
-    if how == "small":
-        build = models.build_diverse_classifier
-
-        def built_small(*args, **kwargs):
-            model = build(*args, **kwargs)
-            model.backbone.reinitialize_attention()
-            return model
-
-        models.build_diverse_classifier, restore = built_small, (
-            models, "build_diverse_classifier", build)
-    else:
-        draw = DiverseBackbone.reinitialize_attention
-        DiverseBackbone.reinitialize_attention = functools.partialmethod(
-            draw, like_new_block=True)
-        restore = (DiverseBackbone, "reinitialize_attention", draw)
+    draw = DiverseBackbone.reinitialize_attention
+    DiverseBackbone.reinitialize_attention = functools.partialmethod(draw, like_new_block=True)
     try:
         yield
     finally:
-        setattr(*restore)
+        DiverseBackbone.reinitialize_attention = draw
 
 
 def backbone(preset: str) -> dict | None:

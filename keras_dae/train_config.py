@@ -44,7 +44,9 @@ class TrainConfig:
     # (`TransformerEncoder.reinitialize_attention`), so that the blocks start close to the
     # identity. Pretraining leaves attention that averages every frame of a clip, and towers
     # that learn slowly from labels (docs/pretraining.md). None: yes for a pretrained
-    # backbone, nothing for other presets; False keeps the pretrained attention.
+    # backbone, no for other presets; False keeps the pretrained attention; True with a
+    # preset of random towers draws their attention the same way once they are built
+    # (Keras' own draw averages time away before any training, docs/pretraining.md).
     reinit_attention: bool | None = None
     # Training from a pretrained backbone: adapt its towers' feature normalisation on the
     # labelled training chunks, as training from random weights does, rather than keep the
@@ -189,10 +191,10 @@ def _add_sampling_arguments(parser) -> None:
     parser.add_argument("--balanced", action="store_true", help="balanced sampling")
     parser.add_argument("--reinit-attention", action=argparse.BooleanOptionalAction,
                         default=None,
-                        help="draw the attention weights of a pretrained backbone's towers "
-                             "(diverse_pretrained) anew before training, small and with query, "
-                             "key and value tied (default: yes for a pretrained backbone; "
-                             "--no-reinit-attention keeps them)")
+                        help="draw the attention weights of the towers' blocks anew before "
+                             "training, small and with query, key and value tied (default: yes "
+                             "for a pretrained backbone, diverse_pretrained, no for random "
+                             "towers; --no-reinit-attention keeps them)")
     parser.add_argument("--adapt-normalization", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="adapt a pretrained backbone's feature normalisation on the "

@@ -159,26 +159,24 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; the presets: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
-    if config.reinit_attention and not spec.get("backbone_only"):
-        raise InputError("--reinit-attention is for a pretrained backbone (diverse_pretrained): "
-                         f"{preset}'s towers are drawn anew anyway")
     if config.adapt_normalization is False and not spec.get("backbone_only"):
         raise InputError("--no-adapt-normalization is for a pretrained backbone "
                          f"(diverse_pretrained): {preset}'s towers have no statistics to keep")
     # None (the default) is yes for a pretrained backbone; the report keeps what was done
     config = dataclasses.replace(config, reinit_attention=bool(
-        spec.get("backbone_only") and config.reinit_attention is not False),
+        config.reinit_attention if config.reinit_attention is not None
+        else spec.get("backbone_only")),
         adapt_normalization=config.adapt_normalization is not False)
     keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
     if spec.get("backbone_only"):  # pretrained towers, new heads
         model = DiverseClassifier.from_preset(preset, class_names=train.labels,
                                               class_mids=train.mids)
-        if config.reinit_attention:
-            model.backbone.reinitialize_attention()
     else:
         model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
                                          tower=dict(spec["tower"]), class_names=train.labels,
                                          class_mids=train.mids)
+    if config.reinit_attention:
+        model.backbone.reinitialize_attention()
     source = (f"{len(train)} chunks of {train.n_clips} clips from {shards}" if shards
               else f"{len(train)} clips")
     devices, processes = scale.device_count(), scale.process_count()

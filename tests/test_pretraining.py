@@ -570,13 +570,15 @@ def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_
 
 
 @pytest.mark.one_backend
-def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_data, tmp_path,
+def test_train_draws_the_attention_anew_where_asked_and_keeps_the_rest(labelled_data, tmp_path,
                                                                      capsys):
     """`keras-dae train --preset diverse_pretrained` draws every block's attention from its
     initializers (biases zero) and adapts the feature normalisation on the training clips by
     default, and keeps everything else as pretrained (no tower epochs here, so nothing else
     moves); `--no-reinit-attention --no-adapt-normalization` keeps the attention and the
-    pretraining corpus's statistics too; each flag is refused where it means nothing."""
+    pretraining corpus's statistics too; random towers keep Keras' draw unless
+    `--reinit-attention` draws theirs the same way; each flag is refused where it means
+    nothing."""
     data = labelled_data
     pretrained = DiverseContrastive.from_preset("diverse_pretrained")
     for flags, drawn in (([], True), (["--no-reinit-attention", "--no-adapt-normalization"],
@@ -605,14 +607,26 @@ def test_train_draws_the_pretrained_attention_anew_and_keeps_the_rest(labelled_d
                                 new._attention.query_dense.kernel))
                     else:  # the norms and feed-forward layers (all, kept) as pretrained
                         np.testing.assert_array_equal(x, y)
-    capsys.readouterr()
     train = ["train", "--data", str(data), "--out", str(tmp_path / "random"), "--preset",
              "diverse_tiny"]
+    for flags, drawn in (([], False), (["--reinit-attention"], True)):  # random towers
+        assert cli.main(train + ["--epochs", "0", "--fusion-epochs", "1", "--joint-epochs", "0",
+                                 "--batch-size", "8", "--jit-compile", "off", "--overwrite",
+                                 *flags]) == 0
+        assert json.loads((tmp_path / "random" / "report.json").read_text())[
+            "config"]["reinit_attention"] is drawn
+        trained = DiverseClassifier.from_preset(tmp_path / "random")
+        for block in (b for t in trained.backbone.towers.values() for b in t.blocks):
+            query, key, value = (keras.ops.convert_to_numpy(d.kernel) for d in (
+                block._attention.query_dense, block._attention.key_dense,
+                block._attention.value_dense))
+            # drawn small with query, key and value tied, or as Keras draws them
+            assert (np.array_equal(query, key) and np.array_equal(query, value)) is drawn
+    capsys.readouterr()
     finetune = ["finetune", "--from", "diverse_pretrained", "--data", str(data), "--out",
                 str(tmp_path / "probe")]
-    for argv, says in ((train + ["--reinit-attention"], "--reinit-attention is for a pretrained"),
-                       (finetune + ["--reinit-attention"], "--reinit-attention is for `keras-dae"),
-                       (train + ["--no-adapt-normalization"], "no statistics to keep"),
+    for argv, says in ((finetune + ["--reinit-attention"], "--reinit-attention is for `keras-dae"),
+                       (train + ["--overwrite", "--no-adapt-normalization"], "no statistics to keep"),
                        (finetune + ["--adapt-normalization"], "finetune keeps the preset's")):
         assert cli.main(argv) == 2
         assert says in capsys.readouterr().err
