@@ -182,6 +182,8 @@ def _pretrain(files, data: Path, out: Path, preset, config, val_fraction, resume
             projection_hidden=config.projection_hidden,
             prediction_weight=config.predict_features,
             frame_prediction_weight=config.predict_frames)
+        if config.reinit_attention:
+            model.backbone.reinitialize_attention()
         say(f"pretrain: {len(train)} {'clips' if _from_shards(files) else 'files'}, val: "
             f"{len(val)} (no labels); architecture {preset} ({model.count_params():,} "
             f"parameters); backend {keras.backend.backend()}, "

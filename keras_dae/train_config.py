@@ -46,7 +46,8 @@ class TrainConfig:
     # that learn slowly from labels (docs/pretraining.md). None: yes for a pretrained
     # backbone, no for other presets; False keeps the pretrained attention; True with a
     # preset of random towers draws their attention the same way once they are built
-    # (Keras' own draw averages time away before any training, docs/pretraining.md).
+    # (Keras' own draw averages time away before any training, docs/pretraining.md), and so
+    # does `keras-dae pretrain --reinit-attention` before pretraining (False there: Keras').
     reinit_attention: bool | None = None
     # Training from a pretrained backbone: adapt its towers' feature normalisation on the
     # labelled training chunks, as training from random weights does, rather than keep the
@@ -171,6 +172,11 @@ def add_arguments(parser, processes: bool = False, pretraining: bool = False) ->
                                     field, default(field)))
     if not pretraining:
         _add_sampling_arguments(parser)
+    else:
+        parser.add_argument("--reinit-attention", action="store_true",
+                            help="draw the attention weights of the towers' blocks small, with "
+                                 "query, key and value tied, once built (as `train` draws a "
+                                 "pretrained backbone's), rather than as Keras draws them")
     parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                         help="compile the train step (auto: XLA on TensorFlow and JAX, eager "
                              "on PyTorch; on: also torch.compile)")

@@ -377,6 +377,32 @@ def test_masked_prediction_masks_every_towers_frames_in_training_only(corpus, tm
 
 
 @pytest.mark.one_backend
+def test_pretraining_can_start_from_small_tied_attention(corpus, tmp_path, monkeypatch):
+    """`keras-dae pretrain --reinit-attention`: the towers the first step sees have every
+    block's query, key and value kernels drawn the same (`reinitialize_attention`), where Keras'
+    own draw gives three different ones; the report says which was asked."""
+    tied = []
+    init = Pretrainer.__init__
+
+    def spy(self, model, *args, **kwargs):
+        init(self, model, *args, **kwargs)
+        tied.extend(all(np.array_equal(*(keras.ops.convert_to_numpy(d.kernel) for d in pair))
+                        for pair in ((b._attention.query_dense, b._attention.key_dense),
+                                     (b._attention.query_dense, b._attention.value_dense)))
+                    for t in model.backbone.towers.values() for b in t.blocks)
+
+    monkeypatch.setattr(Pretrainer, "__init__", spy)
+    for flags, drawn in (([], False), (["--reinit-attention"], True)):
+        tied.clear()
+        out = tmp_path / f"run_{drawn}"
+        assert _pretrain_cli(corpus, out, 1, *flags) == 0
+        assert len(tied) == 4 * PRESETS["diverse_tiny"]["tower"]["num_layers"]
+        assert all(t is drawn for t in tied)
+        assert json.loads((out / "report.json").read_text())["config"][
+            "reinit_attention"] is drawn
+
+
+@pytest.mark.one_backend
 def test_too_few_files_for_a_batch_and_a_batch_of_one_pair_are_refused(corpus):
     data = read_unlabelled(corpus)
     with pytest.raises(Exception, match="41 audio files: too few .* batches of 32"):
