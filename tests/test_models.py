@@ -93,7 +93,8 @@ def test_attention_drawn_anew_starts_small_and_tied_and_keeps_time_through_the_t
     zero; `like_new_block=True` draws them as a new block does (Glorot over the head axes,
     each its own). Through six blocks of a tower, on clips whose frames vary about a level of
     their own, the first keeps what changes over time (the frames' temporal share, followed
-    step by step by `sequences`), the second averages the frames."""
+    step by step by `sequences`), the second averages the frames. The tied kernels are
+    separate variables that one compiled training step moves apart."""
     from keras_dae.metrics import temporal_share
 
     rng = np.random.default_rng(0)
@@ -121,6 +122,13 @@ def test_attention_drawn_anew_starts_small_and_tied_and_keeps_time_through_the_t
         np.testing.assert_allclose(checks.to_numpy(steps[-1]),
                                    checks.to_numpy(tower(x, return_sequence=True)), atol=1e-5)
         share[new] = temporal_share(checks.to_numpy(steps[-1]))
+        if not new:  # tied in value only: one compiled step trains them apart
+            model = keras.Sequential([keras.Input(x.shape[1:]), tower, keras.layers.Dense(1)])
+            model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile="auto")
+            assert np.isfinite(model.train_on_batch(x, np.ones((8, 1), "float32")))
+            attention = tower.blocks[0]._attention
+            assert not np.array_equal(checks.to_numpy(attention.query_dense.kernel),
+                                      checks.to_numpy(attention.key_dense.kernel))
     assert share[False] > 0.2 and share[False] > 5 * share[True], share
 
 

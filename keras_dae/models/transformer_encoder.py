@@ -156,7 +156,8 @@ class TransformerEncoder(keras.layers.Layer):
             elif variable.path.split("/")[-2] in ("query", "key", "value"):
                 if tied is None:
                     tied = self.kernel_initializer(variable.shape, dtype=variable.dtype)
-                value = tied
+                value = keras.ops.copy(tied)  # equal values, buffers of their own (JAX
+                # donates each variable's buffer to the compiled train step)
             else:
                 value = self.kernel_initializer(variable.shape, dtype=variable.dtype)
             variable.assign(value)
