@@ -11,7 +11,8 @@ seed, the same clips (drawn per class with that seed) go to every method:
 - `probe`, `heads`, `full`: `keras-dae finetune --mode ...` from `--model` with its default
   recipe (`TrainConfig(seed=seed)`; `full` adds the default joint epochs);
 - `scratch`: the same architecture trained from random weights with `keras-dae train`'s
-  default recipe (`--scratch-preset`, default the paper's `diverse_fsd50k`);
+  recipe (`--scratch-preset`, default the paper's `diverse_fsd50k`), the towers as Keras draws
+  them (`--no-reinit-attention`, as the rows were measured);
 - `pretrained`: the same recipe from the backbone pretrained without labels, its towers'
   attention drawn anew and their feature normalisation kept from the pretraining corpus
   (`keras-dae train --preset diverse_pretrained --no-adapt-normalization`; `--pretrained`, the
@@ -117,7 +118,8 @@ def run_method(method: str, args, data_dir: Path, run_dir: Path, seed: int, feat
 
         # `--joint-epochs` 0 by default: the stored rows were measured without the stage
         joint = args.joint_epochs
-        preset, config = args.scratch_preset, TrainConfig(seed=seed, joint_epochs=joint)
+        preset, config = args.scratch_preset, TrainConfig(seed=seed, joint_epochs=joint,
+                                                          reinit_attention=False)
         if method != "scratch":  # explicit, so that the rows keep their meaning
             preset, config = "diverse_pretrained", TrainConfig(
                 seed=seed, joint_epochs=joint, reinit_attention=True,

@@ -58,13 +58,15 @@ SCHEDULE = (8, 4, 0)  # train: tower, fusion and joint epochs of every row witho
 
 
 def random_towers(data: Path, out: Path, seed: int, say) -> Path:
-    """A run directory whose preset has random towers (initialised with `seed`) and feature
-    normalisation adapted on `data`'s training chunks: a training run of no epochs."""
+    """A run directory whose preset has random towers (initialised with `seed`, as Keras draws
+    them) and feature normalisation adapted on `data`'s training chunks: a training run of no
+    epochs."""
     from keras_dae.train_config import TrainConfig
     from keras_dae.train_run import train_run
 
     train_run(data, out, "diverse_fsd50k", TrainConfig(tower_epochs=0, fusion_epochs=0,
-                                                       joint_epochs=0, seed=seed),
+                                                       joint_epochs=0, seed=seed,
+                                                       reinit_attention=False),
               overwrite=True, say=say)
     return out
 

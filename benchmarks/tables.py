@@ -267,7 +267,7 @@ def tables() -> dict[str, str]:
         "tower_epochs_long": tower_epochs.table(load("tower_epochs_long.json")),
         "tower_epochs_masked": tower_epochs.table(load("tower_epochs_masked.json")),
         **{f"tower_epochs_random_{how}": tower_epochs.table(load(f"tower_epochs_random_{how}.json"))
-           for how in ("recipe", "small")},
+           for how in ("keras", "small")},
         "temporal_share": temporal_share.table(load("temporal_share.json")),
         # One table per pretraining run measured (benchmarks/pretraining.py --results).
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))

@@ -73,7 +73,7 @@ def curves(args, seed: int) -> dict:
 
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=0, joint_epochs=0,
                          patience=args.patience,
-                         reinit_attention=True if args.attention == "small" else None)
+                         reinit_attention={"keras": False, "small": True}.get(args.attention))
     original, training.Trainer = training.Trainer, ScoredEveryEpoch
     try:
         with attention(args.attention):
@@ -86,11 +86,10 @@ def curves(args, seed: int) -> dict:
 
 @contextlib.contextmanager
 def attention(how: str):
-    """The towers' attention as `--attention` says: `recipe`, as `keras-dae train` draws it;
-    `small`, towers from random weights with their attention drawn as the recipe draws a
-    pretrained backbone's (`keras-dae train --reinit-attention`:
-    `TransformerEncoder.reinitialize_attention()`, small, query, key and value tied; set in
-    `curves`' config); `new_block`, a pretrained backbone's attention drawn as a new block
+    """The towers' attention as `--attention` says: `recipe`, as `keras-dae train` draws it
+    (small, query, key and value tied: `TransformerEncoder.reinitialize_attention()`); `small`,
+    so (`--reinit-attention`), and `keras`, kept as Keras draws it or as pretrained
+    (`--no-reinit-attention`), both set in `curves`' config; `new_block`, drawn as a new block
     draws it (`reinitialize_attention(like_new_block=True)`)."""
     from keras_dae.models.backbone import DiverseBackbone
 
@@ -170,7 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="tower epochs")
     parser.add_argument("--patience", type=int, default=3,
                         help="epochs without a better mean validation mAP before stopping")
-    parser.add_argument("--attention", choices=("recipe", "small", "new_block"),
+    parser.add_argument("--attention", choices=("recipe", "keras", "small", "new_block"),
                         default="recipe", help="the towers' attention (see `attention`)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tower_epochs"))
     parser.add_argument("--results", type=Path, default=RESULTS)

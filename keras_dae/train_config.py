@@ -37,17 +37,16 @@ class TrainConfig:
     # normalisation is kept, and stage 1 trains the stream heads only (front ends and towers
     # frozen); the joint stage, when it has epochs, trains everything.
     pretrained: bool = False
-    # Training from a pretrained backbone (a `backbone_only` preset, `diverse_pretrained`):
-    # draw the attention weights of its towers' blocks anew before training, keeping the rest
-    # (as Zhang et al., ICLR 2021, re-initialise a pretrained Transformer's top layers for
-    # few-sample fine-tuning), smaller than a new block's and with query, key and value tied
-    # (`TransformerEncoder.reinitialize_attention`), so that the blocks start close to the
-    # identity. Pretraining leaves attention that averages every frame of a clip, and towers
-    # that learn slowly from labels (docs/pretraining.md). None: yes for a pretrained
-    # backbone, no for other presets; False keeps the pretrained attention; True with a
-    # preset of random towers draws their attention the same way once they are built
-    # (Keras' own draw averages time away before any training, docs/pretraining.md), and so
-    # does `keras-dae pretrain --reinit-attention` before pretraining (False there: Keras').
+    # Draw the attention weights of the towers' blocks anew before training, smaller than a new
+    # block's and with query, key and value tied (`TransformerEncoder.reinitialize_attention`),
+    # so that the blocks start close to the identity and keep what changes over time: Keras'
+    # own draw averages the frames of a clip away before any training, and pretraining leaves
+    # attention that does (docs/pretraining.md, "Where time is lost"). From a pretrained
+    # backbone (`diverse_pretrained`) the rest of it is kept (as Zhang et al., ICLR 2021,
+    # re-initialise a pretrained Transformer's top layers for few-sample fine-tuning); from
+    # random weights the towers are drawn as Keras draws them, then their attention so. None:
+    # yes; False keeps the attention as it is (pretrained, or Keras' draw). `keras-dae pretrain
+    # --reinit-attention` draws it so before pretraining (False there: Keras' draw).
     reinit_attention: bool | None = None
     # Training from a pretrained backbone: adapt its towers' feature normalisation on the
     # labelled training chunks, as training from random weights does, rather than keep the
@@ -198,9 +197,9 @@ def _add_sampling_arguments(parser) -> None:
     parser.add_argument("--reinit-attention", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="draw the attention weights of the towers' blocks anew before "
-                             "training, small and with query, key and value tied (default: yes "
-                             "for a pretrained backbone, diverse_pretrained, no for random "
-                             "towers; --no-reinit-attention keeps them)")
+                             "training, small and with query, key and value tied (default: yes; "
+                             "--no-reinit-attention keeps a pretrained backbone's, or Keras' "
+                             "draw for random towers)")
     parser.add_argument("--adapt-normalization", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="adapt a pretrained backbone's feature normalisation on the "

@@ -162,11 +162,9 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     if config.adapt_normalization is False and not spec.get("backbone_only"):
         raise InputError("--no-adapt-normalization is for a pretrained backbone "
                          f"(diverse_pretrained): {preset}'s towers have no statistics to keep")
-    # None (the default) is yes for a pretrained backbone; the report keeps what was done
-    config = dataclasses.replace(config, reinit_attention=bool(
-        config.reinit_attention if config.reinit_attention is not None
-        else spec.get("backbone_only")),
-        adapt_normalization=config.adapt_normalization is not False)
+    # None (the default) is yes for both; the report keeps what was done
+    config = dataclasses.replace(config, reinit_attention=config.reinit_attention is not False,
+                                 adapt_normalization=config.adapt_normalization is not False)
     keras.utils.set_random_seed(config.seed)  # the initial weights too: same seed, same run
     if spec.get("backbone_only"):  # pretrained towers, new heads
         model = DiverseClassifier.from_preset(preset, class_names=train.labels,

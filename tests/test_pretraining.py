@@ -602,8 +602,8 @@ def test_train_draws_the_attention_anew_where_asked_and_keeps_the_rest(labelled_
     initializers (biases zero) and adapts the feature normalisation on the training clips by
     default, and keeps everything else as pretrained (no tower epochs here, so nothing else
     moves); `--no-reinit-attention --no-adapt-normalization` keeps the attention and the
-    pretraining corpus's statistics too; random towers keep Keras' draw unless
-    `--reinit-attention` draws theirs the same way; each flag is refused where it means
+    pretraining corpus's statistics too; random towers get their attention drawn the same way
+    unless `--no-reinit-attention` keeps Keras' draw; each flag is refused where it means
     nothing."""
     data = labelled_data
     pretrained = DiverseContrastive.from_preset("diverse_pretrained")
@@ -635,7 +635,7 @@ def test_train_draws_the_attention_anew_where_asked_and_keeps_the_rest(labelled_
                         np.testing.assert_array_equal(x, y)
     train = ["train", "--data", str(data), "--out", str(tmp_path / "random"), "--preset",
              "diverse_tiny"]
-    for flags, drawn in (([], False), (["--reinit-attention"], True)):  # random towers
+    for flags, drawn in (([], True), (["--no-reinit-attention"], False)):  # random towers
         assert cli.main(train + ["--epochs", "0", "--fusion-epochs", "1", "--joint-epochs", "0",
                                  "--batch-size", "8", "--jit-compile", "off", "--overwrite",
                                  *flags]) == 0
