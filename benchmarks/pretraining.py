@@ -11,8 +11,9 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
 - `probe`: the towers frozen, linear heads fitted on their embeddings (`keras-dae finetune
   --mode probe`), once from the pretrained towers and once from random towers of the same
   architecture (initialised with the seed, their feature normalisation adapted on the
-  training chunks as training adapts it): what the towers' embeddings hold, before any label
-  reaches them;
+  training chunks as training adapts it; `random_small_attention`: their attention then
+  drawn small, as `keras-dae train` draws it): what the towers' embeddings hold, before any
+  label reaches them;
 - `train`: the whole recipe (`keras-dae train`) from the pretrained towers kept whole
   (`pretrained`: `--preset diverse_pretrained --no-reinit-attention --no-adapt-normalization`),
   from them with their attention drawn anew (`pretrained_new_attention`:
@@ -57,16 +58,16 @@ SCHEDULE = (8, 4, 0)  # train: tower, fusion and joint epochs of every row witho
 # its recipe (no joint stage: benchmarks/joint_stage.py adds it to finished runs)
 
 
-def random_towers(data: Path, out: Path, seed: int, say) -> Path:
+def random_towers(data: Path, out: Path, seed: int, say, small_attention: bool = False) -> Path:
     """A run directory whose preset has random towers (initialised with `seed`, as Keras draws
-    them) and feature normalisation adapted on `data`'s training chunks: a training run of no
-    epochs."""
+    them, or with their attention then drawn small: `small_attention`) and feature
+    normalisation adapted on `data`'s training chunks: a training run of no epochs."""
     from keras_dae.train_config import TrainConfig
     from keras_dae.train_run import train_run
 
     train_run(data, out, "diverse_fsd50k", TrainConfig(tower_epochs=0, fusion_epochs=0,
                                                        joint_epochs=0, seed=seed,
-                                                       reinit_attention=False),
+                                                       reinit_attention=small_attention),
               overwrite=True, say=say)
     return out
 
@@ -109,7 +110,8 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
     run = work / f"{method}_{init}_{seed}"
     if method == "probe":
         source = (args.pretrained if init == "pretrained"
-                  else random_towers(args.data, work / f"random_{seed}", seed, say))
+                  else random_towers(args.data, work / f"{init}_{seed}", seed, say,
+                                     small_attention=init == "random_small_attention"))
         return neural_row(finetune_run(source, args.data, run, "probe",
                                        config=TrainConfig(seed=seed), overwrite=True, say=say))
     config = TrainConfig(seed=seed, tower_epochs=args.epochs, fusion_epochs=args.fusion_epochs,
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     methods, inits = args.methods.split(","), args.inits.split(",")
     if set(methods) - set(METHODS) or set(inits) - set(INITS):
         parser.error(f"methods: {METHODS}; inits: {INITS}")
-    whole = {"random_small_attention", "pretrained_new_attention", "pretrained_adapted"}
+    whole = {"pretrained_new_attention", "pretrained_adapted"}
     if whole & set(inits) and methods != ["train"]:
         parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))

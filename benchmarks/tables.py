@@ -273,7 +273,8 @@ def tables() -> dict[str, str]:
         **{name: pretraining.table(load(f"{name}.json"), load("classical_baseline.json"))
            for name in ("pretraining", "pretraining_spread", "pretraining_spread25",
                         "pretraining_scaled", "pretraining_mlp", "pretraining_predict",
-                        "pretraining_predict10", "pretraining_frames", "pretraining_predict3")},
+                        "pretraining_predict10", "pretraining_frames", "pretraining_predict3",
+                        "pretraining_small_start")},
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
