@@ -18,9 +18,11 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   (`pretrained`: `--preset diverse_pretrained --no-reinit-attention --no-adapt-normalization`),
   from them with their attention drawn anew (`pretrained_new_attention`:
   `--no-adapt-normalization`), and with their feature normalisation adapted on the training
-  chunks too (`pretrained_adapted`: `--preset diverse_pretrained`'s default), and from random
-  weights (`random`: `--preset diverse_fsd50k`), and from them with their attention drawn
-  small as a pretrained backbone's is (`random_small_attention`: `--reinit-attention`), with
+  chunks too (`pretrained_adapted`: `--preset diverse_pretrained`'s default), with their
+  pretrained attention kept and their normalisation adapted (`pretrained_attention_kept`:
+  `--no-reinit-attention`), and from random weights with Keras' draw (`random`: `--preset
+  diverse_fsd50k --no-reinit-attention`) and with the attention drawn small as a pretrained
+  backbone's is (`random_small_attention`: `--preset diverse_fsd50k`'s default), with
   `--epochs`, `--fusion-epochs` and `--joint-epochs` and the small-data options `--mixup`,
   `--balanced` and `--feature-masking` (the row's `recipe`);
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
@@ -53,7 +55,7 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results" / "pretraining.json"
 METHODS = ("probe", "train", "classical")
 INITS = ("random", "random_small_attention", "pretrained", "pretrained_new_attention",
-         "pretrained_adapted")
+         "pretrained_adapted", "pretrained_attention_kept")
 SCHEDULE = (8, 4, 0)  # train: tower, fusion and joint epochs of every row without a schedule in
 # its recipe (no joint stage: benchmarks/joint_stage.py adds it to finished runs)
 
@@ -120,7 +122,8 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                                                    "pretrained_new_attention",
                                                    "pretrained_adapted"),
                          adapt_normalization=init in ("random", "random_small_attention",
-                                                      "pretrained_adapted"),
+                                                      "pretrained_adapted",
+                                                      "pretrained_attention_kept"),
                          mixup=args.mixup,
                          balanced=args.balanced, feature_masking={
                              "on": True, "off": False, "preset": None}[args.feature_masking])
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
     methods, inits = args.methods.split(","), args.inits.split(",")
     if set(methods) - set(METHODS) or set(inits) - set(INITS):
         parser.error(f"methods: {METHODS}; inits: {INITS}")
-    whole = {"pretrained_new_attention", "pretrained_adapted"}
+    whole = {"pretrained_new_attention", "pretrained_adapted", "pretrained_attention_kept"}
     if whole & set(inits) and methods != ["train"]:
         parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))

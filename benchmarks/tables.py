@@ -233,6 +233,7 @@ def tables() -> dict[str, str]:
     import contrast_floor
     import cqt_range
     import export
+    import filterbank_floor
     import filterbank_scaling
     import finetune
     import frontends
@@ -255,6 +256,7 @@ def tables() -> dict[str, str]:
         **dict(zip(("cqt_range", "cqt_range_parity"),
                    cqt_range.table(load("cqt_range.json")).split("\n\n"), strict=True)),
         "filterbank_scaling": filterbank_scaling.table(load("filterbank_scaling.json")),
+        "filterbank_floor": filterbank_floor.table(load("filterbank_floor.json")),
         "sampled_run": sampled_run_table(),
         "sampled_run_per_class": per_class_table(),
         "sampled_runs": sampled_runs_table(),

@@ -596,8 +596,8 @@ def test_train_and_finetune_start_from_the_pretrained_preset(labelled_data, tmp_
 
 
 @pytest.mark.one_backend
-def test_train_draws_the_attention_anew_where_asked_and_keeps_the_rest(labelled_data, tmp_path,
-                                                                     capsys):
+def test_train_draws_the_attention_small_by_default_and_keeps_the_rest(labelled_data, tmp_path,
+                                                                       capsys):
     """`keras-dae train --preset diverse_pretrained` draws every block's attention from its
     initializers (biases zero) and adapts the feature normalisation on the training clips by
     default, and keeps everything else as pretrained (no tower epochs here, so nothing else
@@ -612,7 +612,8 @@ def test_train_draws_the_attention_anew_where_asked_and_keeps_the_rest(labelled_
         out = tmp_path / f"train_{drawn}"
         assert cli.main(["train", "--data", str(data), "--out", str(out), "--preset",
                          "diverse_pretrained", "--epochs", "0", "--fusion-epochs", "1",
-                         "--joint-epochs", "0", "--batch-size", "8", "--jit-compile", "off", *flags]) == 0
+                         "--joint-epochs", "0", "--batch-size", "8", "--jit-compile", "off",
+                         *flags]) == 0
         config = json.loads((out / "report.json").read_text())["config"]
         assert config["reinit_attention"] is drawn and config["adapt_normalization"] is drawn
         trained = DiverseClassifier.from_preset(out)
