@@ -24,7 +24,7 @@ run directory of `keras-dae pretrain` (its `preset/` and `report.json`). For eac
   diverse_fsd50k --no-reinit-attention`) and with the attention drawn small as a pretrained
   backbone's is (`random_small_attention`: `--preset diverse_fsd50k`'s default), with
   `--epochs`, `--fusion-epochs` and `--joint-epochs` and the small-data options `--mixup`,
-  `--balanced` and `--feature-masking` (the row's `recipe`);
+  `--gain-db`, `--balanced` and `--feature-masking` (the row's `recipe`);
 - `classical` (not run unless asked: benchmarks/classical_baseline.py measures it, and the
   table takes its row from benchmarks/results/classical_baseline.json): logistic regression on
   clip statistics of the handcrafted front ends, its C chosen on val, for scale.
@@ -124,7 +124,7 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                          adapt_normalization=init in ("random", "random_small_attention",
                                                       "pretrained_adapted",
                                                       "pretrained_attention_kept"),
-                         mixup=args.mixup,
+                         mixup=args.mixup, gain_db=args.gain_db,
                          balanced=args.balanced, feature_masking={
                              "on": True, "off": False, "preset": None}[args.feature_masking])
     preset = "diverse_fsd50k" if init.startswith("random") else "diverse_pretrained"
@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                         help="train: joint epochs (keras-dae train's default: "
                              "train_config.JOINT_EPOCHS)")
     parser.add_argument("--mixup", type=float, default=0.0, help="train: mixup alpha")
+    parser.add_argument("--gain-db", type=float, default=0.0,
+                        help="train: random level, +-DB dB per chunk")
     parser.add_argument("--balanced", action="store_true", help="train: balanced sampling")
     parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                         help="train: the towers' SpecAugment-style masking")
@@ -235,6 +237,7 @@ def recipe_name(args) -> str:
     options = ([f"{'+'.join(map(str, schedule[:2 + bool(schedule[2])]))} epochs"]
                if schedule != SCHEDULE else []) + (
         [f"mixup {args.mixup:g}"] if args.mixup else []) + (
+        [f"gain {args.gain_db:g} dB"] if args.gain_db else []) + (
         ["balanced"] if args.balanced else []) + (
         [f"masking {args.feature_masking}"] if args.feature_masking != "preset" else [])
     return ", ".join(options) or "default"

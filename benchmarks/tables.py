@@ -238,6 +238,7 @@ def tables() -> dict[str, str]:
     import finetune
     import frontends
     import fusion_stage
+    import input_level
     import joint_stage
     import mixed_precision_accuracy
     import pretraining
@@ -257,6 +258,7 @@ def tables() -> dict[str, str]:
                    cqt_range.table(load("cqt_range.json")).split("\n\n"), strict=True)),
         "filterbank_scaling": filterbank_scaling.table(load("filterbank_scaling.json")),
         "filterbank_floor": filterbank_floor.table(load("filterbank_floor.json")),
+        "input_level": input_level.table(load("input_level.json")),
         "sampled_run": sampled_run_table(),
         "sampled_run_per_class": per_class_table(),
         "sampled_runs": sampled_runs_table(),

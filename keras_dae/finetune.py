@@ -298,6 +298,9 @@ def finetune_run(source, data, out, mode: str = "probe", streams=None,
         raise InputError("finetune keeps the preset's feature normalisation (its towers were "
                          "trained on it); --adapt-normalization is for `keras-dae train "
                          "--preset diverse_pretrained`")
+    if mode == "probe" and config.gain_db:
+        raise InputError("--mode probe fits heads on the embeddings of the clips as they are: "
+                         "--gain-db is for --mode heads or full")
     if mode == "probe" and config.feature_cache:
         raise InputError("--mode probe caches the embeddings itself: --feature-cache is for "
                          "--mode heads or full")

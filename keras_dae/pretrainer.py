@@ -72,7 +72,8 @@ class Pretrainer(Trainer):
                            process_index=scale.process_index() if processes > 1 else 0,
                            mix={"lowpass_probability": c.lowpass}, **kwargs)
 
-    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
+    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False,
+                gain_db=None):
         loader = self._pairs(self.train, whole_batches, shuffle=shuffle, seed=self.config.seed)
         self._count_audio("train", loader)
         return loader

@@ -108,9 +108,9 @@ def pretrain_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig 
     if config.batch_size < 2:
         raise InputError("pretraining needs batches of at least 2 pairs (each anchor's "
                          "negatives are the batch's other files); raise --batch-size")
-    if config.feature_cache or config.mixup or config.balanced:
-        raise InputError("pretraining takes no --feature-cache, --mixup or --balanced (its "
-                         "pairs are random chunks, augmented)")
+    if config.feature_cache or config.mixup or config.balanced or config.gain_db:
+        raise InputError("pretraining takes no --feature-cache, --mixup, --balanced or "
+                         "--gain-db (its pairs are random chunks, augmented)")
     files = unlabelled_data(data)
     config = join_processes(config, processes, data if _from_shards(files) else None, how=(
         "write them once with `keras-dae shard --format unlabelled --data DIR --out SHARDS` "

@@ -25,6 +25,10 @@ class TrainConfig:
     chunk_seconds: float = 1.0
     hop_seconds: float = 0.5
     mixup: float = 0.0
+    # Random level: each training chunk scaled by a gain drawn uniformly within ±gain_db dB
+    # (`ChunkLoader(gain_db=...)`), so that a stream does not learn the recording level of the
+    # training clips' sources; 0: off. Takes no feature cache (the waveform changes).
+    gain_db: float = 0.0
     balanced: bool = False
     # SpecAugment-style masking in the towers: None keeps the model's own setting, False
     # turns it off, True sets `DEFAULT_FEATURE_MASKING` (see README for what it does here).
@@ -95,6 +99,7 @@ class TrainConfig:
               "learning_rate": "positive_float", "fusion_learning_rate": "positive_float",
               "joint_learning_rate": "positive_float", "chunk_seconds": "positive_float",
               "hop_seconds": "positive_float", "mixup": "non_negative_float",
+              "gain_db": "non_negative_float",
               "patience": "positive_int", "normalization_chunks": "positive_int",
               "seed": "non_negative_int", "lowpass": "unit_interval",
               "spread": "non_negative_float", "projection_hidden": "non_negative_int",
@@ -105,6 +110,10 @@ class TrainConfig:
         for name, rule in self.RANGES.items():
             if not (name == "joint_epochs" and self.joint_epochs is None):
                 validation.check(f"TrainConfig.{name}", getattr(self, name), rule)
+        if self.gain_db and self.feature_cache:
+            raise validation.InputError(
+                "--gain-db changes each chunk's waveform, so the cached features of the "
+                "handcrafted streams would not match it: leave out --feature-cache")
 
     def epochs(self, stage: str) -> int:
         """The epochs of `stage` ("towers", "fusion" or "joint"), the default filled in."""
@@ -131,7 +140,10 @@ FLAGS = (("--epochs", "tower_epochs", "stage 1 (tower) epochs"),
          ("--joint-epochs", "joint_epochs", "stage 3, everything trained together (default: "
           f"train {JOINT_EPOCHS}, finetune --mode full {FULL_JOINT_EPOCHS})"),
          ("--batch-size", "batch_size", None), ("--learning-rate", "learning_rate", None),
-         ("--mixup", "mixup", "mixup alpha (0: off)"), ("--patience", "patience", None),
+         ("--mixup", "mixup", "mixup alpha (0: off)"),
+         ("--gain-db", "gain_db", "random level: each training chunk scaled by a gain drawn "
+          "uniformly within +-GAIN_DB dB (0: off)"),
+         ("--patience", "patience", None),
          ("--seed", "seed", None),
          ("--lowpass", "lowpass", "share of the views low-passed, cutoff drawn in 2-6 kHz"),
          ("--spread", "spread", "weight of VICReg's variance and covariance terms on the "

@@ -572,7 +572,8 @@ class Trainer:
         """Per-feature mean and variance of each stream, from a sample of training chunks;
         returns those chunks' features, `{stream: (chunks, frames, features)}`."""
         # Whole batches, as one process reads them: every process computes the same statistics.
-        loader = self._loader(shuffle=True, mixup=0.0, balanced=False, whole_batches=True)
+        loader = self._loader(shuffle=True, mixup=0.0, balanced=False, whole_batches=True,
+                              gain_db=0.0)
         wanted = self.config.normalization_chunks
         batches, seen = [], 0
         for i in range(len(loader)):
@@ -593,9 +594,11 @@ class Trainer:
             self.model.backbone.towers[name].normalization.adapt(values)
         return features
 
-    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False):
+    def _loader(self, shuffle=True, mixup=None, balanced=None, whole_batches=False,
+                gain_db=None):
         """The training loader; in a multi-process run, of this process's rows of every
-        batch (`whole_batches`: of all of them)."""
+        batch (`whole_batches`: of all of them). None: the config's setting."""
+        gain_db = self.config.gain_db if gain_db is None else gain_db
         c = self.config
         if isinstance(self.train, ShardSet):  # chunks decoded once (keras-dae shard)
             from keras_dae.data.shard_loader import ShardLoader
@@ -604,7 +607,7 @@ class Trainer:
             return ShardLoader(
                 self.train, batch_size=c.batch_size, shuffle=shuffle, seed=c.seed,
                 target_names=("fused", *self.model.stream_names),
-                mixup=c.mixup if mixup is None else mixup,
+                mixup=c.mixup if mixup is None else mixup, gain_db=gain_db,
                 balanced=c.balanced if balanced is None else balanced,
                 drop_last=c.data_parallel, process_count=processes,
                 process_index=scale.process_index() if processes > 1 else 0)
@@ -612,7 +615,7 @@ class Trainer:
             self.train, sample_rate=self.model.sample_rate, batch_size=c.batch_size,
             chunk_seconds=c.chunk_seconds, hop_seconds=c.hop_seconds, shuffle=shuffle,
             seed=c.seed, target_names=("fused", *self.model.stream_names),
-            mixup=c.mixup if mixup is None else mixup,
+            mixup=c.mixup if mixup is None else mixup, gain_db=gain_db,
             balanced=c.balanced if balanced is None else balanced,
             skipped=self.skipped,
             feature_cache=self.feature_cache,
@@ -622,7 +625,7 @@ class Trainer:
 
     def _use_feature_cache(self) -> None:
         """Builds (or reopens) the feature cache and the model that takes its features."""
-        loader = self._loader(shuffle=False, mixup=0.0, balanced=False)
+        loader = self._loader(shuffle=False, mixup=0.0, balanced=False, gain_db=0.0)
         self.feature_cache = FeatureCache.build(loader, self.model.featurizer,
                                                 self.config.feature_cache,
                                                 verbose=bool(self.verbose))

@@ -681,6 +681,28 @@ def test_balanced_sampling_favours_rare_classes(fsd, tmp_path):
     assert shares[True][1] > 0.35 and shares[True][0] < 0.65  # expected 0.5 each
 
 
+def test_random_level_scales_each_chunk_by_its_own_gain(train):
+    """`gain_db`: every chunk is the plain loader's scaled by one gain within +-gain_db dB,
+    the gains differ between chunks, are the same when drawn again, and the targets do not
+    change."""
+    plain = ChunkLoader(train, SR, batch_size=8, seed=4)
+    leveled = ChunkLoader(train, SR, batch_size=8, seed=4, gain_db=6.0)
+    (x, y), (xg, yg) = plain[0], leveled[0]
+    np.testing.assert_array_equal(y, yg)
+    gains = []
+    for row, scaled in zip(x, xg, strict=True):
+        loud = np.abs(row) > 1e-3
+        ratios = scaled[loud] / row[loud]
+        np.testing.assert_allclose(ratios, ratios[0], rtol=1e-5)
+        gains.append(ratios[0])
+    assert 10 ** (-6 / 20) - 1e-6 <= min(gains) and max(gains) <= 10 ** (6 / 20) + 1e-6
+    assert np.ptp(gains) > 0.1
+    np.testing.assert_array_equal(xg, ChunkLoader(train, SR, batch_size=8, seed=4,
+                                                  gain_db=6.0)[0][0])
+    with pytest.raises(ValueError, match="gain_db"):
+        ChunkLoader(train, SR, gain_db=-1.0)
+
+
 def test_mixup_targets_are_convex_combinations(train):
     plain = ChunkLoader(train, SR, batch_size=8, seed=4)
     mixed = ChunkLoader(train, SR, batch_size=8, seed=4, mixup=0.4)

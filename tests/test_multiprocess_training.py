@@ -59,11 +59,14 @@ def data(tmp_path_factory):
 
 # -- fast: the loader's per-process rows, the settings ----------------------------------------
 
-@pytest.mark.parametrize(("mixup", "balanced"), [(0.0, False), (0.4, False), (0.0, True)])
-def test_each_process_reads_its_rows_of_every_global_batch(data, mixup, balanced):
-    """Two processes' batches, put side by side, are one process's batches, mixup and
-    balanced sampling included, and both have the same number of them."""
-    options = dict(batch_size=8, seed=3, epoch=2, mixup=mixup, balanced=balanced)
+@pytest.mark.parametrize(("mixup", "balanced", "gain_db"),
+                         [(0.0, False, 0.0), (0.4, False, 0.0), (0.0, True, 0.0),
+                          (0.4, False, 6.0)])
+def test_each_process_reads_its_rows_of_every_global_batch(data, mixup, balanced, gain_db):
+    """Two processes' batches, put side by side, are one process's batches, mixup, balanced
+    sampling and random levels included, and both have the same number of them."""
+    options = dict(batch_size=8, seed=3, epoch=2, mixup=mixup, balanced=balanced,
+                   gain_db=gain_db)
     whole = ShardLoader(data[1], drop_last=True, **options)
     parts = [ShardLoader(data[1], process_index=p, process_count=2, **options) for p in (0, 1)]
     assert len(whole) == len(parts[0]) == len(parts[1]) == whole.n_items // 8

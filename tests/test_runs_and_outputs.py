@@ -222,7 +222,8 @@ def test_a_label_unknown_to_training_is_refused_before_training(split, tmp_path,
     ("train", "--joint-epochs", "-1"), ("train", "--batch-size", "0"),
     ("train", "--learning-rate", "nan"), ("train", "--learning-rate", "inf"),
     ("train", "--learning-rate", "-0.1"), ("train", "--mixup", "-0.5"),
-    ("train", "--mixup", "nan"), ("train", "--patience", "0"), ("train", "--seed", "-3"),
+    ("train", "--mixup", "nan"), ("train", "--gain-db", "-6"), ("train", "--patience", "0"),
+    ("train", "--seed", "-3"),
     ("train", "--epochs", "two"), ("predict", "--top-k", "0"), ("predict", "--batch-size", "-4"),
     ("embed", "--batch-size", "0"), ("shard", "--workers", "0"),
     ("shard", "--shard-size", "-1"), ("shard", "--sample-rate", "0"),
@@ -247,11 +248,31 @@ def test_a_number_out_of_range_is_refused_when_parsed(command, flag, value, tmp_
     ("tower_epochs", -1), ("batch_size", 0), ("batch_size", 2.5), ("learning_rate", float("nan")),
     ("fusion_learning_rate", float("inf")), ("joint_learning_rate", -1e-4), ("mixup", -1.0),
     ("hop_seconds", 0.0), ("chunk_seconds", -1.0), ("patience", 0), ("seed", -1),
-    ("normalization_chunks", 0), ("tower_epochs", True),
+    ("normalization_chunks", 0), ("tower_epochs", True), ("gain_db", float("inf")),
 ])
 def test_train_config_refuses_the_same_numbers(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
         training.TrainConfig(**{field: value})
+
+
+def test_a_random_level_is_refused_where_it_cannot_apply(tmp_path, capsys):
+    """--gain-db changes the waveform: cached features would not match it, pretraining pairs
+    have their own augmentation, and a probe fits heads on the clips as they are."""
+    for argv, says in (
+            (["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--gain-db",
+              "6", "--feature-cache"], "leave out --feature-cache"),
+            (["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "pre"), "--gain-db",
+              "6"], "unrecognized arguments: --gain-db"),
+            (["finetune", "--from", "diverse_sampled15", "--data", str(tmp_path), "--out",
+              str(tmp_path / "ft"), "--mode", "probe", "--gain-db", "6"],
+             "--gain-db is for --mode heads or full")):
+        try:
+            code = cli_main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code == 2
+        assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,12 +85,13 @@ class _EpochSync(keras.callbacks.Callback):
         self._loader.set_epoch(epoch)
 
 
-def check_sampling(batch_size, seed, mixup, mixup_probability) -> None:
+def check_sampling(batch_size, seed, mixup, mixup_probability, gain_db=0.0) -> None:
     """Raises `ValueError` naming the first bad one of a loader's sampling arguments."""
     check("batch_size", batch_size, "positive_int")
     check("seed", seed, "non_negative_int")
     check("mixup (a Beta alpha)", mixup, "non_negative_float")
     check("mixup_probability", mixup_probability, "unit_interval")
+    check("gain_db", gain_db, "non_negative_float")
 
 
 def check_processes(process_index, process_count, batch_size) -> tuple[int, int]:
@@ -131,6 +132,9 @@ class ChunkLoader(keras.utils.PyDataset):
             becomes `lam_i * x_i + (1 - lam_i) * x_j` (j a permutation of the batch), and its
             targets the same combination.
         mixup_probability: share of the rows that are mixed (the others keep lam = 1).
+        gain_db: random level: each chunk scaled by a gain drawn uniformly within
+            `±gain_db` dB (`gain_draws`), before mixup; 0 disables. It changes the waveform,
+            so it takes no `feature_cache`.
         drop_last: leave out the last, smaller batch of an epoch.
         cache_mb: memory for the LRU cache of chunked clips, MiB (at least one clip is kept).
         feature_cache: a `FeatureCache` built for this loader: batches then carry each cached
@@ -167,6 +171,7 @@ class ChunkLoader(keras.utils.PyDataset):
         balanced: bool = False,
         mixup: float = 0.0,
         mixup_probability: float = 1.0,
+        gain_db: float = 0.0,
         drop_last: bool = False,
         cache_mb: float = 256.0,
         epoch: int = 0,
@@ -181,7 +186,10 @@ class ChunkLoader(keras.utils.PyDataset):
             raise TypeError(f"dataset must be a ClipDataset, got {type(dataset).__name__}")
         if len(dataset) == 0:
             raise InputError("dataset has no clips")
-        check_sampling(batch_size, seed, mixup, mixup_probability)
+        check_sampling(batch_size, seed, mixup, mixup_probability, gain_db)
+        if gain_db and feature_cache is not None:
+            raise InputError("gain_db changes each chunk's waveform, so cached features would "
+                             "not match it: leave out the feature cache (--feature-cache)")
         if short not in ("tile", "pad"):
             raise InputError(f"short must be 'tile' or 'pad', got {short!r}")
         self.chunk_samples, self._hop = _lengths(sample_rate, chunk_seconds, hop_seconds)
@@ -198,6 +206,7 @@ class ChunkLoader(keras.utils.PyDataset):
         self.seed = int(seed)
         self.balanced = bool(balanced)
         self.mixup = float(mixup)
+        self.gain_db = float(gain_db)
         self.mixup_probability = float(mixup_probability)
         self.drop_last = bool(drop_last)
         self.cache_bytes = int(cache_mb * 2**20)
@@ -395,6 +404,8 @@ class ChunkLoader(keras.utils.PyDataset):
                 items[pos] = replacement_rng.integers(self.n_items)
                 chunk = self.chunk(items[pos])
             waveforms[pos] = chunk
+        if self.gain_db > 0:
+            waveforms *= self._gains(index)[: items.size, None]
         targets = self.dataset.targets[self.clip_index[items]].astype(np.float32)
         if self.feature_cache is None:
             inputs = waveforms
@@ -407,6 +418,10 @@ class ChunkLoader(keras.utils.PyDataset):
         if self.target_names is None:
             return inputs, targets
         return inputs, {name: targets for name in self.target_names}
+
+    def _gains(self, index: int) -> np.ndarray:
+        """The gains of the rows of global batch `index` (`gain_draws`)."""
+        return gain_draws(self.seed, self.epoch, index, self.batch_size, self.gain_db)
 
     def _mix(self, inputs, targets: np.ndarray, index: int):
         """Mixup of a batch: the same weights and partners for every input array."""
@@ -431,6 +446,15 @@ def mixup_draws(seed: int, epoch: int, index: int, batch_size: int, alpha: float
     lam = rng.beta(alpha, alpha, size=batch_size)
     lam = np.where(rng.random(batch_size) < probability, lam, 1.0).astype(np.float32)
     return lam, rng.permutation(batch_size)
+
+
+def gain_draws(seed: int, epoch: int, index: int, batch_size: int,
+               gain_db: float) -> np.ndarray:
+    """Batch `index` of epoch `epoch`'s random levels: each row's gain, float32 `(batch_size,)`,
+    a level drawn uniformly within `±gain_db` dB, the same wherever they are drawn (one
+    process reading the whole batch, or each process its rows)."""
+    rng = np.random.default_rng([seed, epoch, index, 4])
+    return (10.0 ** (rng.uniform(-gain_db, gain_db, batch_size) / 20)).astype(np.float32)
 
 
 def iterate_clips(

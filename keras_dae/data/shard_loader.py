@@ -80,6 +80,7 @@ class ShardLoader(keras.utils.PyDataset):
         balanced: draw each epoch's chunks with replacement, a chunk's probability
             proportional to `sum_k y_k / n_k` over its labels (as `ChunkLoader(balanced=True)`).
         mixup, mixup_probability: as `ChunkLoader`'s (the same weights and partners).
+        gain_db: as `ChunkLoader`'s (the same gains).
         drop_last: leave out the last, smaller batch of an epoch.
         epoch: the epoch to start at.
         process_index, process_count: this process's part of every batch, in a run of
@@ -93,15 +94,16 @@ class ShardLoader(keras.utils.PyDataset):
         n_items: chunks per epoch.
     """
 
-    _mix = ChunkLoader._mix  # the same mixup as ChunkLoader's, draw for draw
+    _mix = ChunkLoader._mix  # the same mixup and levels as ChunkLoader's, draw for draw
+    _gains = ChunkLoader._gains
 
     def __init__(self, shards, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                  target_names: Sequence[str] | str | None = None, balanced: bool = False,
-                 mixup: float = 0.0, mixup_probability: float = 1.0, drop_last: bool = False,
-                 epoch: int = 0, process_index: int = 0, process_count: int = 1, **kwargs):
+                 mixup: float = 0.0, mixup_probability: float = 1.0, gain_db: float = 0.0,
+                 drop_last: bool = False, epoch: int = 0, process_index: int = 0, process_count: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-        check_sampling(batch_size, seed, mixup, mixup_probability)
+        check_sampling(batch_size, seed, mixup, mixup_probability, gain_db)
         if isinstance(target_names, str):
             target_names = (target_names,)
         self.target_names = None if target_names is None else tuple(target_names)
@@ -111,6 +113,7 @@ class ShardLoader(keras.utils.PyDataset):
         self.balanced = bool(balanced)
         self.mixup = float(mixup)
         self.mixup_probability = float(mixup_probability)
+        self.gain_db = float(gain_db)
         self.process_index, self.process_count = check_processes(process_index, process_count,
                                                                  self.batch_size)
         #: rows of each batch this process reads
@@ -190,14 +193,17 @@ class ShardLoader(keras.utils.PyDataset):
     def _mix_part(self, inputs: np.ndarray, targets: np.ndarray, index: int):
         """Mixup of this process's rows of global batch `index`, as `_mix` mixes the whole
         batch in one process: the same draws (for all `batch_size` rows), each row's partner
-        read from the epoch's order wherever it lies."""
+        read from the epoch's order wherever it lies (at its own level, with `gain_db`)."""
         size, part = self.batch_size, self.local_batch_size
         lam, partner = mixup_draws(self.seed, self.epoch, index, size, self.mixup,
                                    self.mixup_probability)
         rows = slice(self.process_index * part, (self.process_index + 1) * part)
         partners = [self._read(self._order[index * size + int(j)]) for j in partner[rows]]
+        gains = (self._gains(index)[partner[rows]] if self.gain_db > 0
+                 else np.ones(part, np.float32))
         w = lam[rows][:, None]
-        mixed_x = w * inputs + (1 - w) * np.stack([p["waveform"] for p in partners])
+        mixed_x = w * inputs + (1 - w) * np.stack(
+            [p["waveform"] * g for p, g in zip(partners, gains, strict=True)])
         mixed_y = w * targets + (1 - w) * np.stack([p["targets"] for p in partners])
         return mixed_x.astype(np.float32), mixed_y.astype(np.float32)
 
@@ -224,6 +230,9 @@ class ShardLoader(keras.utils.PyDataset):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         batch = self._dataset[index]
         inputs, targets = batch["waveform"], batch["targets"]
+        if self.gain_db > 0:  # this process's rows of the global batch's gains
+            start = self.process_index * self.local_batch_size
+            inputs = inputs * self._gains(index)[start:start + len(inputs), None]
         if self.mixup > 0 and self.process_count > 1:
             inputs, targets = self._mix_part(inputs, targets, index)
         elif self.mixup > 0:
