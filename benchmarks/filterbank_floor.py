@@ -61,9 +61,7 @@ def trainer(stream: str):
 def table(results: dict) -> str:
     lines = ["| stream | floor (eps) | eval mAP per seed | mean ± sd | val mean | end-to-end "
              "outputs within 1 nat of the floor |", "|---|---|---|---|---|---|"]
-    groups = {}
-    for r in results.get("accuracy", []):
-        groups.setdefault((r["stream"], r["floor"]), []).append(r)
+    groups = one_stream.by_stream_and(results, "floor")
     for (stream, eps), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
         shares = [r["floored_share"] for r in rows if r.get("floored_share") is not None]
         lines.append(f"| {stream} | {eps:g} | {one_stream.accuracy_cells(rows)} | "
@@ -72,16 +70,11 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = one_stream.parser(__doc__.split("\n")[0], "--floors", "1e-6,1e-10",
-                               "comma-separated eps values", "keras_dae_filterbank_floor")
-    parser.add_argument("--stream", choices=STREAMS, default="end_to_end")
-    args = parser.parse_args(argv)
-    if args.parity:
-        parser.error("--parity: the export tests and benchmarks/export.py measure the "
-                     "default floor's parity")
-    return one_stream.run(args, RESULTS, trainer(args.stream), None, table,
-                          accuracy_id=lambda r: (r["stream"], r["floor"], r["seed"],
-                                                 r["epochs"]), parity_id=None)
+    return one_stream.stream_main(
+        argv, __doc__.split("\n")[0], ("--floors", "1e-6,1e-10", "comma-separated eps values",
+                                       "keras_dae_filterbank_floor"),
+        STREAMS, RESULTS, trainer, table, "floor",
+        "the export tests and benchmarks/export.py measure the default floor's parity")
 
 
 if __name__ == "__main__":

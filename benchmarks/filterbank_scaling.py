@@ -73,10 +73,7 @@ def table(results: dict) -> str:
 
     lines = ["| stream | kernel | eval mAP per seed | mean ± sd | val mean | filters' distance "
              "from init / init norm |", "|---|---|---|---|---|---|"]
-    groups = {}
-    for r in results.get("accuracy", []):
-        groups.setdefault((r["stream"], r["kernel"]), []).append(r)
-    for (stream, setting), rows in sorted(groups.items()):
+    for (stream, setting), rows in sorted(one_stream.by_stream_and(results, "kernel").items()):
         drift = np.mean([np.mean(r["filter_drift"]) for r in rows])
         lines.append(f"| {stream} | {setting} | {one_stream.accuracy_cells(rows)} | "
                      f"{drift:.2f} |")
@@ -84,16 +81,12 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = one_stream.parser(__doc__.split("\n")[0], "--kernels", "scaled,unscaled",
-                               "comma-separated: scaled, unscaled", "keras_dae_filterbank")
-    parser.add_argument("--stream", choices=STREAMS, default="end_to_end")
-    args = parser.parse_args(argv)
-    if args.parity:
-        parser.error("--parity: a scaled kernel applies the same filters; nothing to compare")
-    return one_stream.run(args, RESULTS, trainer(args.stream), None, table,
-                          accuracy_id=lambda r: (r["stream"], r["kernel"], r["seed"],
-                                                 r["epochs"]),
-                          parity_id=None, setting=kernel)
+    return one_stream.stream_main(
+        argv, __doc__.split("\n")[0], ("--kernels", "scaled,unscaled",
+                                       "comma-separated: scaled, unscaled",
+                                       "keras_dae_filterbank"),
+        STREAMS, RESULTS, trainer, table, "kernel",
+        "a scaled kernel applies the same filters; nothing to compare", setting=kernel)
 
 
 if __name__ == "__main__":

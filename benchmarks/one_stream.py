@@ -165,3 +165,27 @@ def run(args, results_path: Path, train, parity, table, accuracy_id, parity_id,
                     add("accuracy", [row], accuracy_id)
     print(table(json.loads(results_path.read_text()) if results_path.is_file() else {}))
     return 0
+
+
+def by_stream_and(results: dict, key: str) -> dict:
+    """The accuracy rows of `results` grouped by `(stream, row[key])`."""
+    groups = {}
+    for r in results.get("accuracy", []):
+        groups.setdefault((r["stream"], r[key]), []).append(r)
+    return groups
+
+
+def stream_main(argv, description: str, settings: tuple, streams: tuple, results_path: Path,
+                trainer, table, key: str, no_parity: str, setting=float) -> int:
+    """`main` of a benchmark that weighs a setting of the learned front ends on one learned
+    stream (`--stream`) trained alone: `settings` is `parser`'s `(flag, default, help,
+    cache name)`, `trainer(stream)` gives `run`'s `train`, rows are identified by stream,
+    `row[key]`, seed and epochs; `--parity` is refused with `no_parity`."""
+    parser_ = parser(description, *settings)
+    parser_.add_argument("--stream", choices=streams, default=streams[0])
+    args = parser_.parse_args(argv)
+    if args.parity:
+        parser_.error(f"--parity: {no_parity}")
+    return run(args, results_path, trainer(args.stream), None, table,
+               accuracy_id=lambda r: (r["stream"], r[key], r["seed"], r["epochs"]),
+               parity_id=None, setting=setting)
