@@ -598,8 +598,8 @@ class Trainer:
                 gain_db=None):
         """The training loader; in a multi-process run, of this process's rows of every
         batch (`whole_batches`: of all of them). None: the config's setting."""
-        gain_db = self.config.gain_db if gain_db is None else gain_db
         c = self.config
+        gain_db = c.gain_db if gain_db is None else gain_db
         if isinstance(self.train, ShardSet):  # chunks decoded once (keras-dae shard)
             from keras_dae.data.shard_loader import ShardLoader
 

@@ -100,7 +100,8 @@ class ShardLoader(keras.utils.PyDataset):
     def __init__(self, shards, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                  target_names: Sequence[str] | str | None = None, balanced: bool = False,
                  mixup: float = 0.0, mixup_probability: float = 1.0, gain_db: float = 0.0,
-                 drop_last: bool = False, epoch: int = 0, process_index: int = 0, process_count: int = 1, **kwargs):
+                 drop_last: bool = False, epoch: int = 0, process_index: int = 0,
+                 process_count: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
         check_sampling(batch_size, seed, mixup, mixup_probability, gain_db)
@@ -199,8 +200,7 @@ class ShardLoader(keras.utils.PyDataset):
                                    self.mixup_probability)
         rows = slice(self.process_index * part, (self.process_index + 1) * part)
         partners = [self._read(self._order[index * size + int(j)]) for j in partner[rows]]
-        gains = (self._gains(index)[partner[rows]] if self.gain_db > 0
-                 else np.ones(part, np.float32))
+        gains = self._gains(index)[partner[rows]]  # all 1 without gain_db
         w = lam[rows][:, None]
         mixed_x = w * inputs + (1 - w) * np.stack(
             [p["waveform"] * g for p, g in zip(partners, gains, strict=True)])
