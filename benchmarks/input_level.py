@@ -98,7 +98,6 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print the results and stop")
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {"rows": []}
     if not args.table:
         gains = [float(g) for g in args.gains.split(",")]
         if any(g > 0 for g in gains):
@@ -106,6 +105,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="input_level_") as tmp:
             rows = measure(args.model, args.name or args.model, args.data, gains,
                            args.work or Path(tmp))
+        # Read after measuring: runs of other models may share the file.
+        results = json.loads(args.results.read_text()) if args.results.is_file() else {"rows": []}
         kept = [r for r in results["rows"]
                 if (r["model"], r["gain_db"]) not in {(n["model"], n["gain_db"]) for n in rows}]
         results.update({"command": "python benchmarks/input_level.py --model MODEL --data "
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
                                     "cores": len(os.sched_getaffinity(0))},
                         "rows": kept + rows})
         args.results.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results))
+    print(table(json.loads(args.results.read_text()) if args.results.is_file() else {}))
     return 0
 
 
