@@ -21,15 +21,20 @@ import platform
 import tempfile
 from pathlib import Path
 
+import one_stream
+
 RESULTS = Path(__file__).parent / "results" / "input_level.json"
 
 
 def scaled_copies(dataset, gain_db: float, sample_rate: int, out: Path):
-    """`dataset` with each clip replaced by a float WAV file of it scaled by `gain_db`."""
+    """`dataset` with each clip replaced by a float WAV file of it scaled by `gain_db` (at 0
+    dB, `dataset` itself)."""
     import soundfile
 
     from keras_dae.audio import load_audio
 
+    if gain_db == 0:
+        return dataset
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for path in dataset.paths:
@@ -107,13 +112,11 @@ def main(argv=None) -> int:
                            args.work or Path(tmp))
         # Read after measuring: runs of other models may share the file.
         results = json.loads(args.results.read_text()) if args.results.is_file() else {"rows": []}
-        kept = [r for r in results["rows"]
-                if (r["model"], r["gain_db"]) not in {(n["model"], n["gain_db"]) for n in rows}]
+        one_stream.merge(results, "rows", rows, lambda r: (r["model"], r["gain_db"]))
         results.update({"command": "python benchmarks/input_level.py --model MODEL --data "
                                    f"{args.data} --gains {args.gains}",
                         "machine": {"cpu": platform.processor() or platform.machine(),
-                                    "cores": len(os.sched_getaffinity(0))},
-                        "rows": kept + rows})
+                                    "cores": len(os.sched_getaffinity(0))}})
         args.results.write_text(json.dumps(results, indent=1) + "\n")
     print(table(json.loads(args.results.read_text()) if args.results.is_file() else {}))
     return 0
