@@ -137,6 +137,8 @@ def parser(description: str, settings_flag: str, default_settings: str, settings
     parser.add_argument("--parity", action="store_true", help="measure export parity instead")
     parser.add_argument("--model", default="diverse_sampled15", help="model for --parity")
     parser.add_argument("--table", action="store_true", help="print the results as tables")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results file (default: the benchmark's own)")
     return parser
 
 
@@ -186,6 +188,6 @@ def stream_main(argv, description: str, settings: tuple, streams: tuple, results
     args = parser_.parse_args(argv)
     if args.parity:
         parser_.error(f"--parity: {no_parity}")
-    return run(args, results_path, trainer(args.stream), None, table,
+    return run(args, args.results or results_path, trainer(args.stream), None, table,
                accuracy_id=lambda r: (r["stream"], r[key], r["seed"], r["epochs"]),
                parity_id=None, setting=setting)

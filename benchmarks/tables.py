@@ -257,6 +257,7 @@ def tables() -> dict[str, str]:
         **dict(zip(("cqt_range", "cqt_range_parity"),
                    cqt_range.table(load("cqt_range.json")).split("\n\n"), strict=True)),
         "filterbank_scaling": filterbank_scaling.table(load("filterbank_scaling.json")),
+        "filterbank_step": filterbank_scaling.table(load("filterbank_step.json")),
         "filterbank_floor": filterbank_floor.table(load("filterbank_floor.json")),
         "input_level": input_level.table(load("input_level.json")),
         "sampled_run": sampled_run_table(),

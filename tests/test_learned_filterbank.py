@@ -86,13 +86,16 @@ def test_scaled_kernel_applies_the_gabor_filters():
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("scaled", [True, False])
-def test_an_adam_step_moves_each_filter_in_proportion_to_its_peak(signals, scaled):
+@pytest.mark.parametrize("scaled,step", [(True, 1.0), (False, 1.0), (True, 0.1), (True, 10.0),
+                                         (False, 0.1)])
+def test_an_adam_step_moves_each_filter_in_proportion_to_its_peak(signals, scaled, step):
     """Adam's first step moves every weight by its learning rate: a scaled filter's taps move
-    by that share of the filter's peak, an unscaled one's by the rate itself."""
+    by that share of the filter's peak, an unscaled one's by the rate itself, each times
+    `learning_rate_scale`."""
     lr = 1e-3
     x = np.stack([signals["speech"][:8000], signals["tone"][:8000]])
-    layer = LearnedFilterbank(sample_rate=SR, n_filters=16, scaled_kernel=scaled)
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=16, scaled_kernel=scaled,
+                              learning_rate_scale=step)
     inputs = keras.Input((8000,))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(layer(inputs)))
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
@@ -100,7 +103,34 @@ def test_an_adam_step_moves_each_filter_in_proportion_to_its_peak(signals, scale
     model.train_on_batch(x, np.zeros((2, 16), "float32"))
     moved = np.abs(checks.to_numpy(layer.filters()) - before).max(axis=0)
     peak = np.tile(np.abs(before).reshape(400, 2, 16).max(axis=(0, 1)), 2)
-    np.testing.assert_allclose(moved, lr * peak if scaled else lr, rtol=0.02)
+    np.testing.assert_allclose(moved, step * (lr * peak if scaled else lr), rtol=0.02)
+    gabor = gabor_filters(16, 400, SR, 60.0, SR / 2)  # applied as initialised, at any step
+    np.testing.assert_allclose(before, gabor, rtol=1e-5, atol=1e-9)
+
+
+def test_learning_rate_scale_zero_freezes_the_filters(signals, tmp_path):
+    """At 0 the kernel is not trainable, even after the layer is made trainable again (as
+    the trainer does with the whole featurizer), and the config round-trips."""
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=16, learning_rate_scale=0.0)
+    inputs = keras.Input((8000,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(
+        keras.layers.GlobalAveragePooling1D()(layer(inputs))))
+    model.trainable = True
+    assert not layer.trainable_weights and len(layer.non_trainable_weights) == 1
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    before = checks.to_numpy(layer.filters()).copy()
+    x = np.stack([signals["speech"][:8000], signals["tone"][:8000]])
+    model.fit(x, np.ones((2, 2), "float32"), epochs=3, verbose=0)
+    np.testing.assert_array_equal(checks.to_numpy(layer.filters()), before)
+    np.testing.assert_allclose(before, gabor_filters(16, 400, SR, 60.0, SR / 2), rtol=1e-5,
+                               atol=1e-9)
+    assert LearnedFilterbank.from_config(layer.get_config()).learning_rate_scale == 0.0
+
+
+@pytest.mark.parametrize("step", [-0.1, float("nan"), float("inf")])
+def test_learning_rate_scale_must_be_finite_and_non_negative(step):
+    with pytest.raises(ValueError, match="learning_rate_scale"):
+        LearnedFilterbank(n_filters=8, learning_rate_scale=step)
 
 
 def test_configs_without_scaled_kernel_load_unscaled(tmp_path):

@@ -76,6 +76,12 @@ class LearnedFilterbank(AudioFrontend):
             few hundred steps at 1e-3 bury the initialisation under noise (the shipped
             `diverse_sampled15`, trained so, ended 10-11 times their initial norm away from it).
             Configs saved without this key load with `False`, as they were trained.
+        learning_rate_scale: the filters' step size relative to the rest of the model's
+            under Adam (the trainer's optimiser), which steps a weight by about the learning
+            rate whatever its gradient's size: the kernel is stored divided by this factor
+            and multiplied back when applied, so the applied filters move that many times
+            as far per step. 0 freezes the filters (the kernel is not trainable, whatever the
+            layer's `trainable`).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class LearnedFilterbank(AudioFrontend):
         eps: float = 1e-6,
         center: bool = True,
         scaled_kernel: bool = True,
+        learning_rate_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)
@@ -107,6 +114,9 @@ class LearnedFilterbank(AudioFrontend):
             )
         if eps <= 0:
             raise InputError(f"`eps` must be positive, got {eps!r}.")
+        if not (np.isfinite(learning_rate_scale) and learning_rate_scale >= 0):
+            raise InputError(f"`learning_rate_scale` must be finite and non-negative, got "
+                             f"{learning_rate_scale!r}.")
         self.n_filters = int(n_filters)
         self.win_length = int(win_length)
         self.hop_length = int(hop_length)
@@ -117,6 +127,7 @@ class LearnedFilterbank(AudioFrontend):
         self.eps = float(eps)
         self.center = bool(center)
         self.scaled_kernel = bool(scaled_kernel)
+        self.learning_rate_scale = float(learning_rate_scale)
         self._filters = None
         if self.initializer == "gabor":
             self._filters = gabor_filters(self.n_filters, self.win_length, self.sample_rate,
@@ -128,7 +139,9 @@ class LearnedFilterbank(AudioFrontend):
             peak = np.abs(self._filters).reshape(self.win_length, 2, self.n_filters).max(
                 axis=(0, 1))
             self._peaks = np.tile(peak, 2).astype("float32")
-        self._scale = signal.constant(self._peaks)
+        # What the stored kernel is multiplied by when applied (ones: stored as applied).
+        self._multiplier = self._peaks * (self.learning_rate_scale or 1.0)
+        self._scale = signal.constant(self._multiplier)
 
     @classmethod
     def from_config(cls, config):
@@ -137,14 +150,17 @@ class LearnedFilterbank(AudioFrontend):
 
     def build(self, input_shape):
         if self._filters is not None:
-            initializer = keras.initializers.Constant(self._filters / self._peaks)
-        else:
-            initializer = keras.initializers.GlorotUniform()
+            initializer = keras.initializers.Constant(self._filters / self._multiplier)
+        else:  # Glorot's draw, as applied
+            glorot = keras.initializers.GlorotUniform()
+
+            def initializer(shape, dtype=None):
+                return glorot(shape, dtype) / self._multiplier
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.win_length, 2 * self.n_filters),
             initializer=initializer,
-            trainable=True,
+            trainable=self.learning_rate_scale > 0,
         )
 
     @property
@@ -157,7 +173,10 @@ class LearnedFilterbank(AudioFrontend):
     def filters(self):
         """The filters as applied, `(win_length, 2 * n_filters)`: real parts, then imaginary."""
         kernel = ops.cast(self.kernel, "float32")
-        return kernel * self._scale if self.scaled_kernel else kernel
+        return kernel if self._stored_as_applied() else kernel * self._scale
+
+    def _stored_as_applied(self) -> bool:
+        return bool(np.all(self._multiplier == 1))
 
     def frontend_call(self, waveform):
         x = signal.pad_center(waveform, self.win_length, self.center)
@@ -183,6 +202,7 @@ class LearnedFilterbank(AudioFrontend):
                 "eps": self.eps,
                 "center": self.center,
                 "scaled_kernel": self.scaled_kernel,
+                "learning_rate_scale": self.learning_rate_scale,
             }
         )
         return config
