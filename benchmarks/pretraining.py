@@ -136,8 +136,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--pretrained", required=True, type=Path,
-                        help="run directory of keras-dae pretrain")
+    parser.add_argument("--pretrained", type=Path,
+                        help="run directory of keras-dae pretrain (for the pretrained inits "
+                             "and --ranks)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="probe,train")
     parser.add_argument("--inits", default=",".join(INITS))
@@ -167,24 +168,31 @@ def main(argv=None) -> int:
     whole = {"pretrained_new_attention", "pretrained_adapted", "pretrained_attention_kept"}
     if whole & set(inits) and methods != ["train"]:
         parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
+    report = args.pretrained / "report.json" if args.pretrained else None
+    if ((args.ranks or any(init.startswith("pretrained") for init in inits))
+            and not (report and report.is_file())):
+        parser.error(f"--pretrained {args.pretrained}: no report.json; it takes the run "
+                     "directory of `keras-dae pretrain` (scripts/pretrain_preset.sh makes one)")
     work = args.work or Path(tempfile.mkdtemp(prefix="keras_dae_pretraining_"))
     if "train" in methods and any(init.startswith("pretrained") for init in inits):
         from finetune import use_pretrained
 
         use_pretrained(args.pretrained, work)
     result = json.loads(args.results.read_text()) if args.results.is_file() else {"rows": []}
-    pretraining = json.loads((args.pretrained / "report.json").read_text())
     result.update({
-        "command": f"python benchmarks/pretraining.py --data {args.data} --pretrained "
-                   f"{args.pretrained}" + (f" --results {args.results}"
-                                           if args.results != RESULTS else ""),
+        "command": f"python benchmarks/pretraining.py --data {args.data}" + (
+            f" --pretrained {args.pretrained}" if args.pretrained else "") + (
+            f" --results {args.results}" if args.results != RESULTS else ""),
         "data": str(args.data),
-        "pretraining": {**pretraining["cost"], "best_epoch": pretraining["best_epoch"],
-                        "best_val_loss": pretraining["best_val_loss"],
-                        "best_val_accuracy": pretraining["best_val_accuracy"],
-                        "config": pretraining["config"], "data": pretraining["data"]},
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": len(os.sched_getaffinity(0))}})
+    if report and report.is_file():  # rows from random weights alone need no backbone
+        pretraining = json.loads(report.read_text())
+        result["pretraining"] = {
+            **pretraining["cost"], "best_epoch": pretraining["best_epoch"],
+            "best_val_loss": pretraining["best_val_loss"],
+            "best_val_accuracy": pretraining["best_val_accuracy"],
+            "config": pretraining["config"], "data": pretraining["data"]}
     if args.ranks:
         from keras_dae.models import DiverseClassifier
         from keras_dae.models.contrastive import DiverseContrastive
