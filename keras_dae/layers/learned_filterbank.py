@@ -142,6 +142,8 @@ class LearnedFilterbank(AudioFrontend):
         # What the stored kernel is multiplied by when applied (ones: stored as applied).
         self._multiplier = self._peaks * (self.learning_rate_scale or 1.0)
         self._scale = signal.constant(self._multiplier)
+        # A Python bool, so that tracing (XLA, torch.compile) sees no data-dependent branch.
+        self._stored_as_applied = bool(np.all(self._multiplier == 1))
 
     @classmethod
     def from_config(cls, config):
@@ -173,10 +175,7 @@ class LearnedFilterbank(AudioFrontend):
     def filters(self):
         """The filters as applied, `(win_length, 2 * n_filters)`: real parts, then imaginary."""
         kernel = ops.cast(self.kernel, "float32")
-        return kernel if self._stored_as_applied() else kernel * self._scale
-
-    def _stored_as_applied(self) -> bool:
-        return bool(np.all(self._multiplier == 1))
+        return kernel if self._stored_as_applied else kernel * self._scale
 
     def frontend_call(self, waveform):
         x = signal.pad_center(waveform, self.win_length, self.center)
