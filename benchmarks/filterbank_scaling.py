@@ -15,9 +15,8 @@ kernel stored over it): `slower` (x0.1), `faster` (x10), `frozen` (0: the Gabor 
 initialised, a fixed mel-like front end with the same tower); `filters128` has twice the
 default's filters (finer mel spacing, the same 25 ms windows). Each setting trains the stream
 alone from scratch for 8 epochs per seed (`one_stream.train_stream`: the preset's tower,
-best-on-val epoch, clip
-mAP on val and eval), and records how far the trained filters ended from their
-initialisation (Frobenius distance over the initial norm, per filterbank).
+best-on-val epoch, clip mAP on val and eval), and records how far the trained filters ended
+from their initialisation (Frobenius distance over the initial norm, per filterbank).
 
 Results are merged into benchmarks/results/filterbank_scaling.json (`--table` prints them).
 """
