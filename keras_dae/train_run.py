@@ -69,11 +69,13 @@ def read_splits(data, format: str | None = None, shards=None):
 def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | None = None,
               format: str | None = None, shards=None, resume: bool = False,
               overwrite: bool = False, say: Callable[[str], None] = print,
-              processes: Processes | None = None) -> dict:
+              processes: Processes | None = None, streams: dict | None = None) -> dict:
     """Trains the preset's architecture on the dataset in `data` into the run directory `out`
     and returns its report (see the module's docstring). `say` receives the progress lines
     (what was read, each split's metrics and skipped files, what was written); `processes`:
-    how to join a multi-process run (default: as the environment says)."""
+    how to join a multi-process run (default: as the environment says); `streams`: the
+    featurizer's front ends per stream in place of the default ones (`DiverseFeaturizer`), for
+    a preset trained from random weights."""
     config = join_processes(config or TrainConfig(), processes, shards)
     from keras_dae import scale, training
 
@@ -84,7 +86,7 @@ def train_run(data, out, preset: str = "diverse_fsd50k", config: TrainConfig | N
             train, val, test = read_splits(data, format, shards)
             with scaled(config):
                 return _train(Path(data), Path(out), preset, config, train, val, test, shards,
-                              resume, overwrite, say)
+                              resume, overwrite, say, streams)
         except Exception as error:
             training.raise_for_processes(error)
             raise
@@ -149,7 +151,7 @@ def report_lines(report: dict, skip_summaries: dict, out) -> list[str]:
 
 
 def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, test, shards,
-           resume: bool, overwrite: bool, say) -> dict:
+           resume: bool, overwrite: bool, say, streams: dict | None = None) -> dict:
     import keras
 
     from keras_dae import scale, training
@@ -162,6 +164,9 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
     if config.adapt_normalization is False and not spec.get("backbone_only"):
         raise InputError("--no-adapt-normalization is for a pretrained backbone "
                          f"(diverse_pretrained): {preset}'s towers have no statistics to keep")
+    if streams is not None and spec.get("backbone_only"):
+        raise InputError(f"{preset} is a pretrained backbone: its front ends come with it and "
+                         "cannot be replaced; start from diverse_fsd50k for other front ends")
     # None (the default) is yes for both; the report keeps what was done
     config = dataclasses.replace(config, reinit_attention=config.reinit_attention is not False,
                                  adapt_normalization=config.adapt_normalization is not False)
@@ -171,8 +176,8 @@ def _train(data: Path, out: Path, preset: str, config: TrainConfig, train, val, 
                                               class_mids=train.mids)
     else:
         model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
-                                         tower=dict(spec["tower"]), class_names=train.labels,
-                                         class_mids=train.mids)
+                                         tower=dict(spec["tower"]), streams=streams,
+                                         class_names=train.labels, class_mids=train.mids)
     if config.reinit_attention:
         model.backbone.reinitialize_attention()
     source = (f"{len(train)} chunks of {train.n_clips} clips from {shards}" if shards

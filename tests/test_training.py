@@ -194,6 +194,31 @@ def test_a_run_of_no_epochs_adapts_the_normalisation_and_finishes(data_dir, tmp_
 
 
 @pytest.mark.one_backend
+def test_train_run_builds_the_front_ends_it_is_given_and_saves_them(data_dir, tmp_path):
+    """`train_run(streams=...)` trains the preset's towers on other front ends (here an
+    end-to-end filterbank of 24 filters beside the default timbre stream), and the run's preset
+    reloads with them; a pretrained backbone's front ends cannot be replaced."""
+    from keras_dae import layers
+    from keras_dae.models import DiverseClassifier
+    from keras_dae.models.featurizer import default_stream_frontends
+    from keras_dae.train_run import train_run
+    from keras_dae.validation import InputError
+
+    streams = {"timbre": default_stream_frontends()["timbre"],
+               "end_to_end": [layers.LearnedFilterbank(n_filters=24)]}
+    config = training.TrainConfig(**{**FAST, "tower_epochs": 1, "fusion_epochs": 0})
+    report = train_run(data_dir, tmp_path / "run", "diverse_tiny", config, streams=streams,
+                       say=lambda line: None)
+    assert set(report["evaluation"]["eval"]["streams"]) == {"timbre", "end_to_end"}
+    model = DiverseClassifier.from_preset(tmp_path / "run")
+    assert model.stream_names == ["timbre", "end_to_end"]
+    assert model.featurizer.streams["end_to_end"][0].n_filters == 24
+    with pytest.raises(InputError, match="pretrained backbone: its front ends come with it"):
+        train_run(data_dir, tmp_path / "other", "diverse_pretrained", config, streams=streams,
+                  say=lambda line: None)
+
+
+@pytest.mark.one_backend
 @pytest.mark.parametrize("start_wins", [True, False])
 def test_the_fusion_stage_keeps_its_start_unless_an_epoch_scores_higher(
         data_dir, tmp_path, monkeypatch, start_wins):
