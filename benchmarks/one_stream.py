@@ -27,14 +27,24 @@ def frontend_of(model, layer_class):
 def stream_frontends(stream: str, sample_rate: int, changes: dict) -> list:
     """The default featurizer's `stream` front ends, with `changes[class name]` (a dict of
     config values) applied to the layers of that class, nested ones too (the Neuralogram's
-    window network's filterbank)."""
+    window network's filterbank; with another `n_filters` its window network is built anew,
+    its layers sized for that many filters)."""
     import keras
 
+    from keras_dae import layers
+    from keras_dae.layers.neuralogram import default_embedding_network
     from keras_dae.models.featurizer import default_stream_frontends
 
-    return [keras.saving.deserialize_keras_object(
-        changed(keras.saving.serialize_keras_object(layer), changes))
-        for layer in default_stream_frontends(sample_rate)[stream]]
+    n_filters = changes.get("LearnedFilterbank", {}).get("n_filters")
+    built = []
+    for layer in default_stream_frontends(sample_rate)[stream]:
+        if isinstance(layer, layers.Neuralogram) and n_filters is not None:
+            layer = layers.Neuralogram(
+                default_embedding_network(layer.win_length, n_filters=n_filters),
+                hop_length=layer.hop_length, center=layer.center, sample_rate=sample_rate)
+        built.append(keras.saving.deserialize_keras_object(
+            changed(keras.saving.serialize_keras_object(layer), changes)))
+    return built
 
 
 def changed(node, changes: dict):
