@@ -152,6 +152,13 @@ def test_featurizer_refuses_mismatched_frame_rates():
                                      layers.LearnedFilterbank(hop_length=320)]})
 
 
+def test_featurizer_refuses_no_streams_and_a_stream_without_front_ends():
+    with pytest.raises(ValueError, match="No streams: give at least one"):
+        DiverseFeaturizer({})
+    with pytest.raises(ValueError, match="Stream 'pitch' has no front end"):
+        DiverseFeaturizer({"pitch": []})
+
+
 def test_paper_configuration_parameter_count():
     """The paper reports about 4M parameters; ours, with 200 classes: 3.87M (see README)."""
     model = build_diverse_classifier(200)

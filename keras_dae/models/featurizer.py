@@ -65,6 +65,9 @@ class DiverseFeaturizer(keras.layers.Layer):
         super().__init__(**kwargs)
         if streams is None:
             streams = default_stream_frontends(sample_rate)
+        if not streams:
+            raise InputError("No streams: give at least one (a dict of stream name to a list "
+                             "of front ends), or None for the default four.")
         self.sample_rate = int(sample_rate)
         self.streams = {}
         for name, frontends in streams.items():
