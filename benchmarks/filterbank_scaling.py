@@ -15,10 +15,10 @@ filter by that share of its size. `learning_rate_scale` multiplies that step fur
 kernel stored over it): `slower` (x0.1), `faster` (x10), `frozen` (0: the Gabor filters as
 initialised, a fixed mel-like front end with the same tower); `filters128` has twice the
 default's filters (finer mel spacing, the same 25 ms windows; in the Neuralogram, its window
-network sized for them). Each setting trains the stream
-alone from scratch for 8 epochs per seed (`one_stream.train_stream`: the preset's tower,
-best-on-val epoch, clip mAP on val and eval), and records how far the trained filters ended
-from their initialisation (Frobenius distance over the initial norm, per filterbank).
+network sized for them). Each setting trains the stream alone from scratch for 8 epochs per
+seed (`one_stream.train_stream`: the preset's tower, best-on-val epoch, clip mAP on val and
+eval), and records how far the trained filters ended from their initialisation (Frobenius
+distance over the initial norm, per filterbank).
 
 Results are merged into benchmarks/results/filterbank_scaling.json (`--table` prints them).
 """

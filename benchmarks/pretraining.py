@@ -132,17 +132,16 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                                 streams=frontends(args.end_to_end_filters)))
 
 
-def frontends(end_to_end_filters: int) -> dict | None:
+def frontends(end_to_end_filters: int | None) -> dict | None:
     """The default featurizer's front ends with `end_to_end_filters` learned filters in the
     end-to-end stream (None: the default's own)."""
+    if end_to_end_filters is None:
+        return None
     from one_stream import stream_frontends
 
     from keras_dae.models.featurizer import default_stream_frontends
 
-    default = default_stream_frontends(16000)
-    if end_to_end_filters == default["end_to_end"][0].n_filters:
-        return None
-    return {**default, "end_to_end": stream_frontends(
+    return {**default_stream_frontends(16000), "end_to_end": stream_frontends(
         "end_to_end", 16000, {"LearnedFilterbank": {"n_filters": end_to_end_filters}})}
 
 
@@ -169,9 +168,9 @@ def main(argv=None) -> int:
     parser.add_argument("--balanced", action="store_true", help="train: balanced sampling")
     parser.add_argument("--feature-masking", choices=("on", "off", "preset"), default="preset",
                         help="train: the towers' SpecAugment-style masking")
-    parser.add_argument("--end-to-end-filters", type=int, default=64,
+    parser.add_argument("--end-to-end-filters", type=int,
                         help="train from random weights: the end-to-end stream's learned "
-                             "filters (the default featurizer's: 64)")
+                             "filters (default: the default featurizer's, 64)")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -187,11 +186,11 @@ def main(argv=None) -> int:
     if whole & set(inits) and methods != ["train"]:
         parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
     report = args.pretrained / "report.json" if args.pretrained else None
-    if args.end_to_end_filters != 64 and (methods != ["train"] or any(
+    if args.end_to_end_filters is not None and (methods != ["train"] or any(
             not init.startswith("random") for init in inits)):
         parser.error("--end-to-end-filters changes the architecture: --methods train from "
                      "random weights only (a pretrained backbone has its own front ends)")
-    if args.end_to_end_filters < 1:
+    if args.end_to_end_filters is not None and args.end_to_end_filters < 1:
         parser.error(f"--end-to-end-filters {args.end_to_end_filters}: at least 1")
     if ((args.ranks or any(init.startswith("pretrained") for init in inits))
             and not (report and report.is_file())):
@@ -272,8 +271,7 @@ def recipe_name(args) -> str:
         [f"gain {args.gain_db:g} dB"] if args.gain_db else []) + (
         ["balanced"] if args.balanced else []) + (
         [f"masking {args.feature_masking}"] if args.feature_masking != "preset" else []) + (
-        [f"{args.end_to_end_filters} end-to-end filters"] if args.end_to_end_filters != 64
-        else [])
+        [f"{args.end_to_end_filters} end-to-end filters"] if args.end_to_end_filters else [])
     return ", ".join(options) or "default"
 
 
