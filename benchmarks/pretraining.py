@@ -129,20 +129,27 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                              "on": True, "off": False, "preset": None}[args.feature_masking])
     preset = "diverse_fsd50k" if init.startswith("random") else "diverse_pretrained"
     return neural_row(train_run(args.data, run, preset, config, overwrite=True, say=say,
-                                streams=frontends(args.end_to_end_filters)))
+                                streams=frontends(end_to_end_changes(args))))
 
 
-def frontends(end_to_end_filters: int | None) -> dict | None:
-    """The default featurizer's front ends with `end_to_end_filters` learned filters in the
-    end-to-end stream (None: the default's own)."""
-    if end_to_end_filters is None:
+def end_to_end_changes(args) -> dict:
+    """The end-to-end stream's `LearnedFilterbank` config that the options change."""
+    return {key: value for key, value in (
+        ("n_filters", args.end_to_end_filters), ("initializer", args.end_to_end_init),
+        ("win_length", args.end_to_end_window)) if value is not None}
+
+
+def frontends(changes: dict) -> dict | None:
+    """The default featurizer's front ends with the end-to-end stream's learned filterbank
+    config `changes` (None when there are none: the default's own)."""
+    if not changes:
         return None
     from one_stream import stream_frontends
 
     from keras_dae.models.featurizer import default_stream_frontends
 
     return {**default_stream_frontends(16000), "end_to_end": stream_frontends(
-        "end_to_end", 16000, {"LearnedFilterbank": {"n_filters": end_to_end_filters}})}
+        "end_to_end", 16000, {"LearnedFilterbank": changes})}
 
 
 def main(argv=None) -> int:
@@ -171,6 +178,12 @@ def main(argv=None) -> int:
     parser.add_argument("--end-to-end-filters", type=int,
                         help="train from random weights: the end-to-end stream's learned "
                              "filters (default: the default featurizer's, 64)")
+    parser.add_argument("--end-to-end-init", choices=("gabor", "constant_q", "random"),
+                        help="train from random weights: the end-to-end filterbank's start "
+                             "(default: the default featurizer's, gabor: mel-spaced)")
+    parser.add_argument("--end-to-end-window", type=int,
+                        help="train from random weights: the end-to-end filters' length in "
+                             "samples (default: the default featurizer's, 400)")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -186,12 +199,14 @@ def main(argv=None) -> int:
     if whole & set(inits) and methods != ["train"]:
         parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
     report = args.pretrained / "report.json" if args.pretrained else None
-    if args.end_to_end_filters is not None and (methods != ["train"] or any(
+    if end_to_end_changes(args) and (methods != ["train"] or any(
             not init.startswith("random") for init in inits)):
-        parser.error("--end-to-end-filters changes the architecture: --methods train from "
-                     "random weights only (a pretrained backbone has its own front ends)")
-    if args.end_to_end_filters is not None and args.end_to_end_filters < 1:
-        parser.error(f"--end-to-end-filters {args.end_to_end_filters}: at least 1")
+        parser.error("--end-to-end-* change the architecture: --methods train from random "
+                     "weights only (a pretrained backbone has its own front ends)")
+    for option in ("filters", "window"):
+        value = getattr(args, f"end_to_end_{option}")
+        if value is not None and value < 1:
+            parser.error(f"--end-to-end-{option} {value}: at least 1")
     if ((args.ranks or any(init.startswith("pretrained") for init in inits))
             and not (report and report.is_file())):
         parser.error(f"--pretrained {args.pretrained}: no report.json; it takes the run "
@@ -271,7 +286,10 @@ def recipe_name(args) -> str:
         [f"gain {args.gain_db:g} dB"] if args.gain_db else []) + (
         ["balanced"] if args.balanced else []) + (
         [f"masking {args.feature_masking}"] if args.feature_masking != "preset" else []) + (
-        [f"{args.end_to_end_filters} end-to-end filters"] if args.end_to_end_filters else [])
+        [f"{args.end_to_end_filters} end-to-end filters"] if args.end_to_end_filters else []) + (
+        [f"end-to-end {args.end_to_end_init} start"] if args.end_to_end_init else []) + (
+        [f"end-to-end {args.end_to_end_window}-sample windows"] if args.end_to_end_window
+        else [])
     return ", ".join(options) or "default"
 
 

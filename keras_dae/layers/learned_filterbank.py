@@ -12,23 +12,35 @@ from keras_dae.layers.audio_frontend import AudioFrontend
 from keras_dae.serialization import register
 from keras_dae.validation import InputError
 
-INITIALIZERS = ("gabor", "random")
+INITIALIZERS = ("gabor", "constant_q", "random")
+# How each Gabor initialiser spaces its centres: mel (Slaney, as librosa) or geometric.
+SPACINGS = {"gabor": "mel", "constant_q": "log"}
 COMPRESSIONS = ("log", "none")
 
 
 def gabor_filters(
-    n_filters: int, win_length: int, sample_rate: int, fmin: float, fmax: float
+    n_filters: int, win_length: int, sample_rate: int, fmin: float, fmax: float,
+    spacing: str = "mel",
 ) -> np.ndarray:
-    """Complex Gabor filters at mel-spaced centre frequencies, as a real `(win_length, 2F)`.
+    """Complex Gabor filters at mel- or log-spaced centre frequencies, as a real `(win_length, 2F)`.
 
-    Columns `[:F]` are the cosine (real) parts and `[F:]` the sine (imaginary) parts. Centres
-    are `n_filters` mel-spaced frequencies (Slaney scale, as librosa) between `fmin` and `fmax`;
-    each Gaussian envelope has the full width at half maximum (in Hz) of the matching
-    triangular mel filter, as in LEAF (Zeghidour et al., 2021), truncated to the window. So at
-    initialisation the squared magnitudes approximate a mel spectrogram, and training can then
+    Columns `[:F]` are the cosine (real) parts and `[F:]` the sine (imaginary) parts. The
+    `n_filters + 2` band edges between `fmin` and `fmax` are mel-spaced (`spacing="mel"`,
+    Slaney scale, as librosa) or geometric (`"log"`, a constant-Q layout), and the centres are
+    the inner `n_filters`. Each Gaussian envelope has the full width at half maximum (in Hz) of
+    the triangular filter spanning its neighbours' centres, as in LEAF (Zeghidour et al.,
+    2021), floored at `sample_rate / win_length` and truncated to the window. So at
+    initialisation the squared magnitudes approximate a mel spectrogram (or, log-spaced, a
+    constant-Q one whose low bands are as narrow as the window allows), and training can then
     move centres and bandwidths freely.
     """
-    edges = librosa.mel_frequencies(n_filters + 2, fmin=fmin, fmax=fmax)
+    signal.check_choice("spacing", spacing, ("mel", "log"))
+    if spacing == "mel":
+        edges = librosa.mel_frequencies(n_filters + 2, fmin=fmin, fmax=fmax)
+    else:
+        if fmin <= 0:
+            raise InputError(f"Log-spaced filters need fmin > 0, got {fmin!r}.")
+        edges = np.geomspace(fmin, fmax, n_filters + 2)
     centres = edges[1:-1]
     # FWHM of a triangle spanning [edges[k], edges[k + 2]] is half its base width.
     fwhm_hz = np.maximum((edges[2:] - edges[:-2]) / 2.0, sample_rate / win_length)
@@ -65,7 +77,10 @@ class LearnedFilterbank(AudioFrontend):
         hop_length: samples between windows (default 160 = 10 ms at 16 kHz).
         fmin, fmax: frequency range of the Gabor initialisation (fmax defaults to Nyquist).
         initializer: `"gabor"` (mel-spaced Gabor filters, so training starts from a
-            mel-like spectrogram) or `"random"` (Glorot uniform).
+            mel-like spectrogram), `"constant_q"` (log-spaced Gabor filters, each as narrow as
+            its spacing: a constant-Q start, whose low bands want a long `win_length`; at
+            2048 samples only those below about 100 Hz are floored at the window's
+            resolution) or `"random"` (Glorot uniform).
         compression: `"log"` for `log(power + eps)`, `"none"` for the power itself.
         eps: floor added before the log.
         center: pad `win_length // 2` zeros on both sides (librosa's convention).
@@ -129,9 +144,8 @@ class LearnedFilterbank(AudioFrontend):
         self.scaled_kernel = bool(scaled_kernel)
         self.learning_rate_scale = float(learning_rate_scale)
         self._filters = None
-        if self.initializer == "gabor":
-            self._filters = gabor_filters(self.n_filters, self.win_length, self.sample_rate,
-                                          self.fmin, self.fmax or nyquist).astype("float32")
+        if self.initializer in SPACINGS:
+            self._filters = self.initial_filters()
         # Each filter's peak over its real and imaginary parts (1 for random filters, whose
         # Glorot scale is already an optimiser's).
         self._peaks = np.ones(2 * self.n_filters, "float32")
@@ -144,6 +158,15 @@ class LearnedFilterbank(AudioFrontend):
         self._scale = signal.constant(self._multiplier)
         # A Python bool, so that tracing (XLA, torch.compile) sees no data-dependent branch.
         self._stored_as_applied = bool(np.all(self._multiplier == 1))
+
+    def initial_filters(self) -> np.ndarray | None:
+        """The filters the layer starts from, `(win_length, 2 * n_filters)` float32 (None
+        for a random start)."""
+        if self.initializer not in SPACINGS:
+            return None
+        return gabor_filters(self.n_filters, self.win_length, self.sample_rate, self.fmin,
+                             self.fmax or self.sample_rate / 2,
+                             SPACINGS[self.initializer]).astype("float32")
 
     @classmethod
     def from_config(cls, config):
