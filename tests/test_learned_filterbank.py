@@ -11,10 +11,16 @@ from keras_dae.layers.learned_filterbank import LearnedFilterbank, gabor_filters
 SR = 16000
 
 
-def test_gabor_init_responds_at_mel_centres():
-    """A sine at each filter's centre frequency excites that filter more than any other."""
-    layer = LearnedFilterbank(sample_rate=SR, n_filters=40, fmin=60.0)
-    centres = librosa.mel_frequencies(42, fmin=60.0, fmax=SR / 2)[1:-1]
+@pytest.mark.parametrize("initializer, win_length, edges", [
+    ("gabor", 400, lambda: librosa.mel_frequencies(42, fmin=60.0, fmax=SR / 2)),
+    ("constant_q", 2048, lambda: np.geomspace(60.0, SR / 2, 42)),
+])
+def test_gabor_init_responds_at_its_centres(initializer, win_length, edges):
+    """A sine at each filter's centre frequency (mel- or log-spaced) excites that filter more
+    than any other."""
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=40, fmin=60.0, win_length=win_length,
+                              initializer=initializer)
+    centres = edges()[1:-1]
     t = np.arange(SR // 4) / SR
     tones = np.stack([np.sin(2 * np.pi * f * t) for f in centres[::4]]).astype("float32")
     out = checks.to_numpy(layer(tones))  # (n_tones, frames, 40)
@@ -42,6 +48,46 @@ def test_gabor_init_approximates_mel(signals):
 
     corr = np.corrcoef(band_db(ours).ravel(), band_db(mel).ravel())[0, 1]
     assert corr > 0.9, corr
+
+
+def test_constant_q_init_approximates_librosa_cqt(signals):
+    """At initialisation the log-spaced filters' energy over time tracks librosa.cqt's bins at
+    the same centres (12 per octave from 265 Hz), compared as `test_gabor_init_approximates_mel`
+    compares with mel bands. The bandwidths differ (each Gabor filter is as wide at half its
+    peak as its spacing, a CQT bin's Hann window wider), hence a correlation, not equality. Measured:
+    0.954 on the speech clip with 2048-sample filters (0.947 with 1024)."""
+    y = signals["speech"]
+    fmin, n_bins, bins_per_octave = 250.0, 40, 12
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=n_bins, win_length=2048, fmin=fmin,
+                              fmax=fmin * 2 ** ((n_bins + 1) / bins_per_octave),
+                              initializer="constant_q", compression="none")
+    ours = checks.to_numpy(layer(y[None]))[0]
+    cqt = np.abs(librosa.cqt(y, sr=SR, hop_length=160, fmin=fmin * 2 ** (1 / bins_per_octave),
+                             n_bins=n_bins, bins_per_octave=bins_per_octave)).T ** 2
+    assert ours.shape == cqt.shape
+
+    def band_db(power):
+        level = 10 * np.log10(np.maximum(power, 1e-20))
+        return np.maximum(level - level.max(axis=0, keepdims=True), -60.0)
+
+    corr = np.corrcoef(band_db(ours).ravel(), band_db(cqt).ravel())[0, 1]
+    assert corr > 0.9, corr
+
+
+def test_constant_q_bandwidths_follow_their_spacing():
+    """Each log-spaced filter's frequency response is as wide at half its peak as its spacing
+    (a constant Q above the window's floor of `sample_rate / win_length`), as the mel-spaced
+    ones are as wide as their triangles at half height."""
+    n, win_length = 32, 2048
+    filters = gabor_filters(n, win_length, SR, 60.0, SR / 2, spacing="log")
+    spectrum = np.abs(np.fft.fft(filters[:, :n] + 1j * filters[:, n:], n=1 << 16, axis=0))
+    spectrum = spectrum[: 1 << 15]
+    hz = SR / (1 << 16)
+    width = (spectrum >= spectrum.max(axis=0) / 2).sum(axis=0) * hz
+    edges = np.geomspace(60.0, SR / 2, n + 2)
+    expected = np.maximum((edges[2:] - edges[:-2]) / 2, SR / win_length)
+    above_floor = expected > 2 * SR / win_length  # truncation widens the floored ones
+    np.testing.assert_allclose(width[above_floor], expected[above_floor], rtol=0.1)
 
 
 def test_filters_are_unit_area_envelopes():
@@ -172,6 +218,7 @@ def test_mixed_precision(signals):
         (dict(initializer="sinc"), "initializer"),
         (dict(compression="pcen"), "compression"),
         (dict(fmin=9000.0), "fmin"),
+        (dict(fmin=0.0, initializer="constant_q"), "fmin"),
         (dict(eps=0.0), "eps"),
     ],
 )
