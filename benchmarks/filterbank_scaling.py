@@ -6,6 +6,7 @@
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels filters128 --seeds 0,1,2
     python benchmarks/filterbank_scaling.py --stream neuralogram --kernels scaled,filters128 --seeds 0,1,2
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels constant_q --seeds 0,1,2
+    python benchmarks/filterbank_scaling.py --stream end_to_end --kernels cepstra20 --seeds 0,1,2
 
 `LearnedFilterbank` (the end-to-end stream's front end, and the first layer of the
 Neuralogram's window network) starts from Gabor filters whose peaks are 3e-3 to 2.4e-2. Adam
@@ -18,7 +19,9 @@ initialised, a fixed mel-like front end with the same tower); `filters128` has t
 default's filters (finer mel spacing, the same 25 ms windows; in the Neuralogram, its window
 network sized for them); `constant_q` starts from log-spaced filters 128 ms long, each as
 narrow as its spacing (`initializer="constant_q"`: a CQT-like start, 4.7 Hz apart at 60 Hz
-where the mel start's are 45 Hz apart). Each setting trains the stream alone from scratch for 8 epochs per
+where the mel start's are 45 Hz apart); `cepstra20` returns the first 20 DCT coefficients of
+the default filters' log energies (`n_cepstra=20`: cepstra of learned filters, as `MFCC`
+takes 20 of 64 log-mel bands). Each setting trains the stream alone from scratch for 8 epochs per
 seed (`one_stream.train_stream`: the preset's tower, best-on-val epoch, clip mAP on val and
 eval), and records how far the trained filters ended from their initialisation (Frobenius
 distance over the initial norm, per filterbank).
@@ -42,7 +45,8 @@ KERNELS = {"scaled": {"scaled_kernel": True}, "unscaled": {"scaled_kernel": Fals
            "faster": {"scaled_kernel": True, "learning_rate_scale": 10.0},
            "frozen": {"scaled_kernel": True, "learning_rate_scale": 0.0},
            "filters128": {"scaled_kernel": True, "n_filters": 128},
-           "constant_q": {"scaled_kernel": True, "initializer": "constant_q", "win_length": 2048}}
+           "constant_q": {"scaled_kernel": True, "initializer": "constant_q", "win_length": 2048},
+           "cepstra20": {"scaled_kernel": True, "n_cepstra": 20}}
 STREAMS = ("end_to_end", "neuralogram")
 
 

@@ -90,6 +90,22 @@ def test_constant_q_bandwidths_follow_their_spacing():
     np.testing.assert_allclose(width[above_floor], expected[above_floor], rtol=0.1)
 
 
+def test_cepstra_are_the_dct_of_the_log_energies(signals, tmp_path):
+    """`n_cepstra` returns the first coefficients of the orthonormal DCT-II of the log
+    energies (`scipy.fft.dct`, as librosa.feature.mfcc takes it), and the layer keeps its
+    contract (config, save and reload) with them."""
+    import scipy
+
+    y = np.stack([signals["speech"][:16000], signals["tone"]])
+    energies = checks.to_numpy(LearnedFilterbank(sample_rate=SR, n_filters=32)(y))
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=32, n_cepstra=12)
+    cepstra = checks.to_numpy(layer(y))
+    assert cepstra.shape == energies.shape[:2] + (12,)
+    expected = scipy.fft.dct(energies, type=2, norm="ortho", axis=-1)[..., :12]
+    np.testing.assert_allclose(cepstra, expected, atol=1e-3 * np.abs(expected).max())
+    checks.run_layer_test(layer, y, tmp_path, atol=1e-3)
+
+
 def test_filters_are_unit_area_envelopes():
     filters = gabor_filters(8, 400, SR, 60.0, 8000.0)
     assert filters.shape == (400, 16)
@@ -219,6 +235,8 @@ def test_mixed_precision(signals):
         (dict(compression="pcen"), "compression"),
         (dict(fmin=9000.0), "fmin"),
         (dict(fmin=0.0, initializer="constant_q"), "fmin"),
+        (dict(n_filters=16, n_cepstra=17), "n_cepstra"),
+        (dict(n_cepstra=8, compression="none"), "n_cepstra"),
         (dict(eps=0.0), "eps"),
     ],
 )

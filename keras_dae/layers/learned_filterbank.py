@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_dae.layers import signal
 from keras_dae.layers.audio_frontend import AudioFrontend
+from keras_dae.layers.mfcc import dct_matrix
 from keras_dae.serialization import register
 from keras_dae.validation import InputError
 
@@ -63,8 +64,12 @@ class LearnedFilterbank(AudioFrontend):
     window is projected onto `n_filters` learned complex filters (a real kernel holding their
     real and imaginary parts), and the output is `log(|response|^2 + eps)`.
 
-    Input `(batch, samples)`; output `(batch, frames, n_filters)` with
-    `frames = 1 + samples // hop_length` when `center=True`.
+    With `n_cepstra`, the log energies are projected onto the first `n_cepstra` coefficients
+    of their orthonormal DCT-II, as `MFCC` projects log-mel energies: cepstra of learned
+    filters (the DCT is fixed; the filters under it train).
+
+    Input `(batch, samples)`; output `(batch, frames, n_filters)` (`n_cepstra` with cepstra)
+    with `frames = 1 + samples // hop_length` when `center=True`.
 
     Precision: like the handcrafted front ends it computes in float32 by default, even under
     a mixed policy. A bfloat16 projection has an error floor about 48 dB below each frame's
@@ -97,6 +102,8 @@ class LearnedFilterbank(AudioFrontend):
             and multiplied back when applied, so the applied filters move that many times
             as far per step. 0 freezes the filters (the kernel is not trainable, whatever the
             layer's `trainable`).
+        n_cepstra: None (the log energies themselves) or how many DCT coefficients of them
+            to return (at most `n_filters`; needs `compression="log"`).
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class LearnedFilterbank(AudioFrontend):
         center: bool = True,
         scaled_kernel: bool = True,
         learning_rate_scale: float = 1.0,
+        n_cepstra: int | None = None,
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)
@@ -132,6 +140,15 @@ class LearnedFilterbank(AudioFrontend):
         if not (np.isfinite(learning_rate_scale) and learning_rate_scale >= 0):
             raise InputError(f"`learning_rate_scale` must be finite and non-negative, got "
                              f"{learning_rate_scale!r}.")
+        if n_cepstra is not None:
+            signal.check_positive_int("n_cepstra", n_cepstra)
+            if n_cepstra > n_filters or compression != "log":
+                raise InputError(f"`n_cepstra` ({n_cepstra}) takes the DCT of log energies: at "
+                                 f"most n_filters ({n_filters}), with compression='log' (got "
+                                 f"{compression!r}).")
+        self.n_cepstra = None if n_cepstra is None else int(n_cepstra)
+        self._dct = (None if n_cepstra is None
+                     else signal.constant(dct_matrix(n_filters, self.n_cepstra)))
         self.n_filters = int(n_filters)
         self.win_length = int(win_length)
         self.hop_length = int(hop_length)
@@ -190,7 +207,7 @@ class LearnedFilterbank(AudioFrontend):
 
     @property
     def num_features(self) -> int:
-        return self.n_filters
+        return self.n_cepstra or self.n_filters
 
     def num_frames(self, num_samples):
         return signal.num_frames(num_samples, self.win_length, self.hop_length, self.center)
@@ -206,9 +223,10 @@ class LearnedFilterbank(AudioFrontend):
         response = ops.matmul(frames, self.filters())
         real, imag = response[..., : self.n_filters], response[..., self.n_filters :]
         power = real * real + imag * imag
-        if self.compression == "log":
-            return ops.log(power + self.eps)
-        return power
+        if self.compression == "none":
+            return power
+        log_power = ops.log(power + self.eps)
+        return log_power if self._dct is None else ops.matmul(log_power, self._dct)
 
     def get_config(self):
         config = super().get_config()
@@ -225,6 +243,7 @@ class LearnedFilterbank(AudioFrontend):
                 "center": self.center,
                 "scaled_kernel": self.scaled_kernel,
                 "learning_rate_scale": self.learning_rate_scale,
+                "n_cepstra": self.n_cepstra,
             }
         )
         return config
