@@ -136,7 +136,8 @@ def end_to_end_changes(args) -> dict:
     """The end-to-end stream's `LearnedFilterbank` config that the options change."""
     return {key: value for key, value in (
         ("n_filters", args.end_to_end_filters), ("initializer", args.end_to_end_init),
-        ("win_length", args.end_to_end_window)) if value is not None}
+        ("win_length", args.end_to_end_window), ("n_cepstra", args.end_to_end_cepstra))
+        if value is not None}
 
 
 def frontends(changes: dict) -> dict | None:
@@ -184,6 +185,10 @@ def main(argv=None) -> int:
     parser.add_argument("--end-to-end-window", type=int,
                         help="train from random weights: the end-to-end filters' length in "
                              "samples (default: the default featurizer's, 400)")
+    parser.add_argument("--end-to-end-cepstra", type=int,
+                        help="train from random weights: the end-to-end stream returns this "
+                             "many DCT coefficients of its log energies (default: none, the "
+                             "log energies themselves)")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -203,7 +208,7 @@ def main(argv=None) -> int:
             not init.startswith("random") for init in inits)):
         parser.error("--end-to-end-* change the architecture: --methods train from random "
                      "weights only (a pretrained backbone has its own front ends)")
-    for option in ("filters", "window"):
+    for option in ("filters", "window", "cepstra"):
         value = getattr(args, f"end_to_end_{option}")
         if value is not None and value < 1:
             parser.error(f"--end-to-end-{option} {value}: at least 1")
@@ -289,7 +294,8 @@ def recipe_name(args) -> str:
         [f"{args.end_to_end_filters} end-to-end filters"] if args.end_to_end_filters else []) + (
         [f"end-to-end {args.end_to_end_init} start"] if args.end_to_end_init else []) + (
         [f"end-to-end {args.end_to_end_window}-sample windows"] if args.end_to_end_window
-        else [])
+        else []) + (
+        [f"{args.end_to_end_cepstra} end-to-end cepstra"] if args.end_to_end_cepstra else [])
     return ", ".join(options) or "default"
 
 
