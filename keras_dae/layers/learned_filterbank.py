@@ -160,9 +160,7 @@ class LearnedFilterbank(AudioFrontend):
         self.center = bool(center)
         self.scaled_kernel = bool(scaled_kernel)
         self.learning_rate_scale = float(learning_rate_scale)
-        self._filters = None
-        if self.initializer in SPACINGS:
-            self._filters = self.initial_filters()
+        self._filters = self.initial_filters()
         # Each filter's peak over its real and imaginary parts (1 for random filters, whose
         # Glorot scale is already an optimiser's).
         self._peaks = np.ones(2 * self.n_filters, "float32")
