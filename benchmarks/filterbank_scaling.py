@@ -7,6 +7,7 @@
     python benchmarks/filterbank_scaling.py --stream neuralogram --kernels scaled,filters128 --seeds 0,1,2
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels constant_q --seeds 0,1,2
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels cepstra20 --seeds 0,1,2
+    python benchmarks/filterbank_scaling.py --stream end_to_end --kernels pooled4 --seeds 0,1,2
 
 `LearnedFilterbank` (the end-to-end stream's front end, and the first layer of the
 Neuralogram's window network) starts from Gabor filters whose peaks are 3e-3 to 2.4e-2. Adam
@@ -21,7 +22,9 @@ network sized for them); `constant_q` starts from log-spaced filters 128 ms long
 narrow as its spacing (`initializer="constant_q"`: a CQT-like start, 4.7 Hz apart at 60 Hz
 where the mel start's are 45 Hz apart); `cepstra20` returns the first 20 DCT coefficients of
 the default filters' log energies (`n_cepstra=20`: cepstra of learned filters, as `MFCC`
-takes 20 of 64 log-mel bands). Each setting trains the stream alone from scratch for 8 epochs per
+takes 20 of 64 log-mel bands); `pooled4` averages each frame's energies over 9 responses 40
+samples apart under a Hann window (`pooling=4`: LEAF's lowpass pooling, so a wide band's energy
+covers the hop instead of one instant of it). Each setting trains the stream alone from scratch for 8 epochs per
 seed (`one_stream.train_stream`: the preset's tower, best-on-val epoch, clip mAP on val and
 eval), and records how far the trained filters ended from their initialisation (Frobenius
 distance over the initial norm, per filterbank).
@@ -46,7 +49,8 @@ KERNELS = {"scaled": {"scaled_kernel": True}, "unscaled": {"scaled_kernel": Fals
            "frozen": {"scaled_kernel": True, "learning_rate_scale": 0.0},
            "filters128": {"scaled_kernel": True, "n_filters": 128},
            "constant_q": {"scaled_kernel": True, "initializer": "constant_q", "win_length": 2048},
-           "cepstra20": {"scaled_kernel": True, "n_cepstra": 20}}
+           "cepstra20": {"scaled_kernel": True, "n_cepstra": 20},
+           "pooled4": {"scaled_kernel": True, "pooling": 4}}
 STREAMS = ("end_to_end", "neuralogram")
 
 

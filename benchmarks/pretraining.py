@@ -136,7 +136,8 @@ def end_to_end_changes(args) -> dict:
     """The end-to-end stream's `LearnedFilterbank` config that the options change."""
     return {key: value for key, value in (
         ("n_filters", args.end_to_end_filters), ("initializer", args.end_to_end_init),
-        ("win_length", args.end_to_end_window), ("n_cepstra", args.end_to_end_cepstra))
+        ("win_length", args.end_to_end_window), ("n_cepstra", args.end_to_end_cepstra),
+        ("pooling", args.end_to_end_pooling))
         if value is not None}
 
 
@@ -189,6 +190,10 @@ def main(argv=None) -> int:
                         help="train from random weights: the end-to-end stream returns this "
                              "many DCT coefficients of its log energies (default: none, the "
                              "log energies themselves)")
+    parser.add_argument("--end-to-end-pooling", type=int,
+                        help="train from random weights: the end-to-end stream averages each "
+                             "frame's energies over this many responses per hop (default: 1, "
+                             "one response per frame)")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -208,7 +213,7 @@ def main(argv=None) -> int:
             not init.startswith("random") for init in inits)):
         parser.error("--end-to-end-* change the architecture: --methods train from random "
                      "weights only (a pretrained backbone has its own front ends)")
-    for option in ("filters", "window", "cepstra"):
+    for option in ("filters", "window", "cepstra", "pooling"):
         value = getattr(args, f"end_to_end_{option}")
         if value is not None and value < 1:
             parser.error(f"--end-to-end-{option} {value}: at least 1")
@@ -295,7 +300,8 @@ def recipe_name(args) -> str:
         [f"end-to-end {args.end_to_end_init} start"] if args.end_to_end_init else []) + (
         [f"end-to-end {args.end_to_end_window}-sample windows"] if args.end_to_end_window
         else []) + (
-        [f"{args.end_to_end_cepstra} end-to-end cepstra"] if args.end_to_end_cepstra else [])
+        [f"{args.end_to_end_cepstra} end-to-end cepstra"] if args.end_to_end_cepstra else []) + (
+        [f"end-to-end pooling {args.end_to_end_pooling}"] if args.end_to_end_pooling else [])
     return ", ".join(options) or "default"
 
 

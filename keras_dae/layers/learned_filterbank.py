@@ -64,6 +64,14 @@ class LearnedFilterbank(AudioFrontend):
     window is projected onto `n_filters` learned complex filters (a real kernel holding their
     real and imaginary parts), and the output is `log(|response|^2 + eps)`.
 
+    With `pooling=k`, each frame's energy is the average of `|response|^2` at `2k + 1` points
+    `hop_length / k` samples apart, under a Hann window spanning two hops and centred on the
+    frame (LEAF's lowpass pooling, Zeghidour et al., 2021, with a fixed window). A wide band's
+    Gabor filter is short (about 50 samples at half peak for the top mel band of 64 at 16 kHz),
+    so one response per frame samples its squared envelope at a single instant of each hop and
+    misses the rest; pooled, every part of the signal counts, as in a mel band integrated over
+    its STFT window. The frames are the same; the projection costs `k` times as much.
+
     With `n_cepstra`, the log energies are projected onto the first `n_cepstra` coefficients
     of their orthonormal DCT-II, as `MFCC` projects log-mel energies: cepstra of learned
     filters (the DCT is fixed; the filters under it train).
@@ -104,6 +112,8 @@ class LearnedFilterbank(AudioFrontend):
             layer's `trainable`).
         n_cepstra: None (the log energies themselves) or how many DCT coefficients of them
             to return (at most `n_filters`; needs `compression="log"`).
+        pooling: responses per hop whose energies are averaged into each frame (1: one
+            response, at the frame's centre; `hop_length` must be a multiple of it).
     """
 
     def __init__(
@@ -121,6 +131,7 @@ class LearnedFilterbank(AudioFrontend):
         scaled_kernel: bool = True,
         learning_rate_scale: float = 1.0,
         n_cepstra: int | None = None,
+        pooling: int = 1,
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)
@@ -146,6 +157,16 @@ class LearnedFilterbank(AudioFrontend):
                 raise InputError(f"`n_cepstra` ({n_cepstra}) takes the DCT of log energies: at "
                                  f"most n_filters ({n_filters}), with compression='log' (got "
                                  f"{compression!r}).")
+        signal.check_positive_int("pooling", pooling)
+        if hop_length % pooling:
+            raise InputError(f"`pooling` ({pooling}) must divide hop_length ({hop_length}): "
+                             f"the responses are {hop_length} / pooling samples apart.")
+        self.pooling = int(pooling)
+        # Each frame's weights over its 2 * pooling + 1 responses: a Hann window without its
+        # zero ends, summing to 1, the same for every filter (a depthwise kernel).
+        weights = np.hanning(2 * self.pooling + 3)[1:-1]
+        self._pool_kernel = signal.constant(np.tile(
+            (weights / weights.sum())[:, None, None], (1, n_filters, 1)))
         self.n_cepstra = None if n_cepstra is None else int(n_cepstra)
         self._dct = (None if n_cepstra is None
                      else signal.constant(dct_matrix(n_filters, self.n_cepstra)))
@@ -217,14 +238,31 @@ class LearnedFilterbank(AudioFrontend):
 
     def frontend_call(self, waveform):
         x = signal.pad_center(waveform, self.win_length, self.center)
-        frames = signal.frame(x, self.win_length, self.hop_length)
+        step = self.hop_length // self.pooling
+        if self.pooling > 1:
+            # One hop more on each side, so that the first and last frames have all their
+            # responses; the frame count is unchanged (see `_pool`).
+            x = ops.pad(x, [[0, 0], [self.hop_length, self.hop_length]])
+        frames = signal.frame(x, self.win_length, step)
         response = ops.matmul(frames, self.filters())
         real, imag = response[..., : self.n_filters], response[..., self.n_filters :]
         power = real * real + imag * imag
+        if self.pooling > 1:
+            power = self._pool(power)
         if self.compression == "none":
             return power
         log_power = ops.log(power + self.eps)
         return log_power if self._dct is None else ops.matmul(log_power, self._dct)
+
+    def _pool(self, power):
+        """`(batch, responses, n_filters)` at `hop_length / pooling` to `(batch, frames,
+        n_filters)`: frame `t` averages responses `t * pooling .. t * pooling + 2 * pooling`
+        (of the signal padded by a hop on each side), so it is centred where the unpooled
+        frame is. With `R = 1 + 2 * pooling + (L - win_length) // step` responses for a
+        padded length `L`, a valid strided convolution gives `1 + (L - win_length) //
+        hop_length` outputs: the unpooled frame count."""
+        return ops.depthwise_conv(power, self._pool_kernel, strides=self.pooling,
+                                  padding="valid")
 
     def get_config(self):
         config = super().get_config()
@@ -242,6 +280,7 @@ class LearnedFilterbank(AudioFrontend):
                 "scaled_kernel": self.scaled_kernel,
                 "learning_rate_scale": self.learning_rate_scale,
                 "n_cepstra": self.n_cepstra,
+                "pooling": self.pooling,
             }
         )
         return config
