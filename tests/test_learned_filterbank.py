@@ -265,6 +265,19 @@ def test_any_length(num_samples, pooling):
     assert out.shape == (2, 1 + num_samples // 160, 8)
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_pooling_keeps_the_frames(center):
+    """Pooled or not, the same frames for every length, without centring too (where a
+    signal shorter than a window has none)."""
+    rng = np.random.default_rng(0)
+    for num_samples in (1, 300, 399, 400, 401, 560, 16123):
+        y = rng.standard_normal((2, num_samples)).astype("float32")
+        pooled = checks.to_numpy(LearnedFilterbank(n_filters=8, center=center, pooling=4)(y))
+        expected = LearnedFilterbank(n_filters=8, center=center).num_frames(num_samples)
+        assert pooled.shape == (2, expected, 8), (num_samples, pooled.shape)
+        assert np.isfinite(pooled).all()
+
+
 def test_random_init_and_power_compression(signals):
     layer = LearnedFilterbank(n_filters=8, initializer="random", compression="none")
     out = checks.check_output_shape(layer, signals["noise"][None])

@@ -240,15 +240,18 @@ class LearnedFilterbank(AudioFrontend):
         x = signal.pad_center(waveform, self.win_length, self.center)
         step = self.hop_length // self.pooling
         if self.pooling > 1:
+            n_frames = 1 + (ops.shape(x)[1] - self.win_length) // self.hop_length
+            n_frames = max(n_frames, 0) if isinstance(n_frames, int) else ops.maximum(n_frames, 0)
             # One hop more on each side, so that the first and last frames have all their
-            # responses; the frame count is unchanged (see `_pool`).
-            x = ops.pad(x, [[0, 0], [self.hop_length, self.hop_length]])
+            # responses, and a window more at the end, so that a signal shorter than a window
+            # (center=False) still has a frame's worth of them (see `_pool`).
+            x = ops.pad(x, [[0, 0], [self.hop_length, self.hop_length + self.win_length]])
         frames = signal.frame(x, self.win_length, step)
         response = ops.matmul(frames, self.filters())
         real, imag = response[..., : self.n_filters], response[..., self.n_filters :]
         power = real * real + imag * imag
         if self.pooling > 1:
-            power = self._pool(power)
+            power = self._pool(power)[:, :n_frames]
         if self.compression == "none":
             return power
         log_power = ops.log(power + self.eps)
@@ -257,10 +260,11 @@ class LearnedFilterbank(AudioFrontend):
     def _pool(self, power):
         """`(batch, responses, n_filters)` at `hop_length / pooling` to `(batch, frames,
         n_filters)`: frame `t` averages responses `t * pooling .. t * pooling + 2 * pooling`
-        (of the signal padded by a hop on each side), so it is centred where the unpooled
-        frame is. With `R = 1 + 2 * pooling + (L - win_length) // step` responses for a
-        padded length `L`, a valid strided convolution gives `1 + (L - win_length) //
-        hop_length` outputs: the unpooled frame count."""
+        of the signal padded by a hop before it, so it is centred where the unpooled frame
+        is. For a (centred) signal of `L` samples, padded as in `frontend_call`, there are
+        `1 + 2 * pooling + L // step` responses, and a valid strided convolution gives
+        `1 + L // hop_length` frames: the unpooled frames (`1 + (L - win_length) //
+        hop_length`, none if `L < win_length`) and those of the extra window, cut off."""
         return ops.depthwise_conv(power, self._pool_kernel, strides=self.pooling,
                                   padding="valid")
 
