@@ -30,6 +30,7 @@ from keras_dae.data.chunking import (
     chunk_sample_starts,
     chunk_waveform,
 )
+from keras_dae.validation import InputError
 
 # PitchTracker at 44.1 kHz warns (as librosa does) that its default frame holds less than
 # two periods of fmin: expected here.
@@ -166,6 +167,42 @@ def test_front_end_outputs_are_finite_with_documented_shapes(name):
         assert not bad.any(), f"{bad.sum()} non-finite values ({kind}, n={n}, x{amplitude})"
 
     check()
+
+
+SHORTEST = {  # a front end as configured, and the fewest samples that make it a frame
+    "LogMelSpectrogram(center=False)": (lambda: layers.LogMelSpectrogram(center=False), 512),
+    "LogMelSpectrogram(pad_mode='reflect')": (
+        lambda: layers.LogMelSpectrogram(pad_mode="reflect"), 257),
+    "MFCC(center=False)": (lambda: layers.MFCC(center=False), 512),
+    "SpectralDescriptors(center=False)": (lambda: layers.SpectralDescriptors(center=False), 512),
+    "PitchTracker(center=False)": (lambda: layers.PitchTracker(center=False), 1024),
+    "PitchTracker(pad_mode='reflect')": (lambda: layers.PitchTracker(pad_mode="reflect"), 513),
+    "LearnedFilterbank(center=False)": (lambda: layers.LearnedFilterbank(center=False), 400),
+    "LearnedFilterbank(center=False, pooling=4)": (
+        lambda: layers.LearnedFilterbank(center=False, pooling=4), 400),
+    "Neuralogram(center=False)": (lambda: layers.Neuralogram(center=False), 400),
+    "LogMelSpectrogram()": (lambda: layers.LogMelSpectrogram(), 1),
+    "ConstantQTransform()": (lambda: layers.ConstantQTransform(), 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHORTEST))
+def test_a_waveform_too_short_for_a_frame_is_refused_by_name(name):
+    """One sample short of a frame: a clear refusal naming the layer and the minimum, from the
+    layer and from its shape inference, where the FFT or concatenation used to fail on its
+    own terms (or return no frame); the minimum itself gives finite frames."""
+    make, shortest = SHORTEST[name]
+    layer = make()
+    assert layer.minimum_samples == shortest
+    message = f"{type(layer).__name__} '{layer.name}' needs at least {shortest} samples"
+    with pytest.raises(InputError, match=message):
+        layer(np.zeros((2, shortest - 1), np.float32))
+    with pytest.raises(InputError, match=message):
+        layer.compute_output_shape((2, shortest - 1))
+    x = np.random.default_rng(0).standard_normal((2, shortest)).astype("float32")
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert out.shape == (2, layer.num_frames(shortest), layer.num_features)
+    assert out.shape[1] >= 1 and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ["LogMelSpectrogram", "PitchTracker", "LearnedFilterbank"])

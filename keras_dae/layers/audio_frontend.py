@@ -53,7 +53,34 @@ class AudioFrontend(keras.layers.Layer):
     def num_features(self) -> int:
         raise NotImplementedError
 
+    @property
+    def framing(self) -> tuple[int, bool, str] | None:
+        """`(frame_length, center, pad_mode)` of the frames, or None where every non-empty
+        waveform has one (the constant-Q transform)."""
+        return None
+
+    @property
+    def minimum_samples(self) -> int:
+        """Fewest samples a waveform needs here; a shorter one of known length is refused."""
+        return 1 if self.framing is None else signal.minimum_samples(*self.framing)
+
+    def check_num_samples(self, num_samples: int | None) -> None:
+        """Refuses a waveform too short to make a frame, naming the layer and the minimum
+        (librosa refuses it too; a dynamic length is not checked)."""
+        if num_samples is None or num_samples >= self.minimum_samples:
+            return
+        how = ""
+        if self.framing is not None:
+            frame_length, center, pad_mode = self.framing
+            how = (f" (frames of {frame_length} samples, center={center}"
+                   + (f", pad_mode={pad_mode!r}" if center else "") + ")")
+        raise InputError(
+            f"{type(self).__name__} '{self.name}' needs at least {self.minimum_samples} samples"
+            f"{how}, got a waveform of {num_samples}: pad it to that length first."
+        )
+
     def call(self, inputs):
+        self.check_num_samples(inputs.shape[1])
         waveform = ops.cast(inputs, "float32")
         outputs = self.frontend_call(waveform)
         return ops.cast(outputs, self.compute_dtype)
@@ -64,6 +91,7 @@ class AudioFrontend(keras.layers.Layer):
                 f"{type(self).__name__} expects waveform of shape (batch, samples), "
                 f"got shape {tuple(input_shape)}."
             )
+        self.check_num_samples(input_shape[1])
         return (input_shape[0], self.num_frames(input_shape[1]), self.num_features)
 
     def get_config(self):

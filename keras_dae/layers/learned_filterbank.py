@@ -228,6 +228,10 @@ class LearnedFilterbank(AudioFrontend):
     def num_features(self) -> int:
         return self.n_cepstra or self.n_filters
 
+    @property
+    def framing(self):
+        return (self.win_length, self.center, "constant")
+
     def num_frames(self, num_samples):
         return signal.num_frames(num_samples, self.win_length, self.hop_length, self.center)
 
@@ -244,7 +248,8 @@ class LearnedFilterbank(AudioFrontend):
             n_frames = max(n_frames, 0) if isinstance(n_frames, int) else ops.maximum(n_frames, 0)
             # One hop more on each side, so that the first and last frames have all their
             # responses, and a window more at the end, so that a signal shorter than a window
-            # (center=False) still has a frame's worth of them (see `_pool`).
+            # (center=False, a length known only at run time) still has a frame's worth of
+            # them (see `_pool`).
             x = ops.pad(x, [[0, 0], [self.hop_length, self.hop_length + self.win_length]])
         frames = signal.frame(x, self.win_length, step)
         response = ops.matmul(frames, self.filters())

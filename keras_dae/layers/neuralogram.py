@@ -110,6 +110,10 @@ class Neuralogram(AudioFrontend):
             )
         return shape[-1]
 
+    @property
+    def framing(self):
+        return (self.win_length, self.center, "constant")
+
     def num_frames(self, num_samples):
         return signal.num_frames(num_samples, self.win_length, self.hop_length, self.center)
 

@@ -74,7 +74,8 @@ class PitchTracker(AudioFrontend):
         trough_threshold: absolute threshold on `d'` for the trough search (YIN's).
         center: pad `frame_length // 2` samples on both sides so that frame `t` is centred on
             sample `t * hop_length` (librosa's default). Without it an input shorter than
-            `frame_length` gives 0 frames (librosa raises).
+            `frame_length` is refused (as librosa refuses it), or gives 0 frames where its
+            length is only known at run time.
         pad_mode: `"constant"` (zeros, librosa's default for yin) or `"reflect"` (needs more
             than `frame_length // 2` samples).
         voicing_threshold: confidence above which `is_voiced` calls a frame voiced, in
@@ -197,6 +198,10 @@ class PitchTracker(AudioFrontend):
     @property
     def num_features(self) -> int:
         return 2
+
+    @property
+    def framing(self):
+        return (self.frame_length, self.center, self.pad_mode)
 
     def num_frames(self, num_samples):
         return signal.num_frames(num_samples, self.frame_length, self.hop_length, self.center)

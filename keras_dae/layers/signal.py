@@ -49,6 +49,14 @@ def num_frames(num_samples: int, frame_length: int, hop_length: int, center: boo
     return 1 + (num_samples - frame_length) // hop_length
 
 
+def minimum_samples(frame_length: int, center: bool, pad_mode: str = "constant") -> int:
+    """Fewest samples that make a frame, as librosa demands: a whole frame without centring,
+    more than `frame_length // 2` to reflect, one otherwise."""
+    if not center:
+        return frame_length
+    return frame_length // 2 + 1 if pad_mode == "reflect" else 1
+
+
 def pad_center(x, frame_length: int, center: bool, pad_mode: str = "constant"):
     """Pads `(batch, samples)` by `frame_length // 2` on both sides when `center` is true.
 

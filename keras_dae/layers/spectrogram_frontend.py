@@ -74,6 +74,10 @@ class SpectrogramFrontend(AudioFrontend):
     def n_freq(self) -> int:
         return self.n_fft // 2 + 1
 
+    @property
+    def framing(self):
+        return (self.n_fft, self.center, self.pad_mode)
+
     def num_frames(self, num_samples):
         return signal.num_frames(num_samples, self.n_fft, self.hop_length, self.center)
 
