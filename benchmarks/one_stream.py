@@ -62,10 +62,11 @@ def changed(node, changes: dict):
 
 
 def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
-                 cache: Path) -> tuple[dict, object]:
-    """Trains `stream` alone with `changes` (see `stream_frontends`); returns its scores
-    (`val_map`, `eval_map`, `train_seconds`) and the trained model. Features without
-    weights are cached under `cache`, which must be specific to the changes."""
+                 cache: Path, frontends: list | None = None) -> tuple[dict, object]:
+    """Trains `stream` alone with `changes` (see `stream_frontends`), or on `frontends`
+    instead of the default featurizer's; returns its scores (`val_map`, `eval_map`,
+    `train_seconds`) and the trained model. Features without weights are cached under
+    `cache`, which must be specific to the changes."""
     import keras
 
     from keras_dae import training
@@ -78,7 +79,8 @@ def train_stream(data: Path, stream: str, changes: dict, seed: int, epochs: int,
     test = read_split(data, "eval", "fsd50k").with_labels(train.labels)
     spec = PRESETS["diverse_fsd50k"]
     keras.utils.set_random_seed(seed)
-    frontends = stream_frontends(stream, spec["sample_rate"], changes)
+    if frontends is None:
+        frontends = stream_frontends(stream, spec["sample_rate"], changes)
     model = build_diverse_classifier(len(train.labels), spec["sample_rate"],
                                      tower=dict(spec["tower"]), streams={stream: frontends})
     # A learned front end trains with its tower: only fixed features can be cached.

@@ -233,6 +233,7 @@ def tables() -> dict[str, str]:
     import contrast_floor
     import cqt_range
     import export
+    import feature_sets
     import filterbank_floor
     import filterbank_scaling
     import finetune
@@ -259,6 +260,7 @@ def tables() -> dict[str, str]:
         "filterbank_scaling": filterbank_scaling.table(load("filterbank_scaling.json")),
         "filterbank_step": filterbank_scaling.table(load("filterbank_step.json")),
         "filterbank_floor": filterbank_floor.table(load("filterbank_floor.json")),
+        "feature_sets": feature_sets.table(load("feature_sets.json")),
         "input_level": input_level.table(load("input_level.json")),
         "sampled_run": sampled_run_table(),
         "sampled_run_per_class": per_class_table(),
