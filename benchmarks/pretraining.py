@@ -137,7 +137,8 @@ def end_to_end_changes(args) -> dict:
     return {key: value for key, value in (
         ("n_filters", args.end_to_end_filters), ("initializer", args.end_to_end_init),
         ("win_length", args.end_to_end_window), ("n_cepstra", args.end_to_end_cepstra),
-        ("pooling", args.end_to_end_pooling))
+        ("pooling", args.end_to_end_pooling),
+        ("relative_level", args.end_to_end_relative_level or None))
         if value is not None}
 
 
@@ -194,6 +195,9 @@ def main(argv=None) -> int:
                         help="train from random weights: the end-to-end stream averages each "
                              "frame's energies over this many responses per hop (default: 1, "
                              "one response per frame)")
+    parser.add_argument("--end-to-end-relative-level", action="store_true",
+                        help="train from random weights: the end-to-end stream's energies "
+                             "relative to each chunk's mean energy (free of the input's gain)")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -301,7 +305,8 @@ def recipe_name(args) -> str:
         [f"end-to-end {args.end_to_end_window}-sample windows"] if args.end_to_end_window
         else []) + (
         [f"{args.end_to_end_cepstra} end-to-end cepstra"] if args.end_to_end_cepstra else []) + (
-        [f"end-to-end pooling {args.end_to_end_pooling}"] if args.end_to_end_pooling else [])
+        [f"end-to-end pooling {args.end_to_end_pooling}"] if args.end_to_end_pooling else []) + (
+        ["end-to-end relative level"] if args.end_to_end_relative_level else [])
     return ", ".join(options) or "default"
 
 

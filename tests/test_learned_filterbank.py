@@ -278,6 +278,28 @@ def test_pooling_keeps_the_frames(center):
         assert np.isfinite(pooled).all()
 
 
+@pytest.mark.parametrize("pooling", [1, 4])
+def test_relative_level_takes_the_gain_out(signals, tmp_path, pooling):
+    """`relative_level`: the energies over the input's mean energy before the log (numpy
+    reference from the layer's own powers), the same output at 40 dB less, silence at the
+    floor; the layer keeps its contract (config, save and reload) with it."""
+    speech = signals["speech"][:16000]
+    y = np.stack([speech, 0.01 * speech, np.zeros_like(speech)])
+    power = checks.to_numpy(LearnedFilterbank(sample_rate=SR, n_filters=32, pooling=pooling,
+                                              compression="none")(y))
+    layer = LearnedFilterbank(sample_rate=SR, n_filters=32, pooling=pooling,
+                              relative_level=True)
+    out = checks.to_numpy(layer(y))
+    expected = np.log(power[:2] / power[:2].mean(axis=(1, 2), keepdims=True) + 1e-6)
+    np.testing.assert_allclose(out[:2], expected, atol=1e-3)
+    np.testing.assert_allclose(out[1], out[0], atol=2e-3)
+    np.testing.assert_allclose(out[2], np.log(1e-6), rtol=1e-6)
+    absolute = checks.to_numpy(LearnedFilterbank(sample_rate=SR, n_filters=32,
+                                                 pooling=pooling)(y))
+    assert np.abs(absolute[1] - absolute[0]).max() > 1.0  # what it takes out
+    checks.run_layer_test(layer, y[:2], tmp_path, atol=1e-3)
+
+
 def test_random_init_and_power_compression(signals):
     layer = LearnedFilterbank(n_filters=8, initializer="random", compression="none")
     out = checks.check_output_shape(layer, signals["noise"][None])

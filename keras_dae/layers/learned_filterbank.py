@@ -114,6 +114,11 @@ class LearnedFilterbank(AudioFrontend):
             to return (at most `n_filters`; needs `compression="log"`).
         pooling: responses per hop whose energies are averaged into each frame (1: one
             response, at the frame's centre; `hop_length` must be a multiple of it).
+        relative_level: divide every energy by the input's mean energy over all its frames
+            and filters before compression, so that the output does not depend on the
+            input's gain (in the models the input is one chunk, so each chunk's level is
+            taken out, as the spectral descriptors are free of it) and `eps` is a floor
+            relative to that mean. Silence stays at the floor.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class LearnedFilterbank(AudioFrontend):
         learning_rate_scale: float = 1.0,
         n_cepstra: int | None = None,
         pooling: int = 1,
+        relative_level: bool = False,
         **kwargs,
     ):
         super().__init__(sample_rate=sample_rate, **kwargs)
@@ -162,6 +168,7 @@ class LearnedFilterbank(AudioFrontend):
             raise InputError(f"`pooling` ({pooling}) must divide hop_length ({hop_length}): "
                              f"the responses are {hop_length} / pooling samples apart.")
         self.pooling = int(pooling)
+        self.relative_level = bool(relative_level)
         # Each frame's weights over its 2 * pooling + 1 responses: a Hann window without its
         # zero ends, summing to 1, the same for every filter (a depthwise kernel).
         weights = np.hanning(2 * self.pooling + 3)[1:-1]
@@ -257,6 +264,9 @@ class LearnedFilterbank(AudioFrontend):
         power = real * real + imag * imag
         if self.pooling > 1:
             power = self._pool(power)[:, :n_frames]
+        if self.relative_level:
+            # The floor keeps silence (and power that underflows) at 0 rather than 0 / 0.
+            power = power / (ops.mean(power, axis=(1, 2), keepdims=True) + 1e-30)
         if self.compression == "none":
             return power
         log_power = ops.log(power + self.eps)
@@ -290,6 +300,7 @@ class LearnedFilterbank(AudioFrontend):
                 "learning_rate_scale": self.learning_rate_scale,
                 "n_cepstra": self.n_cepstra,
                 "pooling": self.pooling,
+                "relative_level": self.relative_level,
             }
         )
         return config
