@@ -154,6 +154,44 @@ def test_splits_are_disjoint_by_source(dataset: Path) -> None:
         assert splits == {group_split[source]}
 
 
+def test_source_folds_partition_the_dev_sources(dataset: Path, tmp_path: Path) -> None:
+    """scripts/source_folds.py: fold 0 is the official split; in every fold no source is in
+    both training and validation; each dev source validates in one fold at most; eval and
+    audio are the original's; the folds read as FSD50K datasets."""
+    from keras_dae.data import read_split
+
+    folds = tmp_path / "folds"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "source_folds.py"),
+                             "--data", str(dataset), "--out", str(folds), "--folds", "3"],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line.split(",")[0] for line in result.stdout.splitlines()] == [
+        "fold 0", "fold 1", "fold 2"]
+    _, _, dev, ev = ground_truth(dataset)
+    fold_of = {}
+    for k in range(3):
+        fold = folds / f"fold{k}"
+        _, _, fold_dev, fold_ev = ground_truth(fold)
+        assert fold_ev == ev and fold_dev[0] == dev[0]
+        assert {tuple(r[:3]) for r in fold_dev[1:]} <= {tuple(r[:3]) for r in dev[1:]}
+        if k == 0:
+            assert fold_dev == dev
+        split_groups = defaultdict(set)
+        for row in read_rows(fold / "sources.csv")[1:]:
+            split_groups[row[1]].update(row[2].split(";"))
+        assert split_groups["val"] and split_groups["train"]
+        assert not split_groups["val"] & split_groups["train"]
+        for group in split_groups["val"]:
+            assert fold_of.setdefault(group, k) == k, group
+        train, val = read_split(fold, "train", "fsd50k"), read_split(fold, "val", "fsd50k")
+        assert len(train.paths) + len(val.paths) == len(fold_dev) - 1
+        assert all(Path(p).is_file() for p in val.paths)
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "source_folds.py"),
+                             "--data", str(dataset), "--out", str(folds)],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 2 and "not empty" in result.stderr
+
+
 def test_labels_follow_sources(dataset: Path) -> None:
     """A clip's labels are its sources' classes plus their in-vocabulary AudioSet ancestors."""
     module = load_module()
