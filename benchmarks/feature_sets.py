@@ -54,8 +54,11 @@ def frontends(setting: str, sample_rate: int) -> list:
 
 def trainer(stream: str):
     def train(data: Path, setting: str, seed: int, epochs: int, cache: Path) -> dict:
+        from keras_dae.zoo.presets import PRESETS
+
+        sample_rate = PRESETS["diverse_fsd50k"]["sample_rate"]
         scores, _ = one_stream.train_stream(data, stream, {}, seed, epochs, cache / setting,
-                                            frontends=frontends(setting, 16000))
+                                            frontends=frontends(setting, sample_rate))
         return {"stream": stream, "features": setting, **scores}
 
     return train

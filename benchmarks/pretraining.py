@@ -129,30 +129,37 @@ def run_row(method: str, init: str, seed: int, args, work: Path, features) -> di
                              "on": True, "off": False, "preset": None}[args.feature_masking])
     preset = "diverse_fsd50k" if init.startswith("random") else "diverse_pretrained"
     return neural_row(train_run(args.data, run, preset, config, overwrite=True, say=say,
-                                streams=frontends(end_to_end_changes(args))))
+                                streams=frontends(filterbank_changes(args))))
 
 
-def end_to_end_changes(args) -> dict:
-    """The end-to-end stream's `LearnedFilterbank` config that the options change."""
-    return {key: value for key, value in (
+def filterbank_changes(args) -> dict:
+    """Per learned stream, the `LearnedFilterbank` config that the options change (the
+    Neuralogram's: its window network's); streams without changes are left out."""
+    end_to_end = {key: value for key, value in (
         ("n_filters", args.end_to_end_filters), ("initializer", args.end_to_end_init),
         ("win_length", args.end_to_end_window), ("n_cepstra", args.end_to_end_cepstra),
         ("pooling", args.end_to_end_pooling),
         ("relative_level", args.end_to_end_relative_level or None))
         if value is not None}
+    neuralogram = {"relative_level": True} if args.neuralogram_relative_level else {}
+    return {stream: changes for stream, changes in (
+        ("end_to_end", end_to_end), ("neuralogram", neuralogram)) if changes}
 
 
 def frontends(changes: dict) -> dict | None:
-    """The default featurizer's front ends with the end-to-end stream's learned filterbank
-    config `changes` (None when there are none: the default's own)."""
+    """The default featurizer's front ends with each stream's learned filterbank config
+    `changes[stream]` (None when there are none: the default's own)."""
     if not changes:
         return None
     from one_stream import stream_frontends
 
     from keras_dae.models.featurizer import default_stream_frontends
+    from keras_dae.zoo.presets import PRESETS
 
-    return {**default_stream_frontends(16000), "end_to_end": stream_frontends(
-        "end_to_end", 16000, {"LearnedFilterbank": changes})}
+    sample_rate = PRESETS["diverse_fsd50k"]["sample_rate"]
+    return {**default_stream_frontends(sample_rate), **{
+        stream: stream_frontends(stream, sample_rate, {"LearnedFilterbank": config})
+        for stream, config in changes.items()}}
 
 
 def main(argv=None) -> int:
@@ -198,6 +205,9 @@ def main(argv=None) -> int:
     parser.add_argument("--end-to-end-relative-level", action="store_true",
                         help="train from random weights: the end-to-end stream's energies "
                              "relative to each chunk's mean energy (free of the input's gain)")
+    parser.add_argument("--neuralogram-relative-level", action="store_true",
+                        help="train from random weights: the Neuralogram's window network "
+                             "takes each window's energies relative to its mean energy")
     parser.add_argument("--work", type=Path, help="runs (default: a temporary dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--ranks", action="store_true",
@@ -213,10 +223,11 @@ def main(argv=None) -> int:
     if whole & set(inits) and methods != ["train"]:
         parser.error(f"{', '.join(sorted(whole))} are inits of the whole recipe: --methods train")
     report = args.pretrained / "report.json" if args.pretrained else None
-    if end_to_end_changes(args) and (methods != ["train"] or any(
+    if filterbank_changes(args) and (methods != ["train"] or any(
             not init.startswith("random") for init in inits)):
-        parser.error("--end-to-end-* change the architecture: --methods train from random "
-                     "weights only (a pretrained backbone has its own front ends)")
+        parser.error("--end-to-end-* and --neuralogram-* change the architecture: --methods "
+                     "train from random weights only (a pretrained backbone has its own front "
+                     "ends)")
     for option in ("filters", "window", "cepstra", "pooling"):
         value = getattr(args, f"end_to_end_{option}")
         if value is not None and value < 1:
@@ -306,7 +317,8 @@ def recipe_name(args) -> str:
         else []) + (
         [f"{args.end_to_end_cepstra} end-to-end cepstra"] if args.end_to_end_cepstra else []) + (
         [f"end-to-end pooling {args.end_to_end_pooling}"] if args.end_to_end_pooling else []) + (
-        ["end-to-end relative level"] if args.end_to_end_relative_level else [])
+        ["end-to-end relative level"] if args.end_to_end_relative_level else []) + (
+        ["Neuralogram relative level"] if args.neuralogram_relative_level else [])
     return ", ".join(options) or "default"
 
 
