@@ -8,6 +8,8 @@
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels constant_q --seeds 0,1,2
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels cepstra20 --seeds 0,1,2
     python benchmarks/filterbank_scaling.py --stream end_to_end --kernels pooled4 --seeds 0,1,2
+    python benchmarks/filterbank_scaling.py --stream neuralogram --kernels relative --seeds 0,1,2
+    python benchmarks/filterbank_scaling.py --stream end_to_end --kernels relative --seeds 0,1,2
 
 `LearnedFilterbank` (the end-to-end stream's front end, and the first layer of the
 Neuralogram's window network) starts from Gabor filters whose peaks are 3e-3 to 2.4e-2. Adam
@@ -24,7 +26,9 @@ where the mel start's are 45 Hz apart); `cepstra20` returns the first 20 DCT coe
 the default filters' log energies (`n_cepstra=20`: cepstra of learned filters, as `MFCC`
 takes 20 of 64 log-mel bands); `pooled4` averages each frame's energies over 9 responses 40
 samples apart under a Hann window (`pooling=4`: LEAF's lowpass pooling, so a wide band's energy
-covers the hop instead of one instant of it). Each setting trains the stream alone from scratch for 8 epochs per
+covers the hop instead of one instant of it); `relative` divides the energies by the
+input's mean energy before the log (`relative_level=True`: the end-to-end stream's over each
+1 s chunk; the Neuralogram's window network sees one 25 ms window, so over that window). Each setting trains the stream alone from scratch for 8 epochs per
 seed (`one_stream.train_stream`: the preset's tower, best-on-val epoch, clip mAP on val and
 eval), and records how far the trained filters ended from their initialisation (Frobenius
 distance over the initial norm, per filterbank).
@@ -50,7 +54,8 @@ KERNELS = {"scaled": {"scaled_kernel": True}, "unscaled": {"scaled_kernel": Fals
            "filters128": {"scaled_kernel": True, "n_filters": 128},
            "constant_q": {"scaled_kernel": True, "initializer": "constant_q", "win_length": 2048},
            "cepstra20": {"scaled_kernel": True, "n_cepstra": 20},
-           "pooled4": {"scaled_kernel": True, "pooling": 4}}
+           "pooled4": {"scaled_kernel": True, "pooling": 4},
+           "relative": {"scaled_kernel": True, "relative_level": True}}
 STREAMS = ("end_to_end", "neuralogram")
 
 
