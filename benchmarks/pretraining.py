@@ -370,5 +370,31 @@ def table(result: dict, classical: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def folds_table(folds: dict, official: dict) -> str:
+    """Fused val and eval mAP of each recipe (from random weights) on every fold of
+    `scripts/source_folds.py`: fold 0 is the official split (`official`'s rows, the mean over
+    their seeds), the others `folds`' rows; the cross-validated score is the mean over the
+    folds' val mAP."""
+    recipes = sorted({r.get("recipe", "default") for r in folds["rows"]},
+                     key=lambda r: (r != "default", r))
+    folds_run = sorted({r["fold"] for r in folds["rows"]})
+    header = ("| recipe | " + " | ".join(f"val fold {k}" for k in [0, *folds_run])
+              + " | val, mean over folds | " + " | ".join(f"eval fold {k}" for k in [0, *folds_run])
+              + " |")
+    lines = [header, "|---" * (2 + 2 * (1 + len(folds_run))) + "|"]
+    for recipe in recipes:
+        fold0 = [r for r in official["rows"] if r["method"] == "train"
+                 and r["init"] == "random_small_attention" and r.get("recipe", "default") == recipe]
+        by_fold = [fold0] + [[r for r in folds["rows"] if r["fold"] == k
+                              and r.get("recipe", "default") == recipe] for k in folds_run]
+        vals = [float(np.mean([r["val_mAP"] for r in rows])) for rows in by_fold]
+        evals = [float(np.mean([r["eval_mAP"] for r in rows])) for rows in by_fold]
+        seeds = [len(rows) for rows in by_fold]
+        lines.append(f"| {recipe} | " + " | ".join(
+            f"{v:.3f}" + (f" ({n} seeds)" if n > 1 else "") for v, n in zip(vals, seeds, strict=True))
+            + f" | {np.mean(vals):.3f} | " + " | ".join(f"{e:.3f}" for e in evals) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

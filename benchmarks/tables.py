@@ -282,6 +282,8 @@ def tables() -> dict[str, str]:
                         "pretraining_scaled", "pretraining_mlp", "pretraining_predict",
                         "pretraining_predict10", "pretraining_frames", "pretraining_predict3",
                         "pretraining_small_start")},
+        "pretraining_folds": pretraining.folds_table(load("pretraining_folds.json"),
+                                                     load("pretraining_predict.json")),
         "input_pipeline": input_pipeline_table(),
         "data_memory": data_memory_table(),
         "event_detection": event_detection_table(),
